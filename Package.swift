@@ -1,0 +1,68 @@
+// swift-tools-version: 6.1
+// iscsi-nbd: a userspace iSCSI initiator that serves LUNs over NBD.
+// Layout and dependency rules: protocol targets (SCSI, ISCSIProtocol, NBDProtocol, ISCSIConfig) do no IO.
+import PackageDescription
+
+let nioCore = Target.Dependency.product(name: "NIOCore", package: "swift-nio")
+let nioPosix = Target.Dependency.product(name: "NIOPosix", package: "swift-nio")
+let logging = Target.Dependency.product(name: "Logging", package: "swift-log")
+
+let package = Package(
+    name: "iscsi-nbd",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "iscsi-nbd", targets: ["iscsi-nbd"])
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.0"),
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "4.0.0"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+    ],
+    targets: [
+        // MARK: Pure protocol and logic targets (no IO)
+        .target(name: "CCRC32C"),
+        .target(name: "SCSI", dependencies: [nioCore]),
+        .target(
+            name: "ISCSIProtocol",
+            dependencies: ["CCRC32C", nioCore, .product(name: "Crypto", package: "swift-crypto")]
+        ),
+        .target(name: "BlockBackend", dependencies: [nioCore]),
+        .target(name: "NBDProtocol", dependencies: [nioCore]),
+        .target(name: "ISCSIConfig"),
+
+        // MARK: IO targets
+        .target(name: "ISCSIClient", dependencies: ["ISCSIProtocol", "SCSI", nioCore, nioPosix, logging]),
+        .target(name: "ISCSIBlockBackend", dependencies: ["BlockBackend", "SCSI", nioCore, logging]),
+        .target(name: "NBDServer", dependencies: ["NBDProtocol", "BlockBackend", nioCore, nioPosix, logging]),
+        .systemLibrary(name: "CLinuxNBD"),
+        .target(name: "NBDKernel", dependencies: ["CLinuxNBD", "NBDProtocol", nioCore, nioPosix, logging]),
+        .target(name: "ISNS", dependencies: [nioCore, nioPosix, logging]),
+        .target(
+            name: "ISCSINBDCommand",
+            dependencies: [
+                "ISCSIClient", "ISCSIBlockBackend", "NBDServer", "NBDKernel", "ISCSIConfig", "ISNS",
+                nioCore, nioPosix, logging,
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .executableTarget(name: "iscsi-nbd", dependencies: ["ISCSINBDCommand"]),
+
+        // MARK: Tests
+        .systemLibrary(name: "CLibNBD", pkgConfig: "libnbd", providers: [.apt(["libnbd-dev"])]),
+        .testTarget(name: "SCSITests", dependencies: ["SCSI"]),
+        .testTarget(name: "ISCSIProtocolTests", dependencies: ["ISCSIProtocol"]),
+        .testTarget(name: "BlockBackendTests", dependencies: ["BlockBackend", "ISCSIBlockBackend", "SCSI"]),
+        .testTarget(name: "NBDProtocolTests", dependencies: ["NBDProtocol"]),
+        .testTarget(name: "NBDServerTests", dependencies: ["NBDServer", "BlockBackend", "CLibNBD"]),
+        .testTarget(name: "NBDKernelTests", dependencies: ["NBDKernel"]),
+        .testTarget(name: "ISCSIConfigTests", dependencies: ["ISCSIConfig"]),
+        .testTarget(name: "ISCSIClientTests", dependencies: ["ISCSIClient", "ISCSIProtocol", "SCSI"]),
+        .testTarget(
+            name: "IntegrationTests",
+            dependencies: ["ISCSINBDCommand", "ISCSIClient", "ISCSIBlockBackend", "NBDServer", "ISNS", "CLibNBD"]
+        ),
+    ]
+)

@@ -1,0 +1,3 @@
+import ISCSINBDCommand
+
+await ISCSINBDRootCommand.main()
