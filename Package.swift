@@ -51,18 +51,19 @@ let package = Package(
         .executableTarget(name: "iscsi-nbd", dependencies: ["ISCSINBDCommand"]),
 
         // MARK: Tests
+        .target(name: "ISCSITestSupport", dependencies: ["SCSI", "BlockBackend", nioCore, nioPosix]),
         .systemLibrary(name: "CLibNBD", pkgConfig: "libnbd", providers: [.apt(["libnbd-dev"])]),
-        .testTarget(name: "SCSITests", dependencies: ["SCSI"]),
-        .testTarget(name: "ISCSIProtocolTests", dependencies: ["ISCSIProtocol"]),
-        .testTarget(name: "BlockBackendTests", dependencies: ["BlockBackend", "ISCSIBlockBackend", "SCSI"]),
-        .testTarget(name: "NBDProtocolTests", dependencies: ["NBDProtocol"]),
-        .testTarget(name: "NBDServerTests", dependencies: ["NBDServer", "BlockBackend", "CLibNBD"]),
-        .testTarget(name: "NBDKernelTests", dependencies: ["NBDKernel"]),
-        .testTarget(name: "ISCSIConfigTests", dependencies: ["ISCSIConfig"]),
-        .testTarget(name: "ISCSIClientTests", dependencies: ["ISCSIClient", "ISCSIProtocol", "SCSI"]),
+        .testTarget(name: "SCSITests", dependencies: ["ISCSITestSupport", "SCSI"]),
+        .testTarget(name: "ISCSIProtocolTests", dependencies: ["ISCSITestSupport", "ISCSIProtocol"]),
+        .testTarget(name: "BlockBackendTests", dependencies: ["ISCSITestSupport", "BlockBackend", "ISCSIBlockBackend", "SCSI"]),
+        .testTarget(name: "NBDProtocolTests", dependencies: ["ISCSITestSupport", "NBDProtocol"]),
+        .testTarget(name: "NBDServerTests", dependencies: ["ISCSITestSupport", "NBDServer", "BlockBackend", "CLibNBD"]),
+        .testTarget(name: "NBDKernelTests", dependencies: ["ISCSITestSupport", "NBDKernel"]),
+        .testTarget(name: "ISCSIConfigTests", dependencies: ["ISCSITestSupport", "ISCSIConfig"]),
+        .testTarget(name: "ISCSIClientTests", dependencies: ["ISCSITestSupport", "ISCSIClient", "ISCSIProtocol", "SCSI"]),
         .testTarget(
             name: "IntegrationTests",
-            dependencies: ["ISCSINBDCommand", "ISCSIClient", "ISCSIBlockBackend", "NBDServer", "ISNS", "CLibNBD"]
+            dependencies: ["ISCSITestSupport", "ISCSINBDCommand", "ISCSIClient", "ISCSIBlockBackend", "NBDServer", "ISNS", "CLibNBD"]
         ),
     ]
 )
