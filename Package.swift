@@ -59,7 +59,8 @@ let package = Package(
         .testTarget(name: "NBDProtocolTests", dependencies: ["ISCSITestSupport", "NBDProtocol"]),
         .testTarget(name: "NBDServerTests", dependencies: ["ISCSITestSupport", "NBDServer", "BlockBackend", "CLibNBD"]),
         .testTarget(name: "NBDKernelTests", dependencies: ["ISCSITestSupport", "NBDKernel"]),
-        .testTarget(name: "ISCSIConfigTests", dependencies: ["ISCSITestSupport", "ISCSIConfig"]),
+        .testTarget(name: "ISCSIConfigTests", dependencies: ["ISCSITestSupport", "ISCSIConfig"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "ISNSTests", dependencies: ["ISCSITestSupport", "ISNS", nioCore, nioPosix]),
         .testTarget(name: "ISCSIClientTests", dependencies: ["ISCSITestSupport", "ISCSIClient", "ISCSIProtocol", "SCSI"]),
         .testTarget(
             name: "IntegrationTests",
