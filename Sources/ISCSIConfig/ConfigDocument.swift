@@ -4,7 +4,7 @@
 /// each untouched line, so a document that is parsed, edited and rendered again differs from the
 /// input only in the entries that were changed. Unknown keys are kept like any other entry; the
 /// syntax layer does not know which keys exist (see ``ConfigKeys`` for validation).
-public struct ConfigDocument: Hashable, Sendable {
+public struct ConfigDocument: Hashable, Sendable, CustomStringConvertible, CustomDebugStringConvertible, CustomReflectable {
     /// One line of the file.
     public enum Line: Hashable, Sendable {
         /// An empty or whitespace-only line, with its original text.
@@ -16,7 +16,7 @@ public struct ConfigDocument: Hashable, Sendable {
     }
 
     /// A `key = value` line. `original` is the text as read, used verbatim while the entry is unchanged.
-    public struct Entry: Hashable, Sendable {
+    public struct Entry: Hashable, Sendable, CustomStringConvertible, CustomDebugStringConvertible, CustomReflectable {
         public var key: String
         public var value: String
         /// 1-based line number in the file it was read from (nil for entries added in memory).
@@ -32,6 +32,14 @@ public struct ConfigDocument: Hashable, Sendable {
 
         /// The text written for this entry.
         public var rendered: String { original ?? "\(key) = \(value)" }
+
+        /// `key = value`, with the value of a secret-bearing key masked.
+        public var description: String {
+            ConfigKeys.isSecret(key) && !value.isEmpty ? "\(key) = \(NodeRecord.masked)" : "\(key) = \(value)"
+        }
+        public var debugDescription: String { description }
+        /// Keeps secrets out of `dump()` and reflection-based logging.
+        public var customMirror: Mirror { Mirror(self, children: ["entry": description]) }
     }
 
     public var lines: [Line]
@@ -42,6 +50,11 @@ public struct ConfigDocument: Hashable, Sendable {
         self.lines = lines
         self.endsWithNewline = endsWithNewline
     }
+
+    /// The entries with secrets masked (never the raw text, which may hold CHAP secrets).
+    public var description: String { "ConfigDocument(" + entries.map(\.description).joined(separator: "; ") + ")" }
+    public var debugDescription: String { description }
+    public var customMirror: Mirror { Mirror(self, children: ["entries": entries.map(\.description)]) }
 
     /// Upper bound on the size of a configuration file we accept (open-iscsi files are a few KiB).
     public static let maximumSize = 1 << 20

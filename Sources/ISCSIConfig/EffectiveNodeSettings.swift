@@ -1,5 +1,5 @@
 /// CHAP credentials. The secret never appears in `description` or `debugDescription`.
-public struct CHAPCredentials: Hashable, Sendable, CustomStringConvertible, CustomDebugStringConvertible {
+public struct CHAPCredentials: Hashable, Sendable, CustomStringConvertible, CustomDebugStringConvertible, CustomReflectable {
     public var username: String
     public var secret: String
 
@@ -10,6 +10,8 @@ public struct CHAPCredentials: Hashable, Sendable, CustomStringConvertible, Cust
 
     public var description: String { "CHAP(user: \(username), secret: <redacted>)" }
     public var debugDescription: String { description }
+    /// Keeps the secret out of `dump()` and reflection-based logging.
+    public var customMirror: Mirror { Mirror(self, children: ["username": username, "secret": "<redacted>"]) }
 }
 
 /// Authentication settings for a session (normal or discovery).
@@ -40,6 +42,30 @@ public struct AuthSettings: Hashable, Sendable, CustomStringConvertible {
         if let target { parts.append("target: \(target)") }
         parts.append("algorithms: \(algorithms.map(\.rawValue).joined(separator: ","))")
         return "Auth(\(parts.joined(separator: ", ")))"
+    }
+}
+
+/// The iSNS server configured in iscsid.conf (`isns.address`, `isns.port`; RFC 4171 port 3205 by default).
+public struct ISNSServerSettings: Hashable, Sendable {
+    public var address: String
+    public var port: Int
+
+    public static let defaultPort = 3205
+
+    public init(address: String, port: Int = ISNSServerSettings.defaultPort) {
+        self.address = address
+        self.port = port
+    }
+
+    /// nil when `isns.address` is not set. Values are validated (the port range) with file and line.
+    public static func resolve(iscsid: ConfigDocument, file: String? = nil) throws(ISCSIConfigError) -> ISNSServerSettings? {
+        for key in [ConfigKeys.isnsAddress, ConfigKeys.isnsPort] {
+            if let entry = iscsid.entry(for: key) {
+                do { try ConfigKeys.validate(key: key, value: entry.value) } catch { throw error.at(file: file, line: entry.lineNumber) }
+            }
+        }
+        guard let address = iscsid[ConfigKeys.isnsAddress], !address.isEmpty else { return nil }
+        return ISNSServerSettings(address: address, port: iscsid[ConfigKeys.isnsPort].flatMap { Int($0) } ?? defaultPort)
     }
 }
 

@@ -117,7 +117,7 @@ public struct DiscoverySource: Hashable, Sendable {
 
 /// A node record: an ordered, lossless `key = value` document in open-iscsi's layout, framed by
 /// `# BEGIN RECORD <version>` / `# END RECORD`, so records move between this tool and iscsiadm.
-public struct NodeRecord: Hashable, Sendable {
+public struct NodeRecord: Hashable, Sendable, CustomStringConvertible, CustomDebugStringConvertible, CustomReflectable {
     public static let fileMode: UInt32 = 0o600
     /// The open-iscsi record format version written in `# BEGIN RECORD` (any version is read).
     public static let recordVersion = "2.1.8"
@@ -155,8 +155,12 @@ public struct NodeRecord: Hashable, Sendable {
         return NodeRecord(id: id, document: document)
     }
 
-    /// The file contents.
+    /// The file contents (secrets included: this is what is written to the 0600 file).
     public func render() -> String { document.render() }
+
+    public var description: String { "NodeRecord(\(id): \(document))" }
+    public var debugDescription: String { description }
+    public var customMirror: Mirror { Mirror(self, children: ["id": id, "document": document.description]) }
 
     /// The record as `iscsiadm -m node -o show` prints it: secrets that are set become `********`.
     public func show() -> String {

@@ -108,6 +108,10 @@ public enum ISNSInitiatorMessages {
         var order: [String] = []
         for pg in groups {
             guard let name = pg.name, let address = pg.address, let port = pg.port, let tag = pg.tag, !pg.nullTag else { continue }
+            // §6.1: iSCSI Name / PG iSCSI Name are 4-224 bytes including the NUL.
+            guard !name.isEmpty, name.utf8.count <= 223 else {
+                throw .malformed("PG iSCSI Name of \(name.utf8.count) bytes (1-223 allowed)")
+            }
             if let type = nodeTypes[name], !type.contains(.target) { continue }
             // §6.3.2: bits 16-31 are the port; bit 15 (0x10000) set means UDP, which iSCSI does not use.
             guard port & 0x0001_0000 == 0 else { continue }

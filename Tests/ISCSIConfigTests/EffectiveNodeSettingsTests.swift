@@ -115,3 +115,34 @@ import Testing
         #expect(try EffectiveNodeSettings.resolve(iscsid: iscsid).auth.method == .none)
     }
 }
+
+@Suite struct RedactionAndISNSSettingsTests {
+    @Test func secretsNeverAppearInDescriptionsOrDumps() throws {
+        let doc = try ISCSIDConf.parse("node.session.auth.password = hunter2hunter2\nnode.session.auth.username = bob\n")
+        let record = NodeRecord(id: NodeID(target: "iqn.2026-11.test:a", portal: Portal(host: "192.0.2.1"), tpgt: 1), document: doc)
+        let creds = CHAPCredentials(username: "bob", secret: "hunter2hunter2")
+        var dumped = ""
+        dump(record, to: &dumped)
+        dump(creds, to: &dumped)
+        dump(doc, to: &dumped)
+        let texts = [doc.description, String(reflecting: doc), record.description, String(reflecting: record),
+                     "\(doc.entries)", creds.description, String(reflecting: creds), dumped]
+        for text in texts {
+            #expect(!text.contains("hunter2"), "leaked in: \(text)")
+        }
+        #expect(doc.description.contains("node.session.auth.password = ********"))
+        #expect(doc.description.contains("bob"))
+        // The file itself does keep the secret.
+        #expect(record.render().contains("hunter2hunter2"))
+    }
+
+    @Test func isnsServerFromISCSIDConf() throws {
+        #expect(try ISNSServerSettings.resolve(iscsid: ConfigDocument()) == nil)
+        let doc = try ISCSIDConf.parse("isns.address = 192.0.2.5\n")
+        #expect(try ISNSServerSettings.resolve(iscsid: doc) == ISNSServerSettings(address: "192.0.2.5", port: 3205))
+        let withPort = try ISCSIDConf.parse("isns.address = isns.example\nisns.port = 3206\n")
+        #expect(try ISNSServerSettings.resolve(iscsid: withPort) == ISNSServerSettings(address: "isns.example", port: 3206))
+        let bad = try ConfigDocument.parse("isns.address = x\nisns.port = 99999\n")
+        #expect { try ISNSServerSettings.resolve(iscsid: bad, file: "c") } throws: { ($0 as? ISCSIConfigError)?.line == 2 }
+    }
+}

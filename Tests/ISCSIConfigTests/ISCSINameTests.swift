@@ -94,6 +94,8 @@ import Testing
         #expect(first == second)
         let text = try String(contentsOfFile: configDir + "/initiatorname.iscsi", encoding: .utf8)
         #expect(text.contains("InitiatorName=\(first.name.rawValue)\n"))
+        let attrs = try FileManager.default.attributesOfItem(atPath: configDir + "/initiatorname.iscsi")
+        #expect((attrs[.posixPermissions] as? NSNumber)?.intValue == 0o644)
     }
 
     @Test func configDirectoryResolution() {

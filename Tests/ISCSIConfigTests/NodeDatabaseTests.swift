@@ -82,6 +82,10 @@ import Testing
         try db.update(id, key: ConfigKeys.password, value: "")
         #expect(try db.load(id)[ConfigKeys.password] == nil)
 
+        // Atomic writes leave no temporary files behind.
+        let portalDir = dir.path + "/nodes/iqn.2026-11.test:disk1/192.0.2.10,3260,1"
+        #expect(try FileManager.default.contentsOfDirectory(atPath: portalDir) == ["default"])
+
         try db.delete(id)
         #expect(try db.list() == [id2])
         #expect(!FileManager.default.fileExists(atPath: dir.path + "/nodes/iqn.2026-11.test:disk1"))
