@@ -130,6 +130,20 @@ import Testing
                                                    with: "node.conn[0].iscsi.IFMarker = No\nnode.session.queue_depth = 16\n# END RECORD"))
     }
 
+    @Test func strayEntriesInTheNodesDirectoryAreSkipped() throws {
+        let dir = try TempDir()
+        let db = NodeDatabase(configDirectory: dir.path)
+        let id = NodeID(target: target, portal: portal, tpgt: 1)
+        try db.create(NodeRecord.new(id: id))
+        let targetDir = dir.path + "/nodes/\(target)"
+        // open-iscsi's old-style record file, a junk directory, a bad port, a stray file.
+        try "node.name = x\n".write(toFile: targetDir + "/192.0.2.10,3260", atomically: true, encoding: .utf8)
+        try FileManager.default.createDirectory(atPath: targetDir + "/notaportal", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: targetDir + "/192.0.2.10,99999,1", withIntermediateDirectories: true)
+        try "x".write(toFile: dir.path + "/nodes/README", atomically: true, encoding: .utf8)
+        #expect(try db.list() == [id])
+    }
+
     @Test func recordContradictingItsPathIsRejected() throws {
         let id = NodeID(target: target, portal: portal, tpgt: 1)
         #expect {
