@@ -1,0 +1,45 @@
+import ISCSIProtocol
+
+/// Session-level failures: a command's future fails with one of these when it could not be delivered or
+/// answered. SCSI statuses (CHECK CONDITION ...) are not errors: they come back in `SCSICommandResult`.
+public enum ISCSISessionError: Error, Hashable, Sendable, CustomStringConvertible {
+    /// The TCP connection closed or failed before the task completed.
+    case connectionClosed
+    /// The target broke the protocol; the connection was dropped.
+    case protocolViolation(String)
+    /// A PDU could not be decoded; the connection was dropped.
+    case malformedPDU(ISCSIPDUError)
+    /// Login failed with a Status-Class/Status-Detail (RFC 7143 §11.13.5) or a negotiation problem.
+    case loginFailed(statusClass: UInt8, statusDetail: UInt8, reason: String)
+    /// Too many login redirects.
+    case tooManyRedirects
+    /// The operation did not finish in time.
+    case timeout(String)
+    /// The target rejected the command's PDU (RFC 7143 §11.17).
+    case rejected(reason: UInt8)
+    /// The SCSI Response had Response != 0 (RFC 7143 §11.4.3: target failure).
+    case targetFailure(response: UInt8)
+    /// The session is logging out or closed; no new commands are accepted.
+    case sessionClosed
+    /// The command cannot be expressed (e.g. transfer too long).
+    case invalidCommand(String)
+    /// The target asked the session to end (Async Message).
+    case targetRequestedLogout
+
+    public var description: String {
+        switch self {
+        case .connectionClosed: "iSCSI connection closed"
+        case .protocolViolation(let s): "iSCSI protocol violation by target: \(s)"
+        case .malformedPDU(let e): "malformed PDU from target: \(e)"
+        case .loginFailed(let c, let d, let reason):
+            "login failed (status class \(c), detail \(d)): \(reason)"
+        case .tooManyRedirects: "too many login redirects"
+        case .timeout(let what): "timed out: \(what)"
+        case .rejected(let reason): "target rejected the PDU (reason 0x\(String(reason, radix: 16)))"
+        case .targetFailure(let r): "target failure (response 0x\(String(r, radix: 16)))"
+        case .sessionClosed: "iSCSI session is closed"
+        case .invalidCommand(let s): "invalid command: \(s)"
+        case .targetRequestedLogout: "target requested logout"
+        }
+    }
+}
