@@ -56,6 +56,9 @@ public struct LoginStateMachine: Sendable {
     /// Text of a C-bit series being accumulated.
     private var pendingText: ByteBuffer?
     private var exchanges = 0
+    /// The challenge sent to the target for mutual CHAP, once sent. Keep recent ones and pass them in
+    /// `LoginConfiguration.previouslySentCHAPChallenges` of later logins to detect reflection.
+    public private(set) var sentCHAPChallenge: [UInt8]?
 
     /// Validates the configuration: names present, proposal in range, CHAP credentials usable and, for
     /// mutual CHAP, different secrets per direction (RFC 7143 §9.2.1: "Any CHAP secret used for initiator
@@ -297,6 +300,11 @@ public struct LoginStateMachine: Sendable {
             guard let chap = configuration.chap else {
                 throw .violation("CHAP_A", "CHAP keys received although CHAP was not offered")
             }
+            // §9.2.1: a challenge we sent ourselves must never be answered (reflection).
+            if configuration.previouslySentCHAPChallenges.contains(challenge) {
+                throw LoginError(.chapChallengeReflected, key: "CHAP_C",
+                                 "the target sent a CHAP challenge this initiator issued itself (reflection attack)")
+            }
             let hash = Self.hash(for: algorithm, challengeLength: challenge.count)
             let answer = CHAP.response(hash: hash, identifier: UInt8(identifier), secret: Array(chap.secret.utf8),
                                        challenge: challenge)
@@ -309,7 +317,9 @@ public struct LoginStateMachine: Sendable {
                 let length = max(16, hash.digestLength)
                 var ours = random.bytes(length)
                 var attempts = 0
-                while ours == challenge || ours.count != length {
+                while ours == challenge || ours.count != length
+                    || configuration.previouslySentCHAPChallenges.contains(ours)
+                {
                     attempts += 1
                     guard attempts < 8 else {
                         throw LoginError(.invalidConfiguration, "the random source cannot produce a fresh CHAP challenge")
@@ -319,6 +329,7 @@ public struct LoginStateMachine: Sendable {
                 let ourIdentifier = random.bytes(1).first ?? 0
                 exchange.ourIdentifier = ourIdentifier
                 exchange.ourChallenge = ours
+                sentCHAPChallenge = ours
                 replies.append("CHAP_I", String(ourIdentifier))
                 replies.append("CHAP_C", TextValue.hexConstant(ours))
             }

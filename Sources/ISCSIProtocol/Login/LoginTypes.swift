@@ -36,6 +36,11 @@ public struct LoginConfiguration: Sendable {
     public var chapAlgorithms: [CHAPAlgorithm]
     public var proposal: SessionParameterProposal
     public var textLimits: TextLimits
+    /// CHAP challenges this initiator sent on other connections recently (see
+    /// `LoginStateMachine.sentCHAPChallenge`). A target challenge equal to one of them is a reflection attack
+    /// (RFC 7143 §9.2.1 example: a rogue target replays our challenge from connection 1 on connection 2 to
+    /// obtain the answer) and fails the login with `.chapChallengeReflected`.
+    public var previouslySentCHAPChallenges: [[UInt8]] = []
 
     public init(initiatorName: String, initiatorAlias: String? = nil, targetName: String?,
                 sessionType: SessionType? = nil, chap: CHAPCredentials? = nil,
