@@ -10,8 +10,10 @@ import SCSI
 /// there. Commands are pipelined: up to `queueDepth` in flight within the target's CmdSN window.
 public final class ISCSISession: SCSITransport, Sendable {
     public let eventLoop: any EventLoop
-    /// The negotiated operational parameters.
-    public let parameters: SessionParameters
+    /// The negotiated operational parameters (RFC 7143 §13).
+    public let parameters: OperationalParameters
+    /// The subset the full feature phase uses.
+    public var sessionParameters: SessionParameters { SessionParameters(parameters) }
     /// The target-assigned session handle (RFC 7143 §11.13.3).
     public let tsih: UInt16
     public let configuration: ISCSISessionConfiguration
@@ -19,7 +21,7 @@ public final class ISCSISession: SCSITransport, Sendable {
     private let handler: NIOLoopBound<ISCSIConnectionHandler>
 
     private init(
-        channel: any Channel, handler: NIOLoopBound<ISCSIConnectionHandler>, parameters: SessionParameters,
+        channel: any Channel, handler: NIOLoopBound<ISCSIConnectionHandler>, parameters: OperationalParameters,
         tsih: UInt16, configuration: ISCSISessionConfiguration
     ) {
         self.eventLoop = channel.eventLoop
@@ -70,29 +72,40 @@ public final class ISCSISession: SCSITransport, Sendable {
                 let handler = try channel.pipeline.syncOperations.handler(type: ISCSIConnectionHandler.self)
                 bound = NIOLoopBound(handler, eventLoop: channel.eventLoop)
                 let promise = channel.eventLoop.makePromise(of: LoginOutcome.self)
-                handler.startLogin(BasicLogin(configuration: configuration), promise: promise)
+                handler.startLogin(try LoginStateMachine(configuration: configuration.loginConfiguration), promise: promise)
                 outcome = promise.futureResult
             } catch {
                 channel.close(promise: nil)
                 return channel.eventLoop.makeFailedFuture(error)
             }
-            return outcome.flatMapError { error in
-                channel.close(promise: nil)
-                return channel.eventLoop.makeFailedFuture(error)
-            }.flatMap { outcome in
+            return outcome.flatMap { outcome in
                 switch outcome {
                 case .loggedIn(let parameters, let tsih):
                     return channel.eventLoop.makeSucceededFuture(
                         ISCSISession(channel: channel, handler: bound, parameters: parameters, tsih: tsih,
                                      configuration: configuration)
                     )
-                case .redirect(let newHost, let newPort):
+                case .redirect(let portal):
                     channel.close(promise: nil)
                     guard redirectsLeft > 0 else { return channel.eventLoop.makeFailedFuture(ISCSISessionError.tooManyRedirects) }
-                    sessionLogger.info("login redirected", metadata: ["iscsi.redirect": "\(newHost):\(newPort)"])
-                    return attempt(configuration, host: newHost, port: newPort, redirectsLeft: redirectsLeft - 1,
+                    sessionLogger.info("login redirected", metadata: ["iscsi.redirect": "\(portal)"])
+                    return attempt(configuration, host: portal.host, port: portal.port, redirectsLeft: redirectsLeft - 1,
                                    on: eventLoop, logger: baseLogger)
                 }
+            }
+            .flatMapError { error in
+                channel.close(promise: nil)
+                // RFC 7143 §12.1.3: a target that refuses every offered CHAP algorithm gets a new login
+                // offering MD5 only.
+                if case ISCSISessionError.login(let loginError) = error, let retry = loginError.retryCHAPAlgorithms,
+                    retry != configuration.chapAlgorithms
+                {
+                    var fallback = configuration
+                    fallback.chapAlgorithms = retry
+                    sessionLogger.notice("target rejected the CHAP algorithms, retrying with \(retry)")
+                    return attempt(fallback, host: host, port: port, redirectsLeft: redirectsLeft, on: eventLoop, logger: baseLogger)
+                }
+                return channel.eventLoop.makeFailedFuture(error)
             }
         }
     }
@@ -123,6 +136,29 @@ public final class ISCSISession: SCSITransport, Sendable {
         let promise = eventLoop.makePromise(of: Void.self)
         channel.close(promise: promise)
         return promise.futureResult.flatMapErrorThrowing { _ in () }
+    }
+
+    /// A discovery session (SessionType=Discovery, RFC 7143 Appendix C / §13.3): log in, send
+    /// SendTargets=All, collect the answer and log out.
+    public static func discover(
+        host: String, port: Int = 3260, initiatorName: String, chap: CHAPCredentials? = nil,
+        on eventLoop: any EventLoop, logger: Logger
+    ) -> EventLoopFuture<[DiscoveredTarget]> {
+        var configuration = ISCSISessionConfiguration(host: host, port: port, targetName: nil, initiatorName: initiatorName)
+        configuration.chap = chap
+        configuration.noopOutInterval = nil
+        return connect(configuration, on: eventLoop, logger: logger).flatMap { session in
+            let promise = session.eventLoop.makePromise(of: ByteBuffer.self)
+            let handler = session.handler
+            session.eventLoop.execute { handler.value.sendText(SendTargets.requestKeys("All"), promise: promise) }
+            return promise.futureResult.flatMapThrowing { text -> [DiscoveredTarget] in
+                try SendTargets.parse(text)
+            }.flatMap { targets in
+                session.logout().map { targets }.flatMapErrorThrowing { _ in targets }
+            }.flatMapError { error in
+                session.close().flatMapThrowing { throw error }
+            }
+        }
     }
 
     /// Completes when the connection has closed.

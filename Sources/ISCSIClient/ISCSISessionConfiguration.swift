@@ -11,8 +11,12 @@ public struct ISCSISessionConfiguration: Sendable {
     public var initiatorAlias: String?
     /// 48-bit ISID (RFC 7143 §11.12.5), random format (T = 10b) by default.
     public var isid: UInt64
+    /// CHAP credentials; nil logs in with AuthMethod=None.
+    public var chap: CHAPCredentials?
+    /// CHAP algorithms offered, strongest first; a target that rejects them all gets a retry with MD5.
+    public var chapAlgorithms: [CHAPAlgorithm]
     /// Operational keys we propose (RFC 7143 §13).
-    public var proposal: SessionParameters
+    public var proposal: SessionParameterProposal
     /// Commands in flight at most (open-iscsi node.session.queue_depth); more wait in a queue.
     public var queueDepth: Int
     public var loginTimeout: TimeAmount
@@ -31,7 +35,9 @@ public struct ISCSISessionConfiguration: Sendable {
         initiatorName: String,
         initiatorAlias: String? = nil,
         isid: UInt64 = ISCSISessionConfiguration.randomISID(),
-        proposal: SessionParameters = ISCSISessionConfiguration.defaultProposal,
+        chap: CHAPCredentials? = nil,
+        chapAlgorithms: [CHAPAlgorithm] = [.md5],
+        proposal: SessionParameterProposal = SessionParameterProposal(),
         queueDepth: Int = 128,
         loginTimeout: TimeAmount = .seconds(15),
         logoutTimeout: TimeAmount = .seconds(15),
@@ -45,6 +51,8 @@ public struct ISCSISessionConfiguration: Sendable {
         self.initiatorName = initiatorName
         self.initiatorAlias = initiatorAlias
         self.isid = isid
+        self.chap = chap
+        self.chapAlgorithms = chapAlgorithms
         self.proposal = proposal
         self.queueDepth = queueDepth
         self.loginTimeout = loginTimeout
@@ -62,20 +70,11 @@ public struct ISCSISessionConfiguration: Sendable {
         return (0x80 << 40) | (random << 16) | qualifier
     }
 
-    /// open-iscsi's defaults: 256 KiB segments and bursts, ImmediateData=Yes, InitialR2T=No.
-    public static let defaultProposal = SessionParameters(
-        digests: .none,
-        initiatorMaxRecvDataSegmentLength: 262_144,
-        targetMaxRecvDataSegmentLength: 262_144,
-        maxBurstLength: 16_776_192,
-        firstBurstLength: 262_144,
-        initialR2T: false,
-        immediateData: true,
-        maxOutstandingR2T: 1,
-        dataPDUInOrder: true,
-        dataSequenceInOrder: true,
-        errorRecoveryLevel: 0,
-        defaultTime2Wait: 0,
-        defaultTime2Retain: 0
-    )
+    /// The login state machine's configuration.
+    public var loginConfiguration: LoginConfiguration {
+        LoginConfiguration(
+            initiatorName: initiatorName, initiatorAlias: initiatorAlias, targetName: targetName,
+            chap: chap, chapAlgorithms: chapAlgorithms, proposal: proposal
+        )
+    }
 }

@@ -9,8 +9,8 @@ public enum ISCSISessionError: Error, Hashable, Sendable, CustomStringConvertibl
     case protocolViolation(String)
     /// A PDU could not be decoded; the connection was dropped.
     case malformedPDU(ISCSIPDUError)
-    /// Login failed with a Status-Class/Status-Detail (RFC 7143 §11.13.5) or a negotiation problem.
-    case loginFailed(statusClass: UInt8, statusDetail: UInt8, reason: String)
+    /// Login failed: refused by the target (RFC 7143 §11.13.5), authentication or negotiation failure.
+    case login(LoginError)
     /// Too many login redirects.
     case tooManyRedirects
     /// The operation did not finish in time.
@@ -31,8 +31,7 @@ public enum ISCSISessionError: Error, Hashable, Sendable, CustomStringConvertibl
         case .connectionClosed: "iSCSI connection closed"
         case .protocolViolation(let s): "iSCSI protocol violation by target: \(s)"
         case .malformedPDU(let e): "malformed PDU from target: \(e)"
-        case .loginFailed(let c, let d, let reason):
-            "login failed (status class \(c), detail \(d)): \(reason)"
+        case .login(let error): "\(error)"
         case .tooManyRedirects: "too many login redirects"
         case .timeout(let what): "timed out: \(what)"
         case .rejected(let reason): "target rejected the PDU (reason 0x\(String(reason, radix: 16)))"

@@ -59,8 +59,9 @@ final class TGTFixture {
     }
 
     func configuration(digests: DigestSettings = .none) -> ISCSISessionConfiguration {
-        var proposal = ISCSISessionConfiguration.defaultProposal
-        proposal.digests = digests
+        var proposal = SessionParameterProposal()
+        proposal.headerDigests = digests.header ? [.crc32c] : [.none]
+        proposal.dataDigests = digests.data ? [.crc32c] : [.none]
         return ISCSISessionConfiguration(
             host: "127.0.0.1", port: tgt.port, targetName: Self.iqn,
             initiatorName: "iqn.2026-11.test.iscsi-nbd:initiator", proposal: proposal
@@ -169,7 +170,7 @@ struct TGTSessionTests {
         let fixture = try TGTFixture()
         defer { fixture.stop() }
         let session = try await fixture.connect(digests: digests)
-        #expect(session.parameters.digests == digests)
+        #expect(session.sessionParameters.digests == digests)
         // 512 B to 8 MiB: crosses ImmediateData, FirstBurstLength and MaxBurstLength, so R2Ts happen.
         let sizes = [512, 4096, 8192 + 512, 65536, 65536 + 4096, 262_144 + 512, 1 << 20, (1 << 20) + 3 * 512, 8 << 20]
         var lba: UInt64 = 8
@@ -230,5 +231,58 @@ struct TGTSessionTests {
         }
         for m in mixed { #expect(try await m.get().status == .good) }
         try await session.logout().get()
+    }
+}
+
+@Suite(.serialized, .enabled(if: peersAvailable("tgtd", "tgtadm")), .timeLimit(.minutes(3)))
+struct TGTLoginTests {
+    @Test func discoveryFindsTheTarget() async throws {
+        let fixture = try TGTFixture()
+        defer { fixture.stop() }
+        let targets = try await ISCSISession.discover(
+            host: "127.0.0.1", port: fixture.tgt.port, initiatorName: "iqn.2026-11.test.iscsi-nbd:initiator",
+            on: fixture.group.next(), logger: Logger(label: "test.discovery")
+        ).get()
+        let target = try #require(targets.first { $0.name == TGTFixture.iqn })
+        #expect(target.portals.contains { $0.port == fixture.tgt.port })
+    }
+
+    @Test func chapLoginOneWayAndMutual() async throws {
+        let fixture = try TGTFixture()
+        defer { fixture.stop() }
+        try fixture.tgt.addAccount(tid: 1, user: "alice", password: "alicesecret123")
+
+        // Without credentials the target refuses (authentication failure, RFC 7143 §11.13.5).
+        await #expect(throws: ISCSISessionError.self) { _ = try await fixture.connect() }
+
+        var config = fixture.configuration()
+        config.chap = CHAPCredentials(username: "alice", secret: "alicesecret123")
+        let session = try await ISCSISession.connect(config, on: fixture.group.next(), logger: Logger(label: "test.chap"))
+        let inquiry = try await session.execute(SCSICommand(cdb: TestCDB.inquiry(), expectedDataInLength: 96), lun: LogicalUnitNumber(1)).get()
+        #expect(inquiry.dataIn != nil)
+        try await session.logout().get()
+
+        // A wrong secret fails the login.
+        config.chap = CHAPCredentials(username: "alice", secret: "wrongsecret1234")
+        await #expect(throws: ISCSISessionError.self) {
+            _ = try await ISCSISession.connect(config, on: fixture.group.next(), logger: Logger(label: "test.chap")).get()
+        }
+
+        // Mutual CHAP: the target proves it knows its own secret.
+        try fixture.tgt.addAccount(tid: 1, user: "target1", password: "targetsecret99", outgoing: true)
+        config.chap = CHAPCredentials(
+            username: "alice", secret: "alicesecret123",
+            mutual: .init(username: "target1", secret: "targetsecret99")
+        )
+        let mutual = try await ISCSISession.connect(config, on: fixture.group.next(), logger: Logger(label: "test.chap"))
+        try await mutual.logout().get()
+
+        config.chap = CHAPCredentials(
+            username: "alice", secret: "alicesecret123",
+            mutual: .init(username: "target1", secret: "notthetargetsecret")
+        )
+        await #expect(throws: ISCSISessionError.self) {
+            _ = try await ISCSISession.connect(config, on: fixture.group.next(), logger: Logger(label: "test.chap")).get()
+        }
     }
 }

@@ -5,8 +5,8 @@ import SCSI
 
 /// How a login attempt ended (failures fail the promise instead).
 enum LoginOutcome: Sendable {
-    case loggedIn(SessionParameters, tsih: UInt16)
-    case redirect(host: String, port: Int)
+    case loggedIn(OperationalParameters, tsih: UInt16)
+    case redirect(TargetPortalAddress)
 }
 
 /// A SCSI task in flight.
@@ -41,12 +41,13 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
     static let loginITT: UInt32 = 0x0000_FFF1
     static let pingITT: UInt32 = 0x0000_FFF2
     static let logoutITT: UInt32 = 0x0000_FFF3
+    static let textITT: UInt32 = 0x0000_FFF4
 
     private enum State {
         /// Connected, login not started.
         case idle
         /// Login Requests/Responses are being exchanged (RFC 7143 §6.3).
-        case loggingIn(any LoginExchange, EventLoopPromise<LoginOutcome>)
+        case loggingIn(LoginStateMachine, EventLoopPromise<LoginOutcome>)
         /// Full feature phase: SCSI commands flow.
         case fullFeature
         /// Logout Request sent; waiting for the Logout Response (RFC 7143 §11.14).
@@ -63,6 +64,8 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
     private var encoder = PDUEncoder()
     private var cumulation: ByteBuffer?
     private(set) var parameters = SessionParameters()
+    /// A Text Request exchange in progress (discovery): the text so far and who waits for it.
+    private var textExchange: (text: ByteBuffer, promise: EventLoopPromise<ByteBuffer>)?
     private var window = CommandWindow(cmdSN: SerialNumber(1), expCmdSN: SerialNumber(1), maxCmdSN: SerialNumber(1), expStatSN: SerialNumber(0))
     private var loginExpStatSN = SerialNumber(0)
     private var tsih: UInt16 = 0
@@ -85,7 +88,7 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
         self.tasks = TaskTable(capacity: max(1, min(configuration.queueDepth, 0xFF00)))
         self.parser = PDUParser(
             digests: .none,
-            maxDataSegmentLength: max(8192, configuration.proposal.initiatorMaxRecvDataSegmentLength),
+            maxDataSegmentLength: max(8192, configuration.proposal.maxRecvDataSegmentLength),
             direction: .targetToInitiator
         )
     }
@@ -149,14 +152,14 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
 
     // MARK: - Login
 
-    func startLogin(_ exchange: any LoginExchange, promise: EventLoopPromise<LoginOutcome>) {
+    func startLogin(_ machine: LoginStateMachine, promise: EventLoopPromise<LoginOutcome>) {
         guard case .idle = state, let context else {
             promise.fail(ISCSISessionError.connectionClosed)
             return
         }
-        var exchange = exchange
-        let step = exchange.start()
-        state = .loggingIn(exchange, promise)
+        var machine = machine
+        let step = machine.start()
+        state = .loggingIn(machine, promise)
         loginTimeout = context.eventLoop.assumeIsolated().scheduleTask(in: configuration.loginTimeout) { [self] in
             self.fail(.timeout("login"))
         }
@@ -164,39 +167,52 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
         flushIfNeeded()
     }
 
-    private func sendLoginRequest(_ step: LoginStep) {
+    private func sendLoginRequest(_ step: LoginRequestStep) {
         var request = ISCSIPDU.LoginRequest()
         request.transit = step.transit
-        request.currentStage = step.currentStage
-        request.nextStage = step.nextStage
+        request.continue = step.continue
+        request.currentStage = step.csg.rawValue
+        request.nextStage = step.wireNSG.rawValue
         request.isid = configuration.isid
         request.tsih = 0
         request.initiatorTaskTag = Self.loginITT
         request.connectionID = 0
         request.cmdSN = window.cmdSN
         request.expStatSN = loginExpStatSN
-        request.data = step.text
+        request.data = step.keys.encoded(allocator: context?.channel.allocator ?? ByteBufferAllocator())
         let pdu = request.pdu
         send(pdu.header, data: pdu.data)
     }
 
-    private func receiveLogin(_ pdu: ISCSIPDU, exchange: any LoginExchange, promise: EventLoopPromise<LoginOutcome>) throws {
-        var exchange = exchange
+    private func receiveLogin(_ pdu: ISCSIPDU, machine: LoginStateMachine, promise: EventLoopPromise<LoginOutcome>) throws {
+        var machine = machine
         let response = try ISCSIPDU.LoginResponse(pdu)
         guard response.initiatorTaskTag == Self.loginITT else {
             throw ISCSISessionError.protocolViolation("Login Response with ITT \(response.initiatorTaskTag)")
         }
         loginExpStatSN = response.statSN + 1
-        switch try exchange.receive(response) {
+        let summary = LoginResponseSummary(
+            statusClass: response.statusClass, statusDetail: response.statusDetail, transit: response.transit,
+            continue: response.continue, csg: LoginStage(rawValue: response.currentStage),
+            nsg: LoginStage(rawValue: response.nextStage), tsih: response.tsih, text: response.data
+        )
+        let action: LoginAction
+        do {
+            action = try machine.receive(summary)
+        } catch {
+            throw ISCSISessionError.login(error)
+        }
+        switch action {
         case .send(let step):
-            state = .loggingIn(exchange, promise)
+            state = .loggingIn(machine, promise)
             sendLoginRequest(step)
-        case .complete(let negotiated, let tsih):
+        case .complete(let operational, let tsih):
             loginTimeout?.cancel()
             self.tsih = tsih
+            let negotiated = SessionParameters(operational)
             parameters = negotiated
-            // RFC 7143 §4.2.2.1: the first command carries the CmdSN of the login; the Login Response
-            // sets the window and StatSN.
+            // RFC 7143 §4.2.2.1: the first command carries the CmdSN of the login; the final Login
+            // Response sets the window and StatSN.
             window = CommandWindow(
                 cmdSN: window.cmdSN, expCmdSN: response.expCmdSN, maxCmdSN: response.maxCmdSN,
                 expStatSN: response.statSN + 1
@@ -208,13 +224,64 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
             state = .fullFeature
             schedulePingTimer()
             logger.debug("iSCSI login complete", metadata: ["iscsi.tsih": "\(tsih)", "iscsi.parameters": "\(negotiated)"])
-            promise.succeed(.loggedIn(negotiated, tsih: tsih))
-        case .redirect(let host, let port):
+            promise.succeed(.loggedIn(operational, tsih: tsih))
+        case .redirect(let address, _):
             loginTimeout?.cancel()
+            guard let portal = TargetPortalAddress(parsing: address) else {
+                throw ISCSISessionError.login(LoginError(.protocolViolation, key: "TargetAddress", "unusable redirect address"))
+            }
             state = .closed
-            promise.succeed(.redirect(host: host, port: port))
+            promise.succeed(.redirect(portal))
             context?.close(promise: nil)
         }
+    }
+
+    // MARK: - Text (discovery)
+
+    /// Sends a Text Request and collects the whole response text, following C-bit continuations
+    /// (RFC 7143 §11.10, §11.11). One exchange at a time.
+    func sendText(_ keys: TextKeyValues, promise: EventLoopPromise<ByteBuffer>) {
+        guard case .fullFeature = state, textExchange == nil, window.isOpen, let context else {
+            promise.fail(closeError ?? ISCSISessionError.sessionClosed)
+            return
+        }
+        textExchange = (context.channel.allocator.buffer(capacity: 1024), promise)
+        var request = ISCSIPDU.TextRequest()
+        request.final = true
+        request.initiatorTaskTag = Self.textITT
+        request.targetTransferTag = reservedTaskTag
+        request.cmdSN = window.assignCmdSN()
+        request.expStatSN = window.expStatSN
+        request.data = keys.encoded(allocator: context.channel.allocator)
+        let pdu = request.pdu
+        send(pdu.header, data: pdu.data)
+        scheduleFlush()
+    }
+
+    private func receiveTextResponse(_ response: ISCSIPDU.TextResponse) throws {
+        window.update(expCmdSN: response.expCmdSN, maxCmdSN: response.maxCmdSN)
+        window.receiveStatSN(response.statSN)
+        guard response.initiatorTaskTag == Self.textITT, var exchange = textExchange else {
+            throw ISCSISessionError.protocolViolation("unexpected Text Response")
+        }
+        guard exchange.text.readableBytes + response.data.readableBytes <= TextLimits.default.maxTotalBytes else {
+            throw ISCSISessionError.protocolViolation("Text Response longer than \(TextLimits.default.maxTotalBytes) bytes")
+        }
+        exchange.text.writeImmutableBuffer(response.data)
+        if response.final {
+            textExchange = nil
+            exchange.promise.succeed(exchange.text)
+            return
+        }
+        textExchange = exchange
+        // RFC 7143 §11.11.2, §11.10.4: ask for the rest with an empty Text Request echoing the TTT.
+        var request = ISCSIPDU.TextRequest()
+        request.final = true
+        request.initiatorTaskTag = Self.textITT
+        request.targetTransferTag = response.targetTransferTag
+        request.cmdSN = window.assignCmdSN()
+        request.expStatSN = window.expStatSN
+        send(request.pdu.header, data: nil)
     }
 
     // MARK: - Commands
@@ -242,7 +309,7 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
             let next = pending.removeFirst()
             sendCommand(next)
         }
-        if pending.isEmpty, tasks.isEmpty, logoutPromise != nil { sendLogout() }
+        if pending.isEmpty, tasks.isEmpty, textExchange == nil, logoutPromise != nil { sendLogout() }
     }
 
     private func sendCommand(_ pendingCommand: PendingCommand) {
@@ -324,11 +391,11 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
 
     private func process(_ pdu: ISCSIPDU) throws {
         switch state {
-        case .loggingIn(let exchange, let promise):
+        case .loggingIn(let machine, let promise):
             guard pdu.header.opcode == .loginResponse else {
                 throw ISCSISessionError.protocolViolation("\(pdu.header.opcode) during login")
             }
-            try receiveLogin(pdu, exchange: exchange, promise: promise)
+            try receiveLogin(pdu, machine: machine, promise: promise)
             return
         case .idle:
             throw ISCSISessionError.protocolViolation("\(pdu.header.opcode) before login")
@@ -350,11 +417,7 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
             window.update(expCmdSN: response.expCmdSN, maxCmdSN: response.maxCmdSN)
             window.receiveStatSN(response.statSN)
             logger.debug("unsolicited task management response ignored")
-        case .textResponse:
-            let response = try ISCSIPDU.TextResponse(pdu)
-            window.update(expCmdSN: response.expCmdSN, maxCmdSN: response.maxCmdSN)
-            window.receiveStatSN(response.statSN)
-            logger.debug("unsolicited text response ignored")
+        case .textResponse: try receiveTextResponse(ISCSIPDU.TextResponse(pdu))
         default:
             throw ISCSISessionError.protocolViolation("unexpected \(pdu.header.opcode) in full feature phase")
         }
@@ -550,7 +613,7 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
         logoutTimeout = context.eventLoop.assumeIsolated().scheduleTask(in: configuration.logoutTimeout) { [self] in
             self.fail(.timeout("logout"))
         }
-        if tasks.isEmpty && pending.isEmpty { sendLogout() }
+        if tasks.isEmpty && pending.isEmpty && textExchange == nil { sendLogout() }
     }
 
     private func sendLogout() {
@@ -670,6 +733,9 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
         pending.removeAll()
         let logout = logoutPromise
         logoutPromise = nil
+        let text = textExchange
+        textExchange = nil
+        text?.promise.fail(error)
         for task in failed { task.promise.fail(error) }
         for command in queued { command.promise.fail(error) }
         logout?.fail(error)

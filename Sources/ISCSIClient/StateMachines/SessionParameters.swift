@@ -56,4 +56,23 @@ public struct SessionParameters: Hashable, Sendable {
         self.defaultTime2Wait = defaultTime2Wait
         self.defaultTime2Retain = defaultTime2Retain
     }
+
+    /// The values the full feature phase uses, from the login's negotiation result.
+    public init(_ p: OperationalParameters) {
+        self.init(
+            digests: DigestSettings(header: p.headerDigest == .crc32c, data: p.dataDigest == .crc32c),
+            initiatorMaxRecvDataSegmentLength: p.initiatorMaxRecvDataSegmentLength,
+            targetMaxRecvDataSegmentLength: p.targetMaxRecvDataSegmentLength,
+            maxBurstLength: p.maxBurstLength,
+            firstBurstLength: p.firstBurstLength,
+            initialR2T: p.initialR2T,
+            immediateData: p.immediateData,
+            maxOutstandingR2T: p.maxOutstandingR2T,
+            dataPDUInOrder: p.dataPDUInOrder,
+            dataSequenceInOrder: p.dataSequenceInOrder,
+            errorRecoveryLevel: p.errorRecoveryLevel,
+            defaultTime2Wait: p.defaultTime2Wait,
+            defaultTime2Retain: p.defaultTime2Retain
+        )
+    }
 }
