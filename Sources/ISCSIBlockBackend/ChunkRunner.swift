@@ -17,7 +17,7 @@ func runChunks(
         /// Set while `pump` runs, so that synchronous completions do not recurse (the loop picks them up).
         var pumping = false
     }
-    let state = NIOLoopBoundBox(State(), eventLoop: loop)
+    let state = NIOLoopBoundBox.makeBoxSendingValue(State(), as: State.self, eventLoop: loop)
 
     @Sendable func pump() {
         loop.preconditionInEventLoop()

@@ -291,14 +291,16 @@ public final class SCSIBlockDevice: BlockDevice {
         RequestSplitter(offset: offset, length: length, blockSize: blockSize, maxBlocks: maxBlocks)
     }
 
-    static func readCDB(lba: UInt64, blocks: UInt32) -> CDB {
+    /// READ(10) when the LBA range fits 32 bits and the count 16 bits, else READ(16).
+    public static func readCDB(lba: UInt64, blocks: UInt32) -> CDB {
         if lba + UInt64(blocks) <= 1 << 32, blocks < 1 << 16 {
             return .read10(lba: UInt32(lba), blocks: UInt16(blocks))
         }
         return .read16(lba: lba, blocks: blocks)
     }
 
-    static func writeCDB(lba: UInt64, blocks: UInt32, fua: Bool) -> CDB {
+    /// WRITE(10) when the LBA range fits 32 bits and the count 16 bits, else WRITE(16).
+    public static func writeCDB(lba: UInt64, blocks: UInt32, fua: Bool) -> CDB {
         if lba + UInt64(blocks) <= 1 << 32, blocks < 1 << 16 {
             return .write10(lba: UInt32(lba), blocks: UInt16(blocks), fua: fua)
         }

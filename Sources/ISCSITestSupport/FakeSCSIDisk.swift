@@ -100,6 +100,8 @@ public final class FakeSCSIDisk: SCSITransport {
     public func clearCommandLog() { state.withLockedValue { $0.commands.removeAll() } }
 
     public func inject(_ fault: Fault) { state.withLockedValue { $0.faults.append(fault) } }
+    /// Drops all pending injected faults.
+    public func clearFaults() { state.withLockedValue { $0.faults.removeAll() } }
     /// The next `count` commands fail in the transport (their future fails).
     public func failTransport(count: Int) { state.withLockedValue { $0.failTransport = count } }
 
