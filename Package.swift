@@ -34,7 +34,10 @@ let package = Package(
 
         // MARK: IO targets
         .target(name: "ISCSIClient", dependencies: ["ISCSIProtocol", "SCSI", nioCore, nioPosix, logging]),
-        .target(name: "ISCSIBlockBackend", dependencies: ["BlockBackend", "SCSI", nioCore, logging]),
+        .target(
+            name: "ISCSIBlockBackend",
+            dependencies: ["BlockBackend", "SCSI", nioCore, logging, .product(name: "NIOConcurrencyHelpers", package: "swift-nio")]
+        ),
         .target(name: "NBDServer", dependencies: ["NBDProtocol", "BlockBackend", nioCore, nioPosix, logging]),
         .systemLibrary(name: "CLinuxNBD"),
         .target(name: "NBDKernel", dependencies: ["CLinuxNBD", "NBDProtocol", nioCore, nioPosix, logging]),
@@ -51,7 +54,10 @@ let package = Package(
         .executableTarget(name: "iscsi-nbd", dependencies: ["ISCSINBDCommand"]),
 
         // MARK: Tests
-        .target(name: "ISCSITestSupport", dependencies: ["SCSI", "BlockBackend", nioCore, nioPosix]),
+        .target(
+            name: "ISCSITestSupport",
+            dependencies: ["SCSI", "BlockBackend", nioCore, nioPosix, .product(name: "NIOConcurrencyHelpers", package: "swift-nio")]
+        ),
         .systemLibrary(name: "CLibNBD", pkgConfig: "libnbd", providers: [.apt(["libnbd-dev"])]),
         .testTarget(name: "SCSITests", dependencies: ["ISCSITestSupport", "SCSI"]),
         .testTarget(name: "ISCSIProtocolTests", dependencies: ["ISCSITestSupport", "ISCSIProtocol"]),
