@@ -35,7 +35,10 @@ let package = Package(
         // MARK: IO targets
         .target(name: "ISCSIClient", dependencies: ["ISCSIProtocol", "SCSI", nioCore, nioPosix, logging]),
         .target(name: "ISCSIBlockBackend", dependencies: ["BlockBackend", "SCSI", nioCore, logging]),
-        .target(name: "NBDServer", dependencies: ["NBDProtocol", "BlockBackend", nioCore, nioPosix, logging]),
+        .target(
+            name: "NBDServer",
+            dependencies: ["NBDProtocol", "BlockBackend", nioCore, nioPosix, logging, .product(name: "NIOConcurrencyHelpers", package: "swift-nio")]
+        ),
         .systemLibrary(name: "CLinuxNBD"),
         .target(name: "NBDKernel", dependencies: ["CLinuxNBD", "NBDProtocol", nioCore, nioPosix, logging]),
         .target(name: "ISNS", dependencies: [nioCore, nioPosix, logging]),
