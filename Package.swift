@@ -60,7 +60,13 @@ let package = Package(
         .testTarget(name: "ISCSIProtocolTests", dependencies: ["ISCSITestSupport", "ISCSIProtocol"]),
         .testTarget(name: "BlockBackendTests", dependencies: ["ISCSITestSupport", "BlockBackend", "ISCSIBlockBackend", "SCSI"]),
         .testTarget(name: "NBDProtocolTests", dependencies: ["ISCSITestSupport", "NBDProtocol"]),
-        .testTarget(name: "NBDServerTests", dependencies: ["ISCSITestSupport", "NBDServer", "BlockBackend", "CLibNBD"]),
+        .testTarget(
+            name: "NBDServerTests",
+            dependencies: [
+                "ISCSITestSupport", "NBDServer", "NBDProtocol", "BlockBackend", "CLibNBD", nioCore, nioPosix, logging,
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+            ]
+        ),
         .testTarget(name: "NBDKernelTests", dependencies: ["ISCSITestSupport", "NBDKernel"]),
         .testTarget(name: "ISCSIConfigTests", dependencies: ["ISCSITestSupport", "ISCSIConfig"]),
         .testTarget(name: "ISCSIClientTests", dependencies: ["ISCSITestSupport", "ISCSIClient", "ISCSIProtocol", "SCSI"]),
