@@ -13,6 +13,7 @@ let usage = """
     usage: nbd-netlink-check connect --unix PATH [--export NAME] [--connections N] [--index N]
                                      [--block-size BYTES] [--timeout SECS] [--dead-timeout SECS]
                                      [--backend ID] [--destroy-on-disconnect]
+           nbd-netlink-check handshake --unix PATH [--export NAME]   (handshake only, no kernel)
            nbd-netlink-check disconnect INDEX
            nbd-netlink-check status [INDEX]
            nbd-netlink-check family
@@ -95,6 +96,15 @@ do {
             "connected /dev/nbd\(index): \(export.size) bytes, flags 0x\(String(export.transmissionFlags, radix: 16)), "
                 + "\(connections) connection(s)", to: &stderr)
         print(index)
+    case "handshake":
+        let options = Options(arguments.dropFirst(2), flags: [])
+        guard let path = options.values["--unix"] else { fail("handshake needs --unix PATH\n\(usage)", code: 2) }
+        let fd = try connectUnix(path: path)
+        defer { close(fd) }
+        let info = try NBDClientHandshake.perform(fd: fd, exportName: options.values["--export"] ?? "")
+        print(
+            "size \(info.size) flags 0x\(String(info.transmissionFlags, radix: 16)) "
+                + "preferred-block-size \(info.preferredBlockSize.map(String.init) ?? "-")")
     case "disconnect":
         guard arguments.count == 3, let index = Int(arguments[2]) else { fail("disconnect INDEX\n\(usage)", code: 2) }
         try device.disconnect(index: index)
