@@ -110,6 +110,8 @@ public struct NBDKernelDevice: Sendable {
 
     // MARK: - Internals
 
+    func openResolved() throws(NBDKernelError) -> (NetlinkSocket, GenericNetlinkFamily) { try open() }
+
     private func open() throws(NBDKernelError) -> (NetlinkSocket, GenericNetlinkFamily) {
         let socket = try NetlinkSocket()
         do {

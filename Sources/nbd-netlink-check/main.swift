@@ -14,6 +14,9 @@ let usage = """
                                      [--block-size BYTES] [--timeout SECS] [--dead-timeout SECS]
                                      [--backend ID] [--destroy-on-disconnect]
            nbd-netlink-check handshake --unix PATH [--export NAME]   (handshake only, no kernel)
+           nbd-netlink-check reconfigure INDEX --unix PATH [--export NAME] [--connections N] [--backend ID]
+                                     [--dead-timeout SECS]   (new sockets replace dead connections)
+           nbd-netlink-check monitor [--timeout SECS]   (prints the index of each NBD_CMD_LINK_DEAD)
            nbd-netlink-check disconnect INDEX
            nbd-netlink-check status [INDEX]
            nbd-netlink-check family
@@ -96,6 +99,35 @@ do {
             "connected /dev/nbd\(index): \(export.size) bytes, flags 0x\(String(export.transmissionFlags, radix: 16)), "
                 + "\(connections) connection(s)", to: &stderr)
         print(index)
+    case "reconfigure":
+        guard arguments.count >= 3, let index = Int(arguments[2]) else { fail("reconfigure INDEX ...\n\(usage)", code: 2) }
+        let options = Options(arguments.dropFirst(3), flags: [])
+        guard let path = options.values["--unix"] else { fail("reconfigure needs --unix PATH\n\(usage)", code: 2) }
+        let connections = options.integer("--connections", Int.self) ?? 1
+        guard (1...16).contains(connections) else { fail("--connections must be 1...16", code: 2) }
+        var sockets: [Int32] = []
+        for _ in 0..<connections {
+            let fd = try connectUnix(path: path)
+            sockets.append(fd)
+            _ = try NBDClientHandshake.perform(fd: fd, exportName: options.values["--export"] ?? "")
+        }
+        try device.reconfigure(
+            index: index, sockets: sockets,
+            deadConnectionTimeout: options.integer("--dead-timeout", Int64.self).map { .seconds($0) },
+            backendIdentifier: options.values["--backend"])
+        for fd in sockets { close(fd) }
+    case "monitor":
+        let options = Options(arguments.dropFirst(2), flags: [])
+        let monitor = try NBDLinkMonitor()
+        print("monitoring")  // the group is joined: events from now on are seen
+        fflush(nil)
+        let seconds = options.integer("--timeout", Int64.self) ?? 60
+        let deadline = ContinuousClock.now.advanced(by: .seconds(seconds))
+        while case let remaining = ContinuousClock.now.duration(to: deadline), remaining > .zero {
+            guard let index = try monitor.next(timeout: remaining) else { break }
+            print("link-dead \(index)")
+            fflush(nil)
+        }
     case "handshake":
         let options = Options(arguments.dropFirst(2), flags: [])
         guard let path = options.values["--unix"] else { fail("handshake needs --unix PATH\n\(usage)", code: 2) }
