@@ -112,23 +112,24 @@ final class NetlinkSocket {
                 throw .systemCall("recv(netlink)", errno: errno)
             }
             guard size <= NetlinkSocket.maximumDatagram else {
+                _ = recv(fd, nil, 0, Int32(MSG_DONTWAIT))  // drop it, so the next call does not see it again
                 throw .malformedReply("datagram of \(size) bytes exceeds \(NetlinkSocket.maximumDatagram)")
             }
             var buffer = allocator.buffer(capacity: max(size, 16))
             var sender = sockaddr_nl()
             var senderLength = socklen_t(MemoryLayout<sockaddr_nl>.size)
-            let received = buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: max(size, 16)) { bytes in
+            var receiveError: Int32 = 0
+            _ = buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: max(size, 16)) { bytes in
                 withUnsafeMutablePointer(to: &sender) {
                     $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
                         let n = recvfrom(fd, bytes.baseAddress, bytes.count, Int32(MSG_DONTWAIT), $0, &senderLength)
+                        if n < 0 { receiveError = errno }
                         return max(n, 0)
                     }
                 }
             }
-            if received == 0 && size > 0 {
-                if errno == EINTR || errno == EAGAIN { continue }
-                throw .systemCall("recvfrom(netlink)", errno: errno)
-            }
+            if receiveError == EINTR || receiveError == EAGAIN { continue }
+            guard receiveError == 0 else { throw .systemCall("recvfrom(netlink)", errno: receiveError) }
             guard sender.nl_family == sa_family_t(AF_NETLINK), sender.nl_pid == 0 else { continue }
             return try NetlinkMessage.parseDatagram(buffer)
         }
