@@ -55,6 +55,8 @@ let package = Package(
             ]
         ),
         .executableTarget(name: "iscsi-nbd", dependencies: ["ISCSINBDCommand"]),
+        // Dev tool: NBD handshake on a unix socket + NBD_CMD_CONNECT (scripts/vm/scenario-netlink.sh).
+        .executableTarget(name: "nbd-netlink-check", dependencies: ["NBDKernel"]),
 
         // MARK: Tests
         .target(
