@@ -383,6 +383,45 @@ class ISCSINBD(Server):
         return [self.binary, "serve", url, *where, *self.extra]
 
 
+# MARK: - Data cross-check
+
+
+def cross_check(servers: list[Server], size: int) -> str | None:
+    """Before timing anything on the RAM LUN: each server writes a random 1 MiB block and flushes,
+    every other server must read it back unchanged. A server that drops writes or returns stale data
+    would otherwise look fast. Uses libnbd's Python binding (python3-libnbd). Returns a problem or None."""
+    try:
+        import nbd  # Debian python3-libnbd, for /usr/bin/python3
+    except ImportError as e:
+        return f"data cross-check skipped: python3-libnbd missing ({e})"
+    chunk = 1 * MIB
+    for i, writer in enumerate(servers):
+        offset = (size // 2 + i * 3 * chunk + 4096 * (i + 1)) % (size - chunk)
+        offset -= offset % 4096
+        data = os.urandom(chunk)
+        try:
+            h = nbd.NBD()
+            h.connect_uri(writer.uri)
+            h.pwrite(data, offset)
+            h.flush()
+            h.shutdown()
+        except nbd.Error as e:
+            return f"data cross-check: write through {writer.name} failed: {e}"
+        for reader in servers:
+            try:
+                h = nbd.NBD()
+                h.connect_uri(reader.uri)
+                back = h.pread(chunk, offset)
+                h.shutdown()
+            except nbd.Error as e:
+                return f"data cross-check: read through {reader.name} failed: {e}"
+            if back != data:
+                bad = next(k for k in range(chunk) if back[k] != data[k])
+                return (f"data cross-check: 1 MiB written through {writer.name} at offset {offset} reads back "
+                        f"different through {reader.name} (first difference at byte {bad})")
+    return None
+
+
 # MARK: - fio and iscsi-perf
 
 
@@ -419,7 +458,15 @@ def fio_metrics(data: dict) -> dict:
     return out
 
 
-def run_fio(job: Job, server: Server, runtime: float, ramp: float, size: int | None, path: Path) -> dict:
+def loadavg() -> float | None:
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def run_fio(job: Job, server: Server, runtime: float, ramp: float, size: int | None, path: Path,
+            target_pid: int | None = None) -> dict:
     cmd = ["fio", "--output-format=json", f"--output={path}", f"--name={job.name}", "--ioengine=nbd",
            f"--uri={server.uri}", "--time_based", f"--runtime={runtime}", *job.fio_args()]
     if ramp > 0:
@@ -429,13 +476,16 @@ def run_fio(job: Job, server: Server, runtime: float, ramp: float, size: int | N
     pid = server.pid
     rec: dict = {"server": server.name, "cmd": shlex.join(cmd)}
     rss_reset = reset_peak_rss(pid)
+    rec["loadavg_before"] = loadavg()
     cpu0 = proc_cpu_ticks(pid)
+    tcpu0 = proc_cpu_ticks(target_pid) if target_pid else None
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if ramp > 0:
         # fio does not count ramp I/Os: take the CPU baseline when the ramp ends.
         time.sleep(ramp)
         cpu0 = proc_cpu_ticks(pid)
+        tcpu0 = proc_cpu_ticks(target_pid) if target_pid else None
     try:
         stdout, stderr = proc.communicate(timeout=runtime + ramp + 60)
     except subprocess.TimeoutExpired:
@@ -444,6 +494,7 @@ def run_fio(job: Job, server: Server, runtime: float, ramp: float, size: int | N
         rec["error"] = f"fio hung past {runtime + ramp + 60:.0f}s (server stalled?)"
     wall = time.monotonic() - t0
     cpu1 = proc_cpu_ticks(pid)
+    tcpu1 = proc_cpu_ticks(target_pid) if target_pid else None
     rec["peak_rss_kib"] = proc_status_kib(pid, "VmHWM")
     rec["rss_kib"] = proc_status_kib(pid, "VmRSS")
     rec["peak_rss_scope"] = "job" if rss_reset else "process lifetime"
@@ -463,6 +514,9 @@ def run_fio(job: Job, server: Server, runtime: float, ramp: float, size: int | N
         cpu_s = (cpu1 - cpu0) / CLK_TCK
         rec["server_cpu_s"] = cpu_s
         rec["cpu_ms_per_1k_io"] = cpu_s * 1000 * 1000 / rec["ios"]
+    if tcpu0 is not None and tcpu1 is not None and rec.get("ios"):
+        # The target's cost for the same I/Os: shows when a server sends more or smaller commands.
+        rec["target_cpu_ms_per_1k_io"] = (tcpu1 - tcpu0) / CLK_TCK * 1e6 / rec["ios"]
     return rec
 
 
@@ -668,6 +722,7 @@ def main(argv: list[str]) -> int:
                    "transport": args.transport, "qemu_shared": args.qemu_shared,
                    "iscsi_nbd_args": args.iscsi_nbd_args, "jobs": [j.__dict__ | {"describe": j.describe()} for j in jobs]},
         "machine": machine_info(),
+        "loadavg_start": Path("/proc/loadavg").read_text().strip(),
         "problems": [],  # human-readable, shown at the top of the report
         "servers": {},
         "runs": [],
@@ -692,7 +747,7 @@ def main(argv: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        check_tools(["tgtd", "tgtadm", "fio", "nbdinfo"] + (["qemu-nbd"] if "qemu-nbd" in servers_wanted else []) +
+        check_tools(["tgtd", "tgtadm", "fio", "nbdinfo", "iscsi-readcapacity16"] + (["qemu-nbd"] if "qemu-nbd" in servers_wanted else []) +
                     ([] if args.no_iscsi_perf else ["iscsi-perf"]))
         tgt.start()
         lun_size = args.lun_size_mib * MIB
@@ -722,6 +777,14 @@ def main(argv: list[str]) -> int:
                     results["problems"].append(msg)
                     log("ERROR: " + msg)
                     status = max(status, 2 if s.name == "iscsi-nbd" else 1)
+            if lun_name == "ram" and running:
+                problem = cross_check(running, lun_size)
+                if problem:
+                    results["problems"].append(f"{lun_name} LUN: {problem}")
+                    log("ERROR: " + problem)
+                    status = max(status, 2 if any(s.name == "iscsi-nbd" for s in running) else 1)
+                else:
+                    log("data cross-check passed: " + " and ".join(s.name for s in running) + " see each other's writes")
             size_arg = None  # fio uses the export size
             for rep in range(args.repeat):
                 for ji, job in enumerate(jobs):
@@ -730,7 +793,8 @@ def main(argv: list[str]) -> int:
                         if not s.alive():
                             continue
                         path = outdir / "fio" / f"{lun_name}-{job.name}-{s.name}-r{rep}.json"
-                        rec = run_fio(job, s, runtime, args.ramp, size_arg, path)
+                        rec = run_fio(job, s, runtime, args.ramp, size_arg, path,
+                                      target_pid=tgt.proc.pid if tgt.proc else None)
                         rec.update(lun=lun_name, job=job.name, repeat=rep)
                         results["runs"].append(rec)
                         log_rec(rec)
@@ -774,6 +838,7 @@ def main(argv: list[str]) -> int:
         tgt.stop()
 
     results["finished"] = dt.datetime.now().isoformat(timespec="seconds")
+    results["loadavg_end"] = Path("/proc/loadavg").read_text().strip()
     summary = report.summarize(results)
     results["summary"] = summary
     (outdir / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")

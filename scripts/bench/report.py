@@ -53,6 +53,8 @@ def summarize(results: dict) -> dict:
                     "cpu_ms_per_1k_io": _median([r.get("cpu_ms_per_1k_io") for r in rs]),
                     "peak_rss_mib": max((r["peak_rss_kib"] / 1024 for r in rs if r.get("peak_rss_kib")), default=None),
                     "client_cpu_pct": _median([r.get("client_cpu_pct") for r in rs]),
+                    "target_cpu_ms_per_1k_io": _median([r.get("target_cpu_ms_per_1k_io") for r in rs]),
+                    "loadavg": _median([r.get("loadavg_before") for r in rs]),
                 }
 
             def paired(metric: str, num: str, den: str):
@@ -187,7 +189,8 @@ def markdown(results: dict) -> str:
         out += ["## Problems", ""] + ["- " + p.replace("\n", "\n  ") for p in results["problems"]] + [""]
     out += ["## Machine and versions", "",
             f"- Machine: {m.get('nproc')} CPUs, {m.get('cpu_model')}, {m.get('mem_total_mib')} MiB RAM",
-            f"- Kernel: {m.get('kernel')} ({m.get('os')})"]
+            f"- Kernel: {m.get('kernel')} ({m.get('os')})",
+            f"- Load average (1/5/15 min) at start: {results.get('loadavg_start')}; at end: {results.get('loadavg_end')}"]
     out += [f"- {k}: {val}" for k, val in v.items()]
     out += [f"- iscsi-nbd binary: {results.get('iscsi_nbd_binary') or 'not used'}", "",
             "## Setup", "",
@@ -213,6 +216,18 @@ def markdown(results: dict) -> str:
         out += [f"## {lun} LUN", "", "| " + " | ".join(HEADERS) + " |",
                 "|" + "|".join(["---"] + ["---:"] * (len(HEADERS) - 1)) + "|"]
         out += ["| " + " | ".join(r) + " |" for r in rows]
+        out.append("")
+        out += ["Details: tgtd CPU per 1,000 I/Os (the target's cost for the same work), p99 completion "
+                "latency, fio client CPU, 1-minute load average before the job.", "",
+                "| job | tgtd cpu ms/1kIO qemu | tgtd cpu ms/1kIO ours | p99 us qemu | p99 us ours | fio cpu % qemu | fio cpu % ours | load |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for job, e in results["summary"]["per_lun"][lun].items():
+            q, o = e["servers"].get(QEMU, {}), e["servers"].get(OURS, {})
+            load = q.get("loadavg") if q.get("loadavg") is not None else o.get("loadavg")
+            out.append(f"| {job} | {_f(q.get('target_cpu_ms_per_1k_io'), '{:.1f}')} | "
+                       f"{_f(o.get('target_cpu_ms_per_1k_io'), '{:.1f}')} | {_f(q.get('clat_p99_us'))} | "
+                       f"{_f(o.get('clat_p99_us'))} | {_f(q.get('client_cpu_pct'), '{:.0f}')} | "
+                       f"{_f(o.get('client_cpu_pct'), '{:.0f}')} | {_f(load, '{:.1f}')} |")
         out.append("")
         spread = []
         for job, e in results["summary"]["per_lun"][lun].items():
