@@ -647,9 +647,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                 epilog="Jobs:\n" + "\n".join(f"  {j.name:26} {j.describe()}" for j in FULL_JOBS))
     p.add_argument("--smoke", action="store_true",
                    help="CI smoke (~10 s of I/O): jobs %s, 2 s each, RAM LUN only, no ratio checks" % ",".join(SMOKE_JOBS))
-    p.add_argument("--runtime", type=float, help="seconds per fio job (default 5; smoke 2)")
+    p.add_argument("--runtime", type=float, help="seconds per fio job (default 3; smoke 2)")
     p.add_argument("--ramp", type=float, default=0.0, help="fio ramp_time seconds, excluded from IOPS and CPU (default 0)")
-    p.add_argument("--repeat", type=int, default=1, help="run the whole matrix N times; medians are reported (default 1)")
+    p.add_argument("--repeat", type=int, help="run the whole matrix N times; medians are reported (default 3; smoke 1)")
     p.add_argument("--jobs", help="comma-separated job names or globs (default: all; see below)")
     p.add_argument("--luns", help="comma-separated LUNs: ram,null (default both; smoke: ram)")
     p.add_argument("--lun-size-mib", type=int, default=256, help="RAM LUN size in MiB (default 256)")
@@ -661,11 +661,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--no-build", action="store_true", help="never build iscsi-nbd; fail its side when the binary is missing")
     p.add_argument("--qemu-shared", type=int, default=8, help="qemu-nbd --shared (default 8)")
     p.add_argument("--transport", choices=["unix", "tcp"], default="unix", help="NBD transport (default unix)")
+    p.add_argument("--calibrate", action="store_true",
+                   help="A/A noise floor: a second qemu-nbd takes iscsi-nbd's place, so every ratio should be 1.0x")
     p.add_argument("--no-iscsi-perf", action="store_true", help="skip the iscsi-perf ceiling runs")
     p.add_argument("--results", metavar="DIR", help="results folder (default <repo>/results/bench-<timestamp>)")
     p.add_argument("--strict", action="store_true", help="exit 3 when a target from issue 6 is missed (not with --smoke)")
     p.add_argument("--list-jobs", action="store_true", help="print the job matrix and exit")
     args = p.parse_args(argv)
+    if args.repeat is None:
+        args.repeat = 1 if args.smoke else 3
     if args.repeat < 1 or (args.runtime is not None and args.runtime <= 0) or args.lun_size_mib < 16:
         p.error("--repeat >= 1, --runtime > 0 and --lun-size-mib >= 16 required")
     return args
@@ -698,12 +702,14 @@ def main(argv: list[str]) -> int:
             print(f"{j.name:26} {j.describe()}{'  (+ iscsi-perf)' if j.perf else ''}")
         return 0
     os.environ["PATH"] = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
-    runtime = args.runtime if args.runtime is not None else (2.0 if args.smoke else 5.0)
+    runtime = args.runtime if args.runtime is not None else (2.0 if args.smoke else 3.0)
     jobs = select_jobs(args)
     luns = [s.strip() for s in (args.luns or ("ram" if args.smoke else "ram,null")).split(",") if s.strip()]
     if any(l not in ("ram", "null") for l in luns):
         raise SystemExit("bench: --luns takes ram and/or null")
     servers_wanted = ["qemu-nbd"] if args.qemu_only else [s.strip() for s in args.servers.split(",") if s.strip()]
+    if args.calibrate:
+        servers_wanted = ["qemu-nbd", "iscsi-nbd"]
     if any(s not in ("qemu-nbd", "iscsi-nbd") for s in servers_wanted) or not servers_wanted:
         raise SystemExit("bench: --servers takes qemu-nbd and/or iscsi-nbd")
 
@@ -717,6 +723,7 @@ def main(argv: list[str]) -> int:
         "started": dt.datetime.now().isoformat(timespec="seconds"),
         "command": "scripts/bench.sh " + shlex.join(argv),
         "mode": "smoke" if args.smoke else "full",
+        "calibration": args.calibrate,
         "config": {"runtime_s": runtime, "ramp_s": args.ramp, "repeat": args.repeat, "luns": luns,
                    "lun_size_mib": args.lun_size_mib, "block_size": args.block_size,
                    "transport": args.transport, "qemu_shared": args.qemu_shared,
@@ -729,7 +736,7 @@ def main(argv: list[str]) -> int:
     }
     status = 0
     iscsi_nbd_bin = None
-    if "iscsi-nbd" in servers_wanted:
+    if "iscsi-nbd" in servers_wanted and not args.calibrate:
         iscsi_nbd_bin, problem = locate_iscsi_nbd(args, outdir)
         if problem:
             results["problems"].append(f"iscsi-nbd side skipped: {problem}")
@@ -763,6 +770,9 @@ def main(argv: list[str]) -> int:
             servers: list[Server] = []
             for name in servers_wanted:
                 if name == "qemu-nbd":
+                    servers.append(QemuNBD(name, outdir, args.transport, shared=args.qemu_shared))
+                elif args.calibrate:
+                    # A/A run: the same qemu-nbd command in iscsi-nbd's slot measures the noise floor.
                     servers.append(QemuNBD(name, outdir, args.transport, shared=args.qemu_shared))
                 elif iscsi_nbd_bin:
                     servers.append(ISCSINBD(name, outdir, args.transport, binary=iscsi_nbd_bin,
@@ -859,7 +869,7 @@ def main(argv: list[str]) -> int:
             print("  - " + p.replace("\n", "\n    "))
     if interrupted:
         return 130
-    if status == 0 and args.strict and not args.smoke and summary.get("targets_missed"):
+    if status == 0 and args.strict and not args.smoke and not args.calibrate and summary.get("targets_missed"):
         print(f"\n--strict: {len(summary['targets_missed'])} target(s) missed")
         return 3
     return status

@@ -159,8 +159,12 @@ HEADERS = ["job", "qemu IOPS", "ours IOPS", "ours/qemu", "iscsi-perf", "ours/per
            "qemu RSS MiB", "ours RSS MiB"]
 
 
+CALIBRATION_NOTE = ("A/A CALIBRATION RUN (--calibrate): 'ours'/iscsi-nbd is a second qemu-nbd, so every ratio "
+                    "should be 1.00x; the spread around 1.00x is this machine's noise floor.")
+
+
 def console_table(results: dict) -> str:
-    lines = []
+    lines = [CALIBRATION_NOTE, ""] if results.get("calibration") else []
     for lun in results.get("summary", {}).get("per_lun", {}):
         rows = table_rows(results, lun)
         if not rows:
@@ -185,6 +189,8 @@ def console_table(results: dict) -> str:
 def markdown(results: dict) -> str:
     m, v, c = results.get("machine", {}), results.get("versions", {}), results.get("config", {})
     out = [f"# iscsi-nbd benchmark ({results.get('mode')}, {results.get('started')})", ""]
+    if results.get("calibration"):
+        out += ["**" + CALIBRATION_NOTE + "**", ""]
     if results.get("problems"):
         out += ["## Problems", ""] + ["- " + p.replace("\n", "\n  ") for p in results["problems"]] + [""]
     out += ["## Machine and versions", "",
@@ -300,7 +306,8 @@ def chart(results: dict, path: Path) -> str | None:
         ax2.set_xticklabels(jobs, rotation=35, ha="right", fontsize=8)
         ax2.grid(axis="y", alpha=0.3)
     m = results.get("machine", {})
-    fig.suptitle(f"iscsi-nbd vs qemu-nbd vs iscsi-perf - {m.get('nproc')} CPUs {m.get('cpu_model')}, "
+    fig.suptitle(("A/A CALIBRATION (second qemu-nbd as 'iscsi-nbd') - " if results.get("calibration") else "") +
+                 f"iscsi-nbd vs qemu-nbd vs iscsi-perf - {m.get('nproc')} CPUs {m.get('cpu_model')}, "
                  f"kernel {m.get('kernel')}, {results.get('started')}", fontsize=9)
     fig.tight_layout()
     try:
