@@ -140,6 +140,8 @@ def unix_accepts(path: str) -> bool:
 def first_line(cmd: list[str]) -> str:
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=20)
+        if p.returncode != 0:
+            return "unknown"
         text = (p.stdout or p.stderr).strip()
         return text.splitlines()[0] if text else "unknown"
     except (OSError, subprocess.TimeoutExpired):
@@ -492,6 +494,10 @@ def run_fio(job: Job, server: Server, runtime: float, ramp: float, size: int | N
         proc.kill()
         stdout, stderr = proc.communicate()
         rec["error"] = f"fio hung past {runtime + ramp + 60:.0f}s (server stalled?)"
+    except BaseException:
+        proc.kill()  # interrupted: do not leave our fio behind
+        proc.wait()
+        raise
     wall = time.monotonic() - t0
     cpu1 = proc_cpu_ticks(pid)
     tcpu1 = proc_cpu_ticks(target_pid) if target_pid else None
@@ -547,6 +553,12 @@ def run_iscsi_perf(job: Job, url: str, block_size: int, runtime: float, outdir: 
         except ChildProcessError:
             proc.wait()
             usage = None
+        except BaseException:
+            for other, _, _ in procs:  # interrupted: stop the iscsi-perf processes we started
+                if other.returncode is None:
+                    other.kill()
+                    other.wait()
+            raise
         cpu += (usage.ru_utime + usage.ru_stime) if usage else 0.0
         out.seek(0)
         text = out.read().decode(errors="replace")
@@ -649,6 +661,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="CI smoke (~10 s of I/O): jobs %s, 2 s each, RAM LUN only, no ratio checks" % ",".join(SMOKE_JOBS))
     p.add_argument("--runtime", type=float, help="seconds per fio job (default 3; smoke 2)")
     p.add_argument("--ramp", type=float, default=0.0, help="fio ramp_time seconds, excluded from IOPS and CPU (default 0)")
+    p.add_argument("--warmup", type=float, help="unmeasured 4k randread seconds per server before timing (default 1; smoke 0)")
     p.add_argument("--repeat", type=int, help="run the whole matrix N times; medians are reported (default 3; smoke 1)")
     p.add_argument("--jobs", help="comma-separated job names or globs (default: all; see below)")
     p.add_argument("--luns", help="comma-separated LUNs: ram,null (default both; smoke: ram)")
@@ -668,6 +681,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--strict", action="store_true", help="exit 3 when a target from issue 6 is missed (not with --smoke)")
     p.add_argument("--list-jobs", action="store_true", help="print the job matrix and exit")
     args = p.parse_args(argv)
+    if args.warmup is None:
+        args.warmup = 0.0 if args.smoke else 1.0
     if args.repeat is None:
         args.repeat = 1 if args.smoke else 3
     if args.repeat < 1 or (args.runtime is not None and args.runtime <= 0) or args.lun_size_mib < 16:
@@ -724,7 +739,7 @@ def main(argv: list[str]) -> int:
         "command": "scripts/bench.sh " + shlex.join(argv),
         "mode": "smoke" if args.smoke else "full",
         "calibration": args.calibrate,
-        "config": {"runtime_s": runtime, "ramp_s": args.ramp, "repeat": args.repeat, "luns": luns,
+        "config": {"runtime_s": runtime, "ramp_s": args.ramp, "warmup_s": args.warmup, "repeat": args.repeat, "luns": luns,
                    "lun_size_mib": args.lun_size_mib, "block_size": args.block_size,
                    "transport": args.transport, "qemu_shared": args.qemu_shared,
                    "iscsi_nbd_args": args.iscsi_nbd_args, "jobs": [j.__dict__ | {"describe": j.describe()} for j in jobs]},
@@ -795,6 +810,12 @@ def main(argv: list[str]) -> int:
                     status = max(status, 2 if any(s.name == "iscsi-nbd" for s in running) else 1)
                 else:
                     log("data cross-check passed: " + " and ".join(s.name for s in running) + " see each other's writes")
+            if args.warmup > 0:
+                # Connections, caches and page faults settle before anything is timed.
+                for s in running:
+                    subprocess.run(["fio", "--name=warmup", "--ioengine=nbd", f"--uri={s.uri}", "--rw=randread",
+                                    "--bs=4k", "--iodepth=32", "--time_based", f"--runtime={args.warmup}",
+                                    "--output-format=terse"], capture_output=True, timeout=args.warmup + 60)
             size_arg = None  # fio uses the export size
             for rep in range(args.repeat):
                 for ji, job in enumerate(jobs):
