@@ -3,6 +3,8 @@
 #
 #   scripts/bench.sh                 full run (RAM and null LUNs, all jobs)
 #   scripts/bench.sh --smoke         ~10-second CI smoke: two short jobs, both servers, report
+#   scripts/bench.sh --calibrate     A/A run (qemu-nbd twice): shows the machine's noise floor
+#   scripts/bench.sh --self-test     unit tests of the parsing and ratio arithmetic
 #   scripts/bench.sh --help          all options
 #
 # Everything runs on 127.0.0.1 with free ports; only processes started here are stopped (by PID).
@@ -17,5 +19,9 @@ py=/usr/bin/python3
 if [[ ! -x "$py" ]]; then
     echo "bench.sh: $py not found (apt-get install -y python3 python3-matplotlib)" >&2
     exit 1
+fi
+if [[ "${1:-}" == "--self-test" ]]; then
+    # Unit tests of the harness's parsing and arithmetic (no peers, well under a second).
+    exec "$py" -m unittest discover -s "$here/bench" -p 'test_*.py'
 fi
 exec "$py" "$here/bench/bench.py" "$@"

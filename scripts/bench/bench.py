@@ -159,12 +159,16 @@ def dpkg_version(pkg: str) -> str:
 def proc_cpu_ticks(pid: int) -> int | None:
     """utime+stime (clock ticks) of a process and all its threads, from /proc/PID/stat."""
     try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        return parse_stat_cpu_ticks(Path(f"/proc/{pid}/stat").read_text())
+    except (OSError, ValueError, IndexError):
         return None
-    # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
+
+
+def parse_stat_cpu_ticks(text: str) -> int:
+    """utime + stime from a /proc/PID/stat line (fields 14 and 15 of proc(5)).
+    The command name (field 2) may contain spaces and parentheses: split after the last ')'."""
     fields = text[text.rindex(")") + 2:].split()
-    return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+    return int(fields[11]) + int(fields[12])
 
 
 def proc_status_kib(pid: int, key: str) -> int | None:
@@ -529,6 +533,12 @@ def run_fio(job: Job, server: Server, runtime: float, ramp: float, size: int | N
 IOPS_RE = re.compile(r"iops average (\d+)")
 
 
+def parse_iscsi_perf(text: str) -> int | None:
+    """iscsi-perf redraws a status line with '\r'; the last "iops average N" is the whole run's."""
+    found = IOPS_RE.findall(text)
+    return int(found[-1]) if found else None
+
+
 def run_iscsi_perf(job: Job, url: str, block_size: int, runtime: float, outdir: Path, tag: str) -> dict:
     """iscsi-perf reads the LUN with `-m` requests in flight; the last "iops average N" is the result.
     A job with numjobs > 1 runs that many iscsi-perf processes at once and sums them."""
@@ -563,11 +573,11 @@ def run_iscsi_perf(job: Job, url: str, block_size: int, runtime: float, outdir: 
         out.seek(0)
         text = out.read().decode(errors="replace")
         out.close()
-        found = IOPS_RE.findall(text)
-        if proc.returncode != 0 or not found:
+        iops = parse_iscsi_perf(text)
+        if proc.returncode != 0 or iops is None:
             rec["error"] = f"`{shlex.join(cmd)}` exited {proc.returncode}: {text.strip()[-300:]}"
             continue
-        total += int(found[-1])
+        total += iops
     if "error" not in rec:
         rec["iops"] = total
         rec["ios"] = int(total * secs)
