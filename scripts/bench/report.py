@@ -62,16 +62,18 @@ def summarize(results: dict) -> dict:
                 for r in ok:
                     if r["lun"] == lun and r["job"] == job and r["server"] in (num, den) and r.get(metric):
                         reps.setdefault(r["repeat"], {})[r["server"]] = r[metric]
-                vals = [v[num] / v[den] for v in reps.values() if num in v and den in v and v[den]]
-                return _median(vals)
+                vals = [v[num] / v[den] for _, v in sorted(reps.items()) if num in v and den in v and v[den]]
+                return vals
 
-            entry["ratios"] = {
+            samples = {
                 "iops_vs_qemu": paired("iops", OURS, QEMU),
                 "lat_vs_qemu": paired("lat_mean_us", OURS, QEMU),
                 "cpu_vs_qemu": paired("cpu_ms_per_1k_io", OURS, QEMU),
                 "iops_vs_perf": paired("iops", OURS, PERF),
                 "qemu_iops_vs_perf": paired("iops", QEMU, PERF),
             }
+            entry["ratios"] = {k: _median(v) for k, v in samples.items()}
+            entry["ratio_samples"] = samples
             per[lun][job] = entry
     targets = evaluate_targets(per)
     return {"per_lun": per, "targets": targets,
@@ -85,6 +87,15 @@ def evaluate_targets(per: dict) -> list[dict]:
     def ratio(lun, job, key):
         return per.get(lun, {}).get(job, {}).get("ratios", {}).get(key)
 
+    def shown(lun, job, key, extra=""):
+        """The median ratio, with the per-repeat range when there are several repeats."""
+        v = ratio(lun, job, key)
+        if v is None:
+            return "-"
+        xs = per[lun][job].get("ratio_samples", {}).get(key, [])
+        rng = f" (repeats {min(xs):.2f}..{max(xs):.2f})" if len(xs) > 1 else ""
+        return f"{v:.2f}x{rng}{extra}"
+
     def row(lun, name, value, ok, shown):
         out.append({"lun": lun, "name": name, "value": value, "shown": shown,
                     "status": "n/a" if value is None else ("PASS" if ok else "MISS")})
@@ -96,17 +107,18 @@ def evaluate_targets(per: dict) -> list[dict]:
                                   ("1m-write-qd8", "1M seq write (QD8) >= 1.3x qemu-nbd", 1.3)):
             if job in jobs:
                 v = ratio(lun, job, "iops_vs_qemu")
-                row(lun, label, v, v is not None and v >= limit, f"{v:.2f}x" if v is not None else "-")
+                row(lun, label, v, v is not None and v >= limit, shown(lun, job, "iops_vs_qemu"))
         for job, label in (("4k-randread-qd1", "QD1 read latency <= 0.8x qemu-nbd"),
                            ("4k-randwrite-qd1", "QD1 write latency <= 0.8x qemu-nbd")):
             if job in jobs:
                 v = ratio(lun, job, "lat_vs_qemu")
-                row(lun, label, v, v is not None and v <= 0.8, f"{v:.2f}x" if v is not None else "-")
+                row(lun, label, v, v is not None and v <= 0.8, shown(lun, job, "lat_vs_qemu"))
         for job in jobs:
             if PERF in jobs[job]["servers"]:
                 v = ratio(lun, job, "iops_vs_perf")
+                q = ratio(lun, job, "qemu_iops_vs_perf")
                 row(lun, f"{job}: IOPS within 10% of iscsi-perf", v, v is not None and v >= 0.9,
-                    f"{v:.2f}x" if v is not None else "-")
+                    shown(lun, job, "iops_vs_perf", f"; qemu-nbd {q:.2f}x" if q is not None else ""))
         qd128 = [jobs[j]["servers"].get(OURS, {}).get("peak_rss_mib") for j in jobs if j.endswith("-qd128")]
         qd128 = [v for v in qd128 if v is not None]
         if any(j.endswith("-qd128") for j in jobs):

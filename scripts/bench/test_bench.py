@@ -131,6 +131,9 @@ class SummaryTests(unittest.TestCase):
         self.assertEqual(e["ratios"]["iops_vs_qemu"], 2.0)  # median of 2.0, 1.0, 3.0
         self.assertEqual(e["servers"]["iscsi-nbd"]["iops"], 200)
         self.assertEqual((e["servers"]["qemu-nbd"]["iops_min"], e["servers"]["qemu-nbd"]["iops_max"]), (50, 100))
+        self.assertEqual(e["ratio_samples"]["iops_vs_qemu"], [2.0, 1.0, 3.0])  # in repeat order
+        t = next(t for t in s["targets"] if t["name"].startswith("4k QD32 randread"))
+        self.assertEqual((t["status"], t["shown"]), ("PASS", "2.00x (repeats 1.00..3.00)"))
 
     def test_failed_runs_are_excluded_and_unpaired_repeats_ignored(self):
         runs = [
