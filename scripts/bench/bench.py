@@ -127,16 +127,6 @@ def tcp_accepts(port: int) -> bool:
         return False
 
 
-def unix_accepts(path: str) -> bool:
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(0.5)
-            s.connect(path)
-            return True
-    except OSError:
-        return False
-
-
 def first_line(cmd: list[str]) -> str:
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=20)
@@ -339,8 +329,8 @@ class Server:
                 self.error = (f"`{shlex.join(cmd)}` exited with status {self.proc.returncode} before serving; "
                               f"log tail:\n{tail(self.log_path)}")
                 return False
-            up = unix_accepts(endpoint) if isinstance(endpoint, str) else tcp_accepts(endpoint)
-            if up:
+            # Probe with a real NBD handshake only (a bare connect makes servers log broken pipes).
+            if not isinstance(endpoint, str) or Path(endpoint).exists():
                 p = subprocess.run(["nbdinfo", "--size", self.uri], capture_output=True, text=True, timeout=15)
                 if p.returncode == 0:
                     size = int(p.stdout.strip())
@@ -510,7 +500,8 @@ def run_fio(job: Job, server: Server, runtime: float, ramp: float, size: int | N
     rec["peak_rss_scope"] = "job" if rss_reset else "process lifetime"
     rec["wall_s"] = wall
     if server.proc is not None and server.proc.poll() is not None:
-        rec["error"] = f"{server.name} died during the job (status {server.proc.returncode})"
+        rec["error"] = (f"{server.name} died during the job (status {server.proc.returncode}); "
+                        f"log tail:\n{tail(server.log_path)}")
     if "error" not in rec and proc.returncode != 0:
         rec["error"] = f"fio exited {proc.returncode}: {(stderr or stdout).strip()[-500:]}"
     try:
@@ -859,7 +850,7 @@ def main(argv: list[str]) -> int:
                 info = {"pid": s.proc.pid, "exit_status": s.exit_status, "startup_rss_kib": s.startup_rss_kib,
                         "died_early": died, "command": shlex.join(s.proc.args)}
                 results["servers"][f"{s.name}/{lun_name}"] = info
-                if s.name == "iscsi-nbd" and s.exit_status != 0 and not s.error:
+                if s.name == "iscsi-nbd" and s.exit_status != 0 and not s.error and not died:
                     results["problems"].append(
                         f"iscsi-nbd ({lun_name} LUN) exited with status {s.exit_status} on SIGTERM (expected 0)")
                     status = max(status, 2)
