@@ -79,6 +79,7 @@ let package = Package(
         .testTarget(name: "ISCSIConfigTests", dependencies: ["ISCSITestSupport", "ISCSIConfig"], resources: [.copy("Fixtures")]),
         .testTarget(name: "ISNSTests", dependencies: ["ISCSITestSupport", "ISNS", nioCore, nioPosix]),
         .testTarget(name: "ISCSIClientTests", dependencies: ["ISCSITestSupport", "ISCSIClient", "ISCSIProtocol", "SCSI"]),
+        .testTarget(name: "ISCSINBDCommandTests", dependencies: ["ISCSITestSupport", "ISCSINBDCommand"]),
         .testTarget(
             name: "IntegrationTests",
             dependencies: ["ISCSITestSupport", "ISCSINBDCommand", "ISCSIClient", "ISCSIBlockBackend", "NBDServer", "ISNS", "CLibNBD"]
