@@ -358,7 +358,7 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
         }
         var header = pdu.pdu.header
         header.totalAHSLength = 0
-        let data = immediate > 0 ? command.dataOut?.getSlice(at: command.dataOut!.readerIndex, length: immediate) : nil
+        let data = immediate > 0 ? command.dataOut.flatMap { $0.getSlice(at: $0.readerIndex, length: immediate) } : nil
         send(header, ahs: ahs, data: data)
 
         if unsolicited > immediate, let dataOut = command.dataOut {
@@ -742,6 +742,7 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
     }
 
     var closeFailure: ISCSISessionError? { closeError }
+    var testConfiguration: ISCSISessionConfiguration { configuration }
 }
 
 @available(*, unavailable)
