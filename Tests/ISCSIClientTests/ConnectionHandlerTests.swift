@@ -17,10 +17,11 @@ final class FakeTargetHarness {
     private var outboundBytes = ByteBuffer()
     var parser = PDUParser(maxDataSegmentLength: 1 << 24, direction: .initiatorToTarget)
 
-    init(window: UInt32 = 64, targetKeys: [(String, String)] = FakeTargetHarness.defaultKeys) throws {
+    init(window: UInt32 = 64, targetKeys: [(String, String)] = FakeTargetHarness.defaultKeys,
+         noopOutInterval: TimeAmount? = nil) throws {
         var configuration = ISCSISessionConfiguration(
             host: "127.0.0.1", targetName: "iqn.2026-11.test:fake", initiatorName: "iqn.2026-11.test:init",
-            queueDepth: 8, noopOutInterval: nil
+            queueDepth: 8, noopOutInterval: noopOutInterval
         )
         configuration.proposal.maxRecvDataSegmentLength = 65536
         handler = ISCSIConnectionHandler(configuration: configuration, logger: Logger(label: "test.fake"))
@@ -385,5 +386,59 @@ struct ConnectionHandlerTests {
         try h.deliver(.asyncMessage(message))
         let request = try ISCSIPDU.LogoutRequest(try #require(try h.sent().first))
         #expect(request.reason == .closeSession)
+    }
+
+    @Test func connectionLossFailsOutstandingAndQueuedCommands() throws {
+        let h = try FakeTargetHarness(window: 1)
+        _ = try h.login()
+        let a = h.submit(SCSICommand(cdb: readCDB(blocks: 1), expectedDataInLength: 512))
+        let b = h.submit(SCSICommand(cdb: readCDB(blocks: 1), expectedDataInLength: 512))  // queued: window closed
+        _ = try h.sent()
+        h.channel.pipeline.fireChannelInactive()
+        for future in [a, b] {
+            guard case .failure(ISCSISessionError.connectionClosed)? = outcome(future) else {
+                Issue.record("expected connectionClosed, got \(String(describing: outcome(future)))")
+                continue
+            }
+        }
+    }
+
+    @Test func loginTimesOut() throws {
+        let h = try FakeTargetHarness()
+        let promise = h.channel.eventLoop.makePromise(of: LoginOutcome.self)
+        h.handler.startLogin(try LoginStateMachine(configuration: h.handler.testConfiguration.loginConfiguration), promise: promise)
+        _ = try h.sent()  // the target never answers
+        h.channel.embeddedEventLoop.advanceTime(by: .seconds(14))
+        #expect(outcome(promise.futureResult) == nil)
+        h.channel.embeddedEventLoop.advanceTime(by: .seconds(2))
+        guard case .failure(ISCSISessionError.timeout)? = outcome(promise.futureResult) else {
+            Issue.record("expected a login timeout, got \(String(describing: outcome(promise.futureResult)))")
+            return
+        }
+    }
+
+    @Test func idleConnectionIsPingedAndDroppedWhenThePingGoesUnanswered() throws {
+        let h = try FakeTargetHarness(noopOutInterval: .seconds(5))
+        _ = try h.login()
+        h.channel.embeddedEventLoop.advanceTime(by: .seconds(6))
+        let ping = try ISCSIPDU.NOPOut(try #require(try h.sent().first))
+        #expect(ping.initiatorTaskTag != 0xFFFF_FFFF)
+        #expect(ping.targetTransferTag == 0xFFFF_FFFF)
+        #expect(ping.immediate)
+        // Answered: the connection stays up.
+        var answer = ISCSIPDU.NOPIn()
+        answer.initiatorTaskTag = ping.initiatorTaskTag
+        answer.statSN = h.statSN
+        h.statSN += 1
+        answer.expCmdSN = h.expCmdSN
+        answer.maxCmdSN = h.maxCmdSN
+        try h.deliver(.nopIn(answer))
+        h.channel.embeddedEventLoop.advanceTime(by: .seconds(4))
+        #expect(h.channel.isActive)
+        // Next ping unanswered for longer than noopOutTimeout (5 s): dropped.
+        h.channel.embeddedEventLoop.advanceTime(by: .seconds(3))
+        #expect(try h.sent().count == 1)
+        h.channel.embeddedEventLoop.advanceTime(by: .seconds(7))
+        #expect(!h.channel.isActive)
     }
 }

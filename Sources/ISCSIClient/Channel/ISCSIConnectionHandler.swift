@@ -119,7 +119,7 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
         } else {
             buffer = incoming
         }
-        lastReceive = .now()
+        lastReceive = context.eventLoop.now
         do {
             while !isClosed, let pdu = try parser.parse(&buffer) {
                 try process(pdu)
@@ -222,6 +222,7 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
             parser.maxDataSegmentLength = negotiated.initiatorMaxRecvDataSegmentLength
             encoder.digests = negotiated.digests
             state = .fullFeature
+            lastReceive = context?.eventLoop.now ?? .now()
             schedulePingTimer()
             logger.debug("iSCSI login complete", metadata: ["iscsi.tsih": "\(tsih)", "iscsi.parameters": "\(negotiated)"])
             promise.succeed(.loggedIn(operational, tsih: tsih))
@@ -640,8 +641,8 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
     }
 
     private func pingTick(interval: TimeAmount) {
-        guard case .fullFeature = state else { return }
-        let now = NIODeadline.now()
+        guard case .fullFeature = state, let context else { return }
+        let now = context.eventLoop.now
         if let sent = pingSentAt {
             if now - sent > configuration.noopOutTimeout {
                 logger.error("NOP-Out ping timed out, dropping connection")
