@@ -34,8 +34,14 @@ let package = Package(
 
         // MARK: IO targets
         .target(name: "ISCSIClient", dependencies: ["ISCSIProtocol", "SCSI", nioCore, nioPosix, logging]),
-        .target(name: "ISCSIBlockBackend", dependencies: ["BlockBackend", "SCSI", nioCore, logging]),
-        .target(name: "NBDServer", dependencies: ["NBDProtocol", "BlockBackend", nioCore, nioPosix, logging]),
+        .target(
+            name: "ISCSIBlockBackend",
+            dependencies: ["BlockBackend", "SCSI", nioCore, logging, .product(name: "NIOConcurrencyHelpers", package: "swift-nio")]
+        ),
+        .target(
+            name: "NBDServer",
+            dependencies: ["NBDProtocol", "BlockBackend", nioCore, nioPosix, logging, .product(name: "NIOConcurrencyHelpers", package: "swift-nio")]
+        ),
         .systemLibrary(name: "CLinuxNBD"),
         .target(name: "NBDKernel", dependencies: ["CLinuxNBD", "NBDProtocol", nioCore, nioPosix, logging]),
         .target(name: "ISNS", dependencies: [nioCore, nioPosix, logging]),
@@ -49,9 +55,14 @@ let package = Package(
             ]
         ),
         .executableTarget(name: "iscsi-nbd", dependencies: ["ISCSINBDCommand"]),
+        // Dev tool: NBD handshake on a unix socket + NBD_CMD_CONNECT (scripts/vm/scenario-netlink.sh).
+        .executableTarget(name: "nbd-netlink-check", dependencies: ["NBDKernel"]),
 
         // MARK: Tests
-        .target(name: "ISCSITestSupport", dependencies: ["SCSI", "BlockBackend", nioCore, nioPosix]),
+        .target(
+            name: "ISCSITestSupport",
+            dependencies: ["SCSI", "BlockBackend", nioCore, nioPosix, .product(name: "NIOConcurrencyHelpers", package: "swift-nio")]
+        ),
         .systemLibrary(name: "CLibNBD", pkgConfig: "libnbd", providers: [.apt(["libnbd-dev"])]),
         .testTarget(name: "SCSITests", dependencies: ["ISCSITestSupport", "SCSI"]),
         .testTarget(
@@ -60,9 +71,16 @@ let package = Package(
         ),
         .testTarget(name: "BlockBackendTests", dependencies: ["ISCSITestSupport", "BlockBackend", "ISCSIBlockBackend", "SCSI"]),
         .testTarget(name: "NBDProtocolTests", dependencies: ["ISCSITestSupport", "NBDProtocol"]),
-        .testTarget(name: "NBDServerTests", dependencies: ["ISCSITestSupport", "NBDServer", "BlockBackend", "CLibNBD"]),
+        .testTarget(
+            name: "NBDServerTests",
+            dependencies: [
+                "ISCSITestSupport", "NBDServer", "NBDProtocol", "BlockBackend", "CLibNBD", nioCore, nioPosix, logging,
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+            ]
+        ),
         .testTarget(name: "NBDKernelTests", dependencies: ["ISCSITestSupport", "NBDKernel"]),
-        .testTarget(name: "ISCSIConfigTests", dependencies: ["ISCSITestSupport", "ISCSIConfig"]),
+        .testTarget(name: "ISCSIConfigTests", dependencies: ["ISCSITestSupport", "ISCSIConfig"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "ISNSTests", dependencies: ["ISCSITestSupport", "ISNS", nioCore, nioPosix]),
         .testTarget(name: "ISCSIClientTests", dependencies: ["ISCSITestSupport", "ISCSIClient", "ISCSIProtocol", "SCSI"]),
         .testTarget(
             name: "IntegrationTests",
