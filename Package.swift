@@ -65,7 +65,10 @@ let package = Package(
         ),
         .systemLibrary(name: "CLibNBD", pkgConfig: "libnbd", providers: [.apt(["libnbd-dev"])]),
         .testTarget(name: "SCSITests", dependencies: ["ISCSITestSupport", "SCSI"]),
-        .testTarget(name: "ISCSIProtocolTests", dependencies: ["ISCSITestSupport", "ISCSIProtocol"]),
+        .testTarget(
+            name: "ISCSIProtocolTests",
+            dependencies: ["ISCSITestSupport", "ISCSIProtocol", .product(name: "NIOTestUtils", package: "swift-nio")]
+        ),
         .testTarget(name: "BlockBackendTests", dependencies: ["ISCSITestSupport", "BlockBackend", "ISCSIBlockBackend", "SCSI"]),
         .testTarget(name: "NBDProtocolTests", dependencies: ["ISCSITestSupport", "NBDProtocol"]),
         .testTarget(
