@@ -26,7 +26,7 @@ private func pattern(_ count: Int, seed: UInt8) -> ByteBuffer {
 }
 
 /// Expects the future to fail with a `BlockDeviceError` carrying `code`.
-private func expectErrno<T>(_ code: BlockDeviceError.Code, _ future: EventLoopFuture<T>, sourceLocation: SourceLocation = #_sourceLocation) async {
+private func expectErrno<T: Sendable>(_ code: BlockDeviceError.Code, _ future: EventLoopFuture<T>, sourceLocation: SourceLocation = #_sourceLocation) async {
     do {
         _ = try await future.get()
         Issue.record("expected errno \(code.rawValue), got success", sourceLocation: sourceLocation)
@@ -179,15 +179,46 @@ private func expectErrno<T>(_ code: BlockDeviceError.Code, _ future: EventLoopFu
         }
     }
 
-    @Test func garbageOptionalVPDPageIsIgnored() async throws {
+    @Test func garbageOptionalVPDPagesAreIgnored() async throws {
         let disk = makeDisk()
-        // B0h answered with a too-short page: probe continues without Block Limits.
-        disk.inject(FakeSCSIDisk.Fault(status: .good, count: 0))  // no-op fault (count 0) must not break anything
-        var c = disk.configuration
-        c.blockLimits = nil
-        disk.configuration = c
+        // B0h too short (page length 4), 83h with a designator running past the page.
+        disk.inject(.data([0, 0xB0, 0, 4, 0, 0, 0, 8], opcode: 0x12, vpdPage: 0xB0))
+        disk.inject(.data([0, 0x83, 0, 6, 1, 3, 0, 40, 1, 2], opcode: 0x12, vpdPage: 0x83))
         let dev = try await open(disk)
-        #expect(dev.properties.blockLimits == nil)
+        #expect(dev.properties.blockLimits == nil && dev.properties.deviceIdentification == nil)
+        #expect(dev.lunIdentity.designator == nil && dev.lunIdentity.serialNumber == "FAKE0001")
+        #expect(dev.info.maxTransferLength == 32 << 20)
+    }
+
+    @Test func garbageMandatoryDataFailsTheProbe() async throws {
+        let disk = makeDisk()
+        disk.inject(.data([0, 0, 6, 2, 10], opcode: 0x12))  // standard INQUIRY with ADDITIONAL LENGTH 10
+        do {
+            _ = try await open(disk)
+            Issue.record("opened")
+        } catch let error as SCSIProbeError {
+            #expect(error.kind == .invalidData)
+        }
+        let disk2 = makeDisk()
+        disk2.inject(.data([0, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0, 0], opcode: 0x9E))  // 12-byte RC(16) answer
+        do {
+            _ = try await open(disk2)
+            Issue.record("opened")
+        } catch let error as SCSIProbeError {
+            #expect(error.kind == .invalidData)
+        }
+        let disk3 = makeDisk()
+        disk3.inject(.data([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], opcode: 0x9E))  // block length 0
+        await #expect(throws: SCSIProbeError.self) { try await open(disk3) }
+    }
+
+    @Test func longVPDPageIsReissuedWithTheRightAllocationLength() async throws {
+        let serial = String(repeating: "S", count: 300)
+        let disk = makeDisk { $0.serial = serial }
+        let dev = try await open(disk)
+        #expect(dev.lunIdentity.serialNumber == serial)
+        let serialInquiries = disk.commands.filter { $0.opcode == 0x12 && $0[1] == 1 && $0[2] == 0x80 }
+        #expect(serialInquiries.map { $0.uint16(at: 3) } == [255, 304])
     }
 
     @Test func blockSizeMustBeAPowerOfTwo() async throws {
