@@ -2,6 +2,7 @@ import BlockBackend
 import ISCSIBlockBackend
 import ISCSITestSupport
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import SCSI
@@ -485,7 +486,7 @@ private func expectErrno<T: Sendable>(_ code: BlockDeviceError.Code, _ future: E
         let dev = try await open(disk)
         try await dev.write(offset: 0, data: pattern(512, seed: 1), flags: []).get()
         disk.clearCommandLog()
-        disk.inject(.checkCondition(.unitAttention, .capacityDataChanged))
+        disk.inject(.checkCondition(.unitAttention, .reportedLUNsDataChanged))
         #expect(try await dev.read(offset: 0, length: 512).get() == pattern(512, seed: 1))
         #expect(disk.opcodes == [.read10, .read10])
     }
@@ -521,9 +522,9 @@ private func expectErrno<T: Sendable>(_ code: BlockDeviceError.Code, _ future: E
         #expect(disk.opcodes.count == 3)
         disk.clearFaults()
         disk.clearCommandLog()
-        disk.inject(.checkCondition(.unitAttention, .powerOnResetOccurred, count: 100))
+        disk.inject(.checkCondition(.unitAttention, .powerOnResetOccurred, count: 100, opcodes: [0x28]))
         await expectErrno(.eio, dev.read(offset: 0, length: 512))
-        #expect(disk.opcodes.count == 4)
+        #expect(disk.opcodes.filter { $0 == .read10 }.count == 4)
     }
 
     @Test func writeProtectedGivesEPERM() async throws {
@@ -576,5 +577,56 @@ private func expectErrno<T: Sendable>(_ code: BlockDeviceError.Code, _ future: E
         let t = ShortReads(makeDisk())
         let dev = try await SCSIBlockDevice.open(transport: t, lun: LogicalUnitNumber(0), logger: Logger(label: "t")).get()
         await expectErrno(.eio, dev.read(offset: 0, length: 512))
+    }
+}
+
+@Suite struct SCSIBlockDeviceRefreshTests {
+    @Test func capacityChangedUnitAttentionTriggersRefresh() async throws {
+        let disk = makeDisk()
+        let dev = try await open(disk)
+        let seen = NIOLockedValueBox<[UInt64]>([])
+        dev.onInfoChange { info in seen.withLockedValue { $0.append(info.size) } }
+        var c = disk.configuration
+        c.blockCount = 4096
+        disk.configuration = c
+        disk.inject(.checkCondition(.unitAttention, .capacityDataChanged, count: 1, opcodes: [0x28]))
+        _ = try await dev.read(offset: 0, length: 512).get()
+        for _ in 0..<200 where dev.info.size != 4096 * 512 {
+            try await Task.sleep(nanoseconds: 5_000_000)
+        }
+        #expect(dev.info.size == 4096 * 512)
+        #expect(dev.lunIdentity.blockCount == 4096)
+        #expect(seen.withLockedValue { $0 } == [4096 * 512])
+    }
+
+    @Test func explicitRefreshPicksUpWriteProtect() async throws {
+        let disk = makeDisk()
+        let dev = try await open(disk)
+        #expect(!dev.info.readOnly)
+        var c = disk.configuration
+        c.writeProtected = true
+        disk.configuration = c
+        let info = try await dev.refresh().get()
+        #expect(info.readOnly && dev.info.readOnly)
+    }
+
+    @Test func blockLengthChangeIsRefused() async throws {
+        let disk = makeDisk()
+        let dev = try await open(disk)
+        var c = disk.configuration
+        c.blockSize = 4096
+        disk.configuration = c
+        await #expect(throws: SCSIProbeError.self) { try await dev.refresh().get() }
+        #expect(dev.info.logicalBlockSize == 512)
+    }
+
+    @Test func unrelatedUnitAttentionDoesNotRefresh() async throws {
+        let disk = makeDisk()
+        let dev = try await open(disk)
+        disk.clearCommandLog()
+        disk.inject(.checkCondition(.unitAttention, .reservationsPreempted, count: 1))
+        try await dev.flush().get()
+        try await Task.sleep(nanoseconds: 20_000_000)
+        #expect(disk.opcodes == [.synchronizeCache10, .synchronizeCache10])
     }
 }
