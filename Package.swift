@@ -38,7 +38,10 @@ let package = Package(
             name: "ISCSIBlockBackend",
             dependencies: ["BlockBackend", "SCSI", nioCore, logging, .product(name: "NIOConcurrencyHelpers", package: "swift-nio")]
         ),
-        .target(name: "NBDServer", dependencies: ["NBDProtocol", "BlockBackend", nioCore, nioPosix, logging]),
+        .target(
+            name: "NBDServer",
+            dependencies: ["NBDProtocol", "BlockBackend", nioCore, nioPosix, logging, .product(name: "NIOConcurrencyHelpers", package: "swift-nio")]
+        ),
         .systemLibrary(name: "CLinuxNBD"),
         .target(name: "NBDKernel", dependencies: ["CLinuxNBD", "NBDProtocol", nioCore, nioPosix, logging]),
         .target(name: "ISNS", dependencies: [nioCore, nioPosix, logging]),
@@ -52,6 +55,8 @@ let package = Package(
             ]
         ),
         .executableTarget(name: "iscsi-nbd", dependencies: ["ISCSINBDCommand"]),
+        // Dev tool: NBD handshake on a unix socket + NBD_CMD_CONNECT (scripts/vm/scenario-netlink.sh).
+        .executableTarget(name: "nbd-netlink-check", dependencies: ["NBDKernel"]),
 
         // MARK: Tests
         .target(
@@ -63,9 +68,16 @@ let package = Package(
         .testTarget(name: "ISCSIProtocolTests", dependencies: ["ISCSITestSupport", "ISCSIProtocol"]),
         .testTarget(name: "BlockBackendTests", dependencies: ["ISCSITestSupport", "BlockBackend", "ISCSIBlockBackend", "SCSI"]),
         .testTarget(name: "NBDProtocolTests", dependencies: ["ISCSITestSupport", "NBDProtocol"]),
-        .testTarget(name: "NBDServerTests", dependencies: ["ISCSITestSupport", "NBDServer", "BlockBackend", "CLibNBD"]),
+        .testTarget(
+            name: "NBDServerTests",
+            dependencies: [
+                "ISCSITestSupport", "NBDServer", "NBDProtocol", "BlockBackend", "CLibNBD", nioCore, nioPosix, logging,
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+            ]
+        ),
         .testTarget(name: "NBDKernelTests", dependencies: ["ISCSITestSupport", "NBDKernel"]),
-        .testTarget(name: "ISCSIConfigTests", dependencies: ["ISCSITestSupport", "ISCSIConfig"]),
+        .testTarget(name: "ISCSIConfigTests", dependencies: ["ISCSITestSupport", "ISCSIConfig"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "ISNSTests", dependencies: ["ISCSITestSupport", "ISNS", nioCore, nioPosix]),
         .testTarget(name: "ISCSIClientTests", dependencies: ["ISCSITestSupport", "ISCSIClient", "ISCSIProtocol", "SCSI"]),
         .testTarget(
             name: "IntegrationTests",

@@ -1,0 +1,439 @@
+import BlockBackend
+import Logging
+import NBDProtocol
+import NIOCore
+
+/// Asks a connection to finish: handshake connections close at once; transmission connections stop reading,
+/// let in-flight requests complete and send their replies, then close (nbd-proto.md "Terminating the
+/// transmission phase": "On a server shutdown, the server SHOULD wait for inflight requests to be serviced
+/// prior to initiating a hard disconnect").
+struct NBDDrainEvent: Sendable {}
+
+/// One NBD connection: handshake state machine, then the transmission phase against a `BlockDevice`.
+///
+/// - Requests are dispatched as soon as they are decoded, up to `maxInFlight` at once; beyond that the handler
+///   stops decoding and withholds `read()` from the channel (backpressure), resuming as replies complete.
+/// - Replies are written as each request completes (out of order). Flushes are coalesced: one flush at the
+///   end of each read burst (`channelReadComplete`), and for completions outside a read burst one flush per
+///   event-loop tick.
+/// - READ data is written as the device's own `ByteBuffer` after a small header (no copy); WRITE payloads
+///   are zero-copy slices of the receive buffer.
+/// - Malformed input (bad magic, bad client flags, oversized option, truncated message) closes this
+///   connection only, with the reason logged.
+final class NBDConnectionHandler: ChannelDuplexHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private enum Phase {
+        /// Fixed newstyle option haggling.
+        case handshake(NBDServerHandshake)
+        /// Requests and replies.
+        case transmission(Transmission)
+        /// Closing: ignore input.
+        case closed
+    }
+
+    private struct Transmission {
+        var validator: NBDRequestValidator
+        var decoder: NBDRequestDecoder
+        var structured: Bool
+    }
+
+    private let device: any BlockDevice
+    private let maxInFlight: Int
+    private var logger: Logger
+    private var phase: Phase
+
+    private var cumulation: ByteBuffer?
+    private var inFlight = 0
+    private var readWithheld = false
+    private var inReadBurst = false
+    private var flushScheduled = false
+    private var needsFlush = false
+    /// Replies without payload, batched into one buffer per flush.
+    private var smallReplies: ByteBuffer?
+    /// NBD_CMD_DISC received or server shutting down: no more requests are taken.
+    private var draining = false
+    private var isActive = false
+
+    /// Bytes currently buffered from the peer (for tests of the memory bound).
+    var bufferedInboundBytes: Int { cumulation?.readableBytes ?? 0 }
+    /// Capacity held by the receive buffer (for tests of the memory bound).
+    var bufferedInboundCapacity: Int { cumulation?.capacity ?? 0 }
+
+    /// A connection that starts with the fixed newstyle handshake.
+    init(device: any BlockDevice, export: NBDExport, maxInFlight: Int, maxOptionLength: UInt32, logger: Logger) {
+        self.device = device
+        self.maxInFlight = max(1, maxInFlight)
+        self.logger = logger
+        self.phase = .handshake(NBDServerHandshake(export: export, maximumOptionLength: maxOptionLength))
+    }
+
+    /// A connection that starts in the transmission phase with simple replies (the kernel's socket after
+    /// netlink NBD_CMD_CONNECT, nbd-netlink-proto.md).
+    init(device: any BlockDevice, transmissionOnly export: NBDExport, maxInFlight: Int, logger: Logger) {
+        self.device = device
+        self.maxInFlight = max(1, maxInFlight)
+        self.logger = logger
+        let parameters = NBDTransmissionParameters(export: export, structuredReplies: false)
+        self.phase = .transmission(Self.makeTransmission(parameters))
+    }
+
+    private static func makeTransmission(_ parameters: NBDTransmissionParameters) -> Transmission {
+        Transmission(
+            validator: NBDRequestValidator(parameters: parameters),
+            decoder: NBDRequestDecoder(maximumBufferedPayload: parameters.export.maximumPayload),
+            structured: parameters.structuredReplies)
+    }
+
+    // MARK: - Channel events
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive { becomeActive(context: context) }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        becomeActive(context: context)
+        context.fireChannelActive()
+    }
+
+    private func becomeActive(context: ChannelHandlerContext) {
+        guard !isActive else { return }
+        isActive = true
+        if case .handshake(let handshake) = phase {
+            var greeting = context.channel.allocator.buffer(capacity: 18)
+            greeting.writeNBDGreeting(flags: handshake.handshakeFlags)
+            context.writeAndFlush(wrapOutboundOut(greeting), promise: nil)
+        }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var incoming = unwrapInboundIn(data)
+        if case .closed = phase { return }
+        if var buffer = cumulation, buffer.readableBytes > 0 {
+            cumulation = nil  // keep `buffer` uniquely referenced while appending
+            if buffer.readerIndex > 0 || buffer.writableBytes < incoming.readableBytes {
+                // Compact: copy only the unread tail (part of one message) into a buffer sized for it.
+                let needed = buffer.readableBytes + incoming.readableBytes
+                var messageSize = needed
+                if case .transmission(let t) = phase { messageSize += t.decoder.bytesNeeded(given: needed) }
+                var fresh = context.channel.allocator.buffer(capacity: max(needed, min(messageSize, 2 * needed)))
+                fresh.writeBuffer(&buffer)
+                buffer = fresh
+            }
+            buffer.writeBuffer(&incoming)
+            cumulation = buffer
+        } else {
+            cumulation = incoming
+        }
+        inReadBurst = true
+        processInbound(context: context)
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        inReadBurst = false
+        if needsFlush { flushNow(context: context) }
+        context.fireChannelReadComplete()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        let partial: Bool
+        switch phase {
+        case .transmission(let t): partial = bufferedInboundBytes > 0 || !t.decoder.isIdle
+        case .handshake: partial = bufferedInboundBytes > 0
+        case .closed: partial = false
+        }
+        if partial && !draining {
+            logger.notice("connection closed in the middle of a message (truncated)", metadata: ["nbd.buffered": "\(bufferedInboundBytes)"])
+        } else {
+            logger.debug("connection closed", metadata: ["nbd.inflight": "\(inFlight)"])
+        }
+        phase = .closed
+        cumulation = nil
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        logger.notice("connection error, closing", metadata: ["error": "\(error)"])
+        phase = .closed
+        context.close(promise: nil)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is NBDDrainEvent {
+            switch phase {
+            case .handshake, .closed:
+                phase = .closed
+                context.close(promise: nil)
+            case .transmission:
+                draining = true
+                closeIfDrained(context: context)
+            }
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    /// Backpressure: withhold reads while the in-flight window is full or the connection is draining.
+    func read(context: ChannelHandlerContext) {
+        if draining || inFlight >= maxInFlight {
+            readWithheld = true
+            return
+        }
+        context.read()
+    }
+
+    // MARK: - Input
+
+    private func processInbound(context: ChannelHandlerContext) {
+        do {
+            while var buffer = cumulation {
+                cumulation = nil
+                defer { cumulation = buffer.readableBytes > 0 ? buffer : nil }
+                switch phase {
+                case .closed:
+                    buffer.clear()
+                    return
+                case .handshake(var handshake):
+                    let action: NBDHandshakeAction?
+                    do {
+                        action = try handshake.receive(&buffer)
+                    } catch {
+                        phase = .closed
+                        throw error
+                    }
+                    phase = .handshake(handshake)
+                    guard let action else { return }
+                    perform(action, context: context)
+                    // Loop: remaining bytes may hold more options or the first requests.
+                case .transmission(var transmission):
+                    while !draining && inFlight < maxInFlight {
+                        let request: NBDRequest?
+                        do {
+                            request = try transmission.decoder.decode(&buffer)
+                        } catch {
+                            phase = .closed
+                            throw error
+                        }
+                        guard let request else { break }
+                        dispatch(request, transmission: transmission, context: context)
+                    }
+                    if case .transmission = phase { phase = .transmission(transmission) }
+                    return
+                }
+            }
+        } catch {
+            logger.notice("protocol violation, closing connection", metadata: ["error": "\(error)"])
+            cumulation = nil
+            context.close(promise: nil)
+        }
+    }
+
+    private func perform(_ action: NBDHandshakeAction, context: ChannelHandlerContext) {
+        let messages: [NBDHandshakeMessage]
+        switch action {
+        case .send(let m), .sendAndStartTransmission(let m, _), .sendAndClose(let m): messages = m
+        }
+        var out = context.channel.allocator.buffer(capacity: 64 * messages.count)
+        for message in messages { out.writeNBDHandshakeMessage(message) }
+        switch action {
+        case .send:
+            context.writeAndFlush(wrapOutboundOut(out), promise: nil)
+        case .sendAndStartTransmission(_, let parameters):
+            logger.debug(
+                "entering transmission phase",
+                metadata: ["nbd.structured": "\(parameters.structuredReplies)", "nbd.flags": "0x\(String(parameters.transmissionFlags.rawValue, radix: 16))"])
+            phase = .transmission(Self.makeTransmission(parameters))
+            context.writeAndFlush(wrapOutboundOut(out), promise: nil)
+        case .sendAndClose:
+            phase = .closed
+            context.writeAndFlush(wrapOutboundOut(out)).assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+        }
+    }
+
+    // MARK: - Requests
+
+    private func dispatch(_ request: NBDRequest, transmission: Transmission, context: ChannelHandlerContext) {
+        let header = request.header
+        if let rejection = transmission.validator.validate(header) {
+            logger.debug("request refused", metadata: ["nbd.cookie": "\(header.cookie)", "nbd.command": "\(header.command)", "nbd.error": "\(rejection)"])
+            replyError(header, rejection.code, rejection.message, structured: transmission.structured, context: context)
+            return
+        }
+        let structured = transmission.structured
+        switch header.command {
+        case .disconnect:
+            logger.debug("NBD_CMD_DISC", metadata: ["nbd.inflight": "\(inFlight)"])
+            draining = true
+            closeIfDrained(context: context)
+        case .read:
+            guard header.length > 0 else {
+                replyReadData(header, ByteBuffer(), structured: structured, context: context)
+                return
+            }
+            track(device.read(offset: header.offset, length: header.length), header, structured, context) { handler, data in
+                guard data.readableBytes == Int(header.length) else {
+                    handler.replyError(header, .eio, "device returned \(data.readableBytes) bytes", structured: structured, context: context)
+                    return
+                }
+                handler.replyReadData(header, data, structured: structured, context: context)
+            }
+        case .write:
+            guard let payload = request.payload, !request.payloadDiscarded else {
+                // Validation refuses every discarded payload (length > maximum); zero length lands here.
+                if request.payloadDiscarded {
+                    replyError(header, .einval, "payload too large", structured: structured, context: context)
+                } else {
+                    replySuccess(header, context: context)
+                }
+                return
+            }
+            let flags: BlockWriteFlags = header.flags.contains(.fua) ? .fua : []
+            trackVoid(device.write(offset: header.offset, data: payload, flags: flags), header, structured, context)
+        case .flush:
+            trackVoid(device.flush(), header, structured, context)
+        case .trim:
+            guard header.length > 0 else { return replySuccess(header, context: context) }
+            let flags: BlockWriteFlags = header.flags.contains(.fua) ? .fua : []
+            trackVoid(device.trim(offset: header.offset, length: header.length, flags: flags), header, structured, context)
+        case .writeZeroes:
+            guard header.length > 0 else { return replySuccess(header, context: context) }
+            var flags: BlockWriteFlags = []
+            if header.flags.contains(.fua) { flags.insert(.fua) }
+            if header.flags.contains(.noHole) { flags.insert(.noHole) }
+            if header.flags.contains(.fastZero) { flags.insert(.fastZero) }
+            trackVoid(device.writeZeroes(offset: header.offset, length: header.length, flags: flags), header, structured, context)
+        case .cache:
+            replySuccess(header, context: context)
+        default:
+            // The validator refuses every other command.
+            replyError(header, .einval, "unsupported command", structured: structured, context: context)
+        }
+    }
+
+    private func trackVoid(
+        _ future: EventLoopFuture<Void>, _ header: NBDRequestHeader, _ structured: Bool, _ context: ChannelHandlerContext
+    ) {
+        track(future, header, structured, context) { handler, _ in handler.replySuccess(header, context: context) }
+    }
+
+    /// Counts the request in flight and runs `onSuccess` (or sends the error reply) on this channel's loop.
+    private func track<T: Sendable>(
+        _ future: EventLoopFuture<T>, _ header: NBDRequestHeader, _ structured: Bool, _ context: ChannelHandlerContext,
+        onSuccess: @escaping (NBDConnectionHandler, T) -> Void
+    ) {
+        inFlight += 1
+        future.hop(to: context.eventLoop).assumeIsolated().whenComplete { result in
+            self.inFlight -= 1
+            switch result {
+            case .success(let value):
+                onSuccess(self, value)
+            case .failure(let error):
+                let (code, message): (NBDErrorCode, String)
+                if let error = error as? BlockDeviceError {
+                    (code, message) = (NBDErrorCode(errno: error.code.rawValue), error.message)
+                } else {
+                    (code, message) = (.eio, "\(error)")
+                }
+                self.logger.debug("request failed", metadata: ["nbd.cookie": "\(header.cookie)", "nbd.command": "\(header.command)", "error": "\(error)"])
+                self.replyError(header, code, message, structured: structured, context: context)
+            }
+            self.requestCompleted(context: context)
+        }
+    }
+
+    private func requestCompleted(context: ChannelHandlerContext) {
+        if case .closed = phase { return }
+        if draining {
+            closeIfDrained(context: context)
+            return
+        }
+        if inFlight < maxInFlight {
+            if cumulation != nil { processInbound(context: context) }
+            if readWithheld && inFlight < maxInFlight {
+                readWithheld = false
+                context.read()
+            }
+        }
+    }
+
+    // MARK: - Replies
+
+    private func replySuccess(_ header: NBDRequestHeader, context: ChannelHandlerContext) {
+        // A simple reply is allowed for every non-READ request even with structured replies.
+        var out = smallReplies ?? context.channel.allocator.buffer(capacity: 1024)
+        smallReplies = nil
+        out.writeNBDSimpleReply(cookie: header.cookie)
+        smallReplies = out
+        replyWritten(context: context)
+    }
+
+    private func replyError(
+        _ header: NBDRequestHeader, _ code: NBDErrorCode, _ message: String, structured: Bool, context: ChannelHandlerContext
+    ) {
+        var out = smallReplies ?? context.channel.allocator.buffer(capacity: 1024)
+        smallReplies = nil
+        if structured {
+            // "The server SHOULD prefer sending errors via a structured reply" (and MUST for READ).
+            out.writeNBDStructuredError(cookie: header.cookie, error: code, message: message)
+        } else {
+            out.writeNBDSimpleReply(cookie: header.cookie, error: code)
+        }
+        smallReplies = out
+        replyWritten(context: context)
+    }
+
+    private func replyReadData(_ header: NBDRequestHeader, _ data: ByteBuffer, structured: Bool, context: ChannelHandlerContext) {
+        guard data.readableBytes > 0 else {
+            var out = smallReplies ?? context.channel.allocator.buffer(capacity: 1024)
+            smallReplies = nil
+            if structured { out.writeNBDStructuredNone(cookie: header.cookie) } else { out.writeNBDSimpleReply(cookie: header.cookie) }
+            smallReplies = out
+            replyWritten(context: context)
+            return
+        }
+        var head = context.channel.allocator.buffer(capacity: 32)
+        if structured {
+            // One OFFSET_DATA chunk marked DONE: the data is complete, no error can follow.
+            head.writeNBDOffsetDataHeader(cookie: header.cookie, flags: .done, offset: header.offset, dataLength: UInt32(data.readableBytes))
+        } else {
+            head.writeNBDSimpleReply(cookie: header.cookie)
+        }
+        context.write(wrapOutboundOut(head), promise: nil)
+        context.write(wrapOutboundOut(data), promise: nil)
+        replyWritten(context: context)
+    }
+
+    private func replyWritten(context: ChannelHandlerContext) {
+        needsFlush = true
+        if inReadBurst || flushScheduled { return }
+        flushScheduled = true
+        context.eventLoop.assumeIsolated().execute {
+            self.flushScheduled = false
+            if self.needsFlush { self.flushNow(context: context) }
+        }
+    }
+
+    private func flushNow(context: ChannelHandlerContext) {
+        needsFlush = false
+        if case .closed = phase { smallReplies = nil; return }
+        if let out = smallReplies, out.readableBytes > 0 {
+            smallReplies = nil
+            context.write(wrapOutboundOut(out), promise: nil)
+        }
+        context.flush()
+    }
+
+    private func closeIfDrained(context: ChannelHandlerContext) {
+        guard draining, inFlight == 0 else { return }
+        if case .closed = phase { return }
+        flushNow(context: context)
+        phase = .closed
+        cumulation = nil
+        context.close(promise: nil)
+    }
+}
+
+@available(*, unavailable)
+extension NBDConnectionHandler: Sendable {}
