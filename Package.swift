@@ -66,7 +66,10 @@ let package = Package(
         .systemLibrary(name: "CLibNBD", pkgConfig: "libnbd", providers: [.apt(["libnbd-dev"])]),
         .testTarget(name: "SCSITests", dependencies: ["ISCSITestSupport", "SCSI"]),
         .testTarget(name: "ISCSIProtocolTests", dependencies: ["ISCSITestSupport", "ISCSIProtocol"]),
-        .testTarget(name: "BlockBackendTests", dependencies: ["ISCSITestSupport", "BlockBackend", "ISCSIBlockBackend", "SCSI"]),
+        .testTarget(
+            name: "BlockBackendTests",
+            dependencies: ["ISCSITestSupport", "BlockBackend", "ISCSIBlockBackend", "SCSI", "ISCSIClient", nioPosix, logging]
+        ),
         .testTarget(name: "NBDProtocolTests", dependencies: ["ISCSITestSupport", "NBDProtocol"]),
         .testTarget(
             name: "NBDServerTests",
