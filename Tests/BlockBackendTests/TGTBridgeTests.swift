@@ -4,6 +4,7 @@ import ISCSIBlockBackend
 import ISCSIClient
 import ISCSITestSupport
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import SCSI
@@ -69,6 +70,21 @@ struct TGTBridgeTests {
         }
     }
 
+    /// Passes commands through and records each opcode with the status it got.
+    final class Recorder: SCSITransport {
+        let inner: any SCSITransport
+        let log = NIOLockedValueBox<[(SCSIOpcode, SCSIStatus)]>([])
+        init(_ inner: any SCSITransport) { self.inner = inner }
+        var eventLoop: any EventLoop { inner.eventLoop }
+        func execute(_ command: SCSICommand, lun: LogicalUnitNumber) -> EventLoopFuture<SCSICommandResult> {
+            inner.execute(command, lun: lun).map { r in
+                self.log.withLockedValue { $0.append((SCSIOpcode(rawValue: command.cdb.opcode), r.status)) }
+                return r
+            }
+        }
+        func take() -> [(SCSIOpcode, SCSIStatus)] { log.withLockedValue { l in defer { l = [] }; return l } }
+    }
+
     static func pattern(_ n: Int, _ seed: UInt8) -> ByteBuffer {
         ByteBuffer(bytes: (0..<n).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ Int(seed) &+ $0 >> 9) })
     }
@@ -86,8 +102,12 @@ struct TGTBridgeTests {
                 try await SCSIBlockDevice.open(transport: session, lun: LogicalUnitNumber(0), logger: logger).get()
             }
 
-            let dev = try await SCSIBlockDevice.open(transport: session, lun: LogicalUnitNumber(1), logger: logger).get()
+            let recorder = Recorder(session)
+            let dev = try await SCSIBlockDevice.open(transport: recorder, lun: LogicalUnitNumber(1), logger: logger).get()
             let info = dev.info
+            // tgt with thin_provisioning=1: LBPME, LBPU, LBPWS, LBPRZ.
+            #expect(info.canTrim && info.canFastZero)
+            #expect(dev.properties.usedReadCapacity16 && dev.properties.supportedVPDPages != nil)
             #expect(info.size == Self.size && info.logicalBlockSize == 512)
             #expect(!info.readOnly && info.canFUA && info.canWriteZeroes)
             #expect(info.maxTransferLength >= 512 && info.maxTransferLength <= 32 << 20)
@@ -103,15 +123,23 @@ struct TGTBridgeTests {
             try await dev.flush().get()
 
             // Write zeroes (with and without NO_HOLE) reads back as zeros.
+            _ = recorder.take()
             try await dev.writeZeroes(offset: 1 << 20, length: 65536, flags: []).get()
             try await dev.writeZeroes(offset: (1 << 20) + 65536, length: 4096, flags: .noHole).get()
+            try await dev.writeZeroes(offset: 3 << 20, length: 1 << 20, flags: .fastZero).get()
+            #expect(recorder.take().map { "\($0.0) \($0.1)" } == ["WRITE SAME(16) GOOD", "WRITE SAME(16) GOOD", "WRITE SAME(16) GOOD"])
             let zeros = try await dev.read(offset: 1 << 20, length: 65536 + 4096).get()
             #expect(zeros.readableBytesView.allSatisfy { $0 == 0 })
             #expect(try f.fileBytes(f.disk1, at: (1 << 20) + 69632, count: 512)
                 == Array(Self.pattern(1 << 20, 3).readableBytesView[69632..<70144]), "neighbours untouched")
 
             // Trim is advisory: it must succeed (or be a no-op) and leave the LU usable.
+            try await dev.write(offset: 2 << 20, data: Self.pattern(1 << 20, 8), flags: []).get()
+            _ = recorder.take()
             try await dev.trim(offset: 2 << 20, length: 1 << 20, flags: []).get()
+            #expect(recorder.take().map { "\($0.0) \($0.1)" } == ["UNMAP GOOD"])
+            // LBPRZ: the unmapped range reads back as zeros (tgt punches a hole in the file).
+            #expect(try await dev.read(offset: 2 << 20, length: 1 << 20).get().readableBytesView.allSatisfy { $0 == 0 })
             try await dev.write(offset: 2 << 20, data: Self.pattern(512, 9), flags: []).get()
             #expect(try await dev.read(offset: 2 << 20, length: 512).get() == Self.pattern(512, 9))
 
