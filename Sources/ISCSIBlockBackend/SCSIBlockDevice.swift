@@ -444,6 +444,7 @@ public final class SCSIBlockDevice: BlockDevice {
 
     public func write(offset: UInt64, data: ByteBuffer, flags: BlockWriteFlags) -> EventLoopFuture<Void> {
         let fua = flags.contains(.fua)
+        let strategy = self.strategy  // one lock per request
         let nativeFUA = fua && strategy.nativeFUA
         let chunks = splitter(offset: offset, length: UInt64(data.readableBytes), maxBlocks: strategy.maxTransferBlocks)
         let written = runChunks(count: chunks.count, maxInFlight: Self.maxChunksInFlight, on: loop) { i in
@@ -483,6 +484,7 @@ public final class SCSIBlockDevice: BlockDevice {
 
     public func trim(offset: UInt64, length: UInt32, flags writeFlags: BlockWriteFlags) -> EventLoopFuture<Void> {
         let state = flags.withLockedValue { $0 }
+        let strategy = self.strategy
         let trimmed: EventLoopFuture<Void>
         if strategy.useUnmap && !state.unmapRejected {
             trimmed = unmap(offset: offset, length: length)
@@ -529,6 +531,7 @@ public final class SCSIBlockDevice: BlockDevice {
 
     public func writeZeroes(offset: UInt64, length: UInt32, flags writeFlags: BlockWriteFlags) -> EventLoopFuture<Void> {
         let state = flags.withLockedValue { $0 }
+        let strategy = self.strategy
         let fastPossible = strategy.canFastZero && !state.writeSameUnmapRejected
         let mayUnmap = !writeFlags.contains(.noHole) && fastPossible
         let fua = writeFlags.contains(.fua) && strategy.writeCacheEnabled

@@ -59,6 +59,8 @@ public final class FakeSCSIDisk: SCSITransport {
         public var vpdPage: UInt8?
         /// Data-In to return (e.g. garbage parameter data with GOOD status).
         public var dataIn: ByteBuffer?
+        /// Commands with these opcodes are never affected.
+        public var exceptOpcodes: Set<UInt8> = []
         public init(
             status: SCSIStatus, sense: SenseData? = nil, count: Int = 1, opcodes: Set<UInt8>? = nil,
             vpdPage: UInt8? = nil, dataIn: ByteBuffer? = nil
@@ -75,7 +77,7 @@ public final class FakeSCSIDisk: SCSITransport {
             Fault(status: .good, count: count, opcodes: [opcode], vpdPage: vpdPage, dataIn: ByteBuffer(bytes: data))
         }
         func matches(_ cdb: CDB) -> Bool {
-            guard opcodes?.contains(cdb.opcode) ?? true else { return false }
+            guard opcodes?.contains(cdb.opcode) ?? true, !exceptOpcodes.contains(cdb.opcode) else { return false }
             guard let vpdPage else { return true }
             return cdb.opcode == SCSIOpcode.inquiry.rawValue && cdb[1] & 1 == 1 && cdb[2] == vpdPage
         }
@@ -118,6 +120,14 @@ public final class FakeSCSIDisk: SCSITransport {
     public func clearCommandLog() { state.withLockedValue { $0.commands.removeAll() } }
 
     public func inject(_ fault: Fault) { state.withLockedValue { $0.faults.append(fault) } }
+    /// Queues a UNIT ATTENTION the way SAM reports one: the next command fails with it, except INQUIRY,
+    /// REPORT LUNS and REQUEST SENSE, which are executed normally (SPC "unit attention condition").
+    public func queueUnitAttention(_ code: AdditionalSenseCode) {
+        var f = Fault.checkCondition(.unitAttention, code)
+        f.exceptOpcodes = [SCSIOpcode.inquiry.rawValue, SCSIOpcode.reportLUNs.rawValue, SCSIOpcode.requestSense.rawValue]
+        inject(f)
+    }
+
     /// Drops all pending injected faults.
     public func clearFaults() { state.withLockedValue { $0.faults.removeAll() } }
     /// The next `count` commands fail in the transport (their future fails).

@@ -231,6 +231,17 @@ private func expectErrno<T: Sendable>(_ code: BlockDeviceError.Code, _ future: E
         }
     }
 
+    @Test func unitAttentionSemanticsOfTheFake() async throws {
+        let disk = makeDisk()
+        disk.queueUnitAttention(.powerOnResetOccurred)
+        disk.queueUnitAttention(.capacityDataChanged)
+        // INQUIRY and REPORT LUNS pass; TEST UNIT READY meets both attentions in turn.
+        let inq = try await disk.execute(SCSICommand(cdb: .inquiry(allocationLength: 36), expectedDataInLength: 36), lun: LogicalUnitNumber(0)).get()
+        #expect(inq.status == .good)
+        _ = try await open(disk)
+        #expect(disk.opcodes.prefix(5) == [.inquiry, .testUnitReady, .testUnitReady, .testUnitReady, .inquiry])
+    }
+
     @Test func reportLUNs() async throws {
         let disk = makeDisk { $0.luns = [LogicalUnitNumber(0), LogicalUnitNumber(1), LogicalUnitNumber(300)] }
         let luns = try await SCSIBlockDevice.reportLUNs(transport: disk, retryPolicy: fastRetries).get()
