@@ -69,7 +69,10 @@ let package = Package(
             name: "ISCSIProtocolTests",
             dependencies: ["ISCSITestSupport", "ISCSIProtocol", .product(name: "NIOTestUtils", package: "swift-nio")]
         ),
-        .testTarget(name: "BlockBackendTests", dependencies: ["ISCSITestSupport", "BlockBackend", "ISCSIBlockBackend", "SCSI"]),
+        .testTarget(
+            name: "BlockBackendTests",
+            dependencies: ["ISCSITestSupport", "BlockBackend", "ISCSIBlockBackend", "SCSI", "ISCSIClient", nioPosix, logging]
+        ),
         .testTarget(name: "NBDProtocolTests", dependencies: ["ISCSITestSupport", "NBDProtocol"]),
         .testTarget(
             name: "NBDServerTests",

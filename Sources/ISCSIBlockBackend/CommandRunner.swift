@@ -1,5 +1,6 @@
 import BlockBackend
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import SCSI
 
@@ -26,6 +27,8 @@ struct CommandRunner: Sendable {
     let lun: LogicalUnitNumber
     let policy: RetryPolicy
     let logger: Logger
+    /// Told about every unit attention (the command itself is retried).
+    let unitAttentions = UnitAttentionRelay()
 
     /// Succeeds with the result when the outcome is success; fails with `SCSICommandFailure` or
     /// `BlockDeviceError` (transport failures: EIO unless the transport already gave a `BlockDeviceError`).
@@ -71,6 +74,7 @@ struct CommandRunner: Sendable {
                     "retrying SCSI command",
                     metadata: ["scsi.opcode": "\(opcode)", "scsi.status": "\(what)", "retry.delay": "\(delay)"])
                 let next = retries
+                if reason == .unitAttention, let sense { self.unitAttentions.notify(sense) }
                 if delay == .zero {
                     return self.attempt(command, kind: kind, retries: next)
                 }
@@ -101,4 +105,11 @@ extension Error {
         if let e = self as? SCSICommandFailure { return e.error }
         return BlockDeviceError(.eio, "\(self)")
     }
+}
+
+/// Forwards unit attentions seen by a `CommandRunner` to whoever cares (the device re-reads capacity).
+final class UnitAttentionRelay: Sendable {
+    private let handler = NIOLockedValueBox<(@Sendable (SenseData) -> Void)?>(nil)
+    func setHandler(_ h: @escaping @Sendable (SenseData) -> Void) { handler.withLockedValue { $0 = h } }
+    func notify(_ sense: SenseData) { handler.withLockedValue { $0 }?(sense) }
 }

@@ -20,54 +20,144 @@ import SCSI
 public final class SCSIBlockDevice: BlockDevice {
     public let transport: any SCSITransport
     public let lun: LogicalUnitNumber
-    public let info: BlockDeviceInfo
-    public let properties: SCSIDeviceProperties
-    public let strategy: SCSIBlockStrategy
-    public let lunIdentity: LUNIdentity
     public var preferredEventLoop: (any EventLoop)? { transport.eventLoop }
+
+    /// Current geometry and capabilities; capacity and mode data are re-read after the unit attentions
+    /// that announce a change (2A/09 capacity, 2A/01 mode parameters, 29/xx reset), see `refresh()`.
+    public var info: BlockDeviceInfo { current.withLockedValue { $0.info } }
+    public var properties: SCSIDeviceProperties { current.withLockedValue { $0.properties } }
+    public var strategy: SCSIBlockStrategy { current.withLockedValue { $0.strategy } }
+    public var lunIdentity: LUNIdentity {
+        current.withLockedValue { g in
+            let p = g.properties
+            let lu = p.deviceIdentification?.designators.filter { $0.association == .logicalUnit } ?? []
+            return LUNIdentity(
+                designator: p.deviceIdentification?.preferredLogicalUnitDesignator, designators: lu,
+                serialNumber: p.serialNumber, vendor: p.inquiry.vendor, product: p.inquiry.product,
+                blockCount: p.blockCount, blockLength: p.blockLength)
+        }
+    }
 
     /// Most sub-commands of one split request in flight at once.
     public static let maxChunksInFlight = 16
 
     private let runner: CommandRunner
     private let logger: Logger
+    /// The logical block length; fixed for the life of the device (a change needs a new device).
+    private let blockSize: UInt32
     /// One zeroed logical block: the WRITE SAME data-out.
     private let zeroBlock: ByteBuffer
     /// Zeros for emulated write-zeroes (≤ 1 MiB), sliced per command.
     private let zeroChunk: ByteBuffer
 
-    /// What the target turned out not to support at run time.
+    private struct Geometry {
+        var properties: SCSIDeviceProperties
+        var strategy: SCSIBlockStrategy
+        var info: BlockDeviceInfo
+        init(_ p: SCSIDeviceProperties) {
+            properties = p
+            strategy = SCSIBlockStrategy(properties: p)
+            info = SCSIBlockStrategy.info(properties: p, strategy: strategy)
+        }
+    }
+    private let current: NIOLockedValueBox<Geometry>
+
+    /// What the target turned out not to support at run time, and the refresh state.
     private struct RuntimeFlags {
         var writeSameRejected = false
         var writeSameUnmapRejected = false
         var unmapRejected = false
         var synchronizeCache10Rejected = false
+        var refreshing = false
+        var refreshAgain = false
+        var infoChanged: (@Sendable (BlockDeviceInfo) -> Void)?
     }
     private let flags = NIOLockedValueBox(RuntimeFlags())
 
-    init(
-        runner: CommandRunner, properties: SCSIDeviceProperties, logger: Logger
-    ) {
+    init(runner: CommandRunner, properties: SCSIDeviceProperties, logger: Logger) {
         self.runner = runner
         self.transport = runner.transport
         self.lun = runner.lun
         self.logger = logger
-        self.properties = properties
-        self.strategy = SCSIBlockStrategy(properties: properties)
-        self.info = SCSIBlockStrategy.info(properties: properties, strategy: strategy)
-        let lu = properties.deviceIdentification?.designators.filter { $0.association == .logicalUnit } ?? []
-        self.lunIdentity = LUNIdentity(
-            designator: properties.deviceIdentification?.preferredLogicalUnitDesignator, designators: lu,
-            serialNumber: properties.serialNumber, vendor: properties.inquiry.vendor,
-            product: properties.inquiry.product, blockCount: properties.blockCount,
-            blockLength: properties.blockLength)
+        let geometry = Geometry(properties)
+        self.current = NIOLockedValueBox(geometry)
+        self.blockSize = properties.blockLength
         var zb = ByteBufferAllocator().buffer(capacity: Int(properties.blockLength))
         zb.writeRepeatingByte(0, count: Int(properties.blockLength))
         self.zeroBlock = zb
-        let zeroLength = Int(min(info.maxTransferLength, 1 << 20))
+        let zeroLength = Int(min(geometry.info.maxTransferLength, 1 << 20))
         var zc = ByteBufferAllocator().buffer(capacity: zeroLength)
         zc.writeRepeatingByte(0, count: zeroLength)
         self.zeroChunk = zc
+        runner.unitAttentions.setHandler { [weak self] sense in self?.unitAttention(sense) }
+    }
+
+    // MARK: - Changes announced by unit attention
+
+    /// Called with the new `info` after a refresh changed it (e.g. the LU was resized on the target).
+    public func onInfoChange(_ handler: @escaping @Sendable (BlockDeviceInfo) -> Void) {
+        flags.withLockedValue { $0.infoChanged = handler }
+    }
+
+    private func unitAttention(_ sense: SenseData) {
+        // scsi-commands.md §4: re-read capacity after 2A/09, mode data after 2A/01, both after a reset.
+        let code = sense.code
+        guard code == .capacityDataChanged || code == .modeParametersChanged || code.asc == 0x29 else { return }
+        logger.notice("unit attention: re-reading capacity and mode data", metadata: ["scsi.sense": "\(sense)"])
+        let start = flags.withLockedValue { f -> Bool in
+            if f.refreshing {
+                f.refreshAgain = true
+                return false
+            }
+            f.refreshing = true
+            return true
+        }
+        if start { backgroundRefresh() }
+    }
+
+    private func backgroundRefresh() {
+        refresh().whenComplete { result in
+            if case .failure(let error) = result {
+                self.logger.warning("refresh after unit attention failed", metadata: ["error": "\(error)"])
+            }
+            let again = self.flags.withLockedValue { f -> Bool in
+                if f.refreshAgain {
+                    f.refreshAgain = false
+                    return true
+                }
+                f.refreshing = false
+                return false
+            }
+            if again { self.backgroundRefresh() }
+        }
+    }
+
+    /// Re-reads capacity (READ CAPACITY) and mode data (WP, DPOFUA, WCE) and updates `info`.
+    /// Fails if the logical block length changed: that needs a new device.
+    public func refresh() -> EventLoopFuture<BlockDeviceInfo> {
+        let runner = self.runner
+        let logger = self.logger
+        return transport.eventLoop.makeFutureWithTask {
+            let old = self.properties
+            var p = old
+            try await Self.probeCapacity(runner: runner, hasVPD: old.supportedVPDPages != nil, into: &p)
+            guard p.blockLength == old.blockLength else {
+                throw SCSIProbeError(
+                    .unsupportedGeometry,
+                    "LUN \(runner.lun): logical block length changed from \(old.blockLength) to \(p.blockLength)")
+            }
+            await Self.probeMode(runner: runner, logger: logger, into: &p)
+            let (info, changed) = self.current.withLockedValue { g -> (BlockDeviceInfo, Bool) in
+                let before = g.info
+                g = Geometry(p)
+                return (g.info, g.info != before)
+            }
+            if changed {
+                logger.notice("device changed", metadata: ["size": "\(info.size)", "readOnly": "\(info.readOnly)"])
+                self.flags.withLockedValue { $0.infoChanged }?(info)
+            }
+            return info
+        }
     }
 
     // MARK: - Opening
@@ -177,8 +267,22 @@ public final class SCSIBlockDevice: BlockDevice {
             has(.logicalBlockProvisioning)
             ? await vpd(.logicalBlockProvisioning) { try LogicalBlockProvisioning(parsing: $0) } : nil
 
-        // 4. Capacity: READ CAPACITY(16) first (fall back to (10) on ILLEGAL REQUEST), except for targets
-        //    without VPD support (likely pre-SBC-3), which start with (10) and go to (16) on FFFFFFFFh.
+        var p = SCSIDeviceProperties(inquiry: inquiry, blockCount: 0, blockLength: 0)
+        p.supportedVPDPages = supported
+        p.serialNumber = serial?.serial
+        p.deviceIdentification = ident
+        p.blockLimits = limits
+        p.characteristics = bdc
+        p.provisioning = lbp
+        try await probeCapacity(runner: runner, hasVPD: supported != nil, into: &p)
+        await probeMode(runner: runner, logger: logger, into: &p)
+        return p
+    }
+
+    /// READ CAPACITY(16) first (fall back to (10) on ILLEGAL REQUEST), except for targets without VPD
+    /// support (likely pre-SBC-3), which start with (10) and go to (16) on FFFFFFFFh (scsi-commands.md §5.4).
+    static func probeCapacity(runner: CommandRunner, hasVPD: Bool, into p: inout SCSIDeviceProperties) async throws {
+        let lun = runner.lun
         var rc16: ReadCapacity16Data?
         var rc10: ReadCapacity10Data?
         func readCapacity16() async throws -> ReadCapacity16Data {
@@ -190,7 +294,7 @@ public final class SCSIBlockDevice: BlockDevice {
             return try ReadCapacity10Data(parsing: r.dataIn ?? ByteBuffer())
         }
         do {
-            if supported != nil {
+            if hasVPD {
                 do {
                     rc16 = try await readCapacity16()
                 } catch let error as SCSICommandFailure where error.isIllegalRequest {
@@ -205,7 +309,8 @@ public final class SCSIBlockDevice: BlockDevice {
         } catch let error as SCSIParseError {
             throw SCSIProbeError(.invalidData, "LUN \(lun): \(error)")
         } catch {
-            throw failed("READ CAPACITY", error)
+            throw SCSIProbeError(
+                .commandFailed, "LUN \(lun): READ CAPACITY failed: \(error.asBlockDeviceError.message)")
         }
         let blockLength: UInt32
         let lastLBA: UInt64
@@ -220,26 +325,23 @@ public final class SCSIBlockDevice: BlockDevice {
         }
         guard blockLength >= 512, blockLength <= 65536, blockLength.nonzeroBitCount == 1 else {
             throw SCSIProbeError(
-                .unsupportedGeometry, "LUN \(lun): logical block length \(blockLength) is not a power of two in 512...65536")
+                .unsupportedGeometry,
+                "LUN \(lun): logical block length \(blockLength) is not a power of two in 512...65536")
         }
         guard lastLBA < UInt64.max / UInt64(blockLength) else {
             throw SCSIProbeError(.unsupportedGeometry, "LUN \(lun): capacity overflows 64 bits")
         }
-        var p = SCSIDeviceProperties(inquiry: inquiry, blockCount: lastLBA + 1, blockLength: blockLength)
-        p.supportedVPDPages = supported
-        p.serialNumber = serial?.serial
-        p.deviceIdentification = ident
-        p.blockLimits = limits
-        p.characteristics = bdc
-        p.provisioning = lbp
-        if let rc16 {
-            p.usedReadCapacity16 = true
-            p.physicalBlockExponent = rc16.physicalBlockExponent
-            p.provisioningManagementEnabled = rc16.provisioningManagementEnabled
-            p.unmappedReadsZero = rc16.unmappedReadsZero
-        }
+        p.blockCount = lastLBA + 1
+        p.blockLength = blockLength
+        p.usedReadCapacity16 = rc16 != nil
+        p.physicalBlockExponent = rc16?.physicalBlockExponent ?? 0
+        p.provisioningManagementEnabled = rc16?.provisioningManagementEnabled ?? false
+        p.unmappedReadsZero = rc16?.unmappedReadsZero ?? false
+    }
 
-        // 5. MODE SENSE(10), then (6), for the Caching page; optional (defaults: not WP, no DPOFUA, WCE).
+    /// MODE SENSE(10), then (6), for the Caching page (scsi-commands.md §5.11); optional: without an
+    /// answer the defaults are not write protected, no DPOFUA, write cache on (so FLUSH is never skipped).
+    static func probeMode(runner: CommandRunner, logger: Logger, into p: inout SCSIDeviceProperties) async {
         var mode: ModeParameters?
         do {
             let r = try await runner.run(.modeSense10(page: ModePageCode.caching, allocationLength: 512), dataIn: 512)
@@ -260,9 +362,13 @@ public final class SCSIBlockDevice: BlockDevice {
             p.dpoFUA = mode.dpoFUA
             p.writeCacheEnabled = mode.caching?.writeCacheEnabled ?? true
         } else {
-            logger.warning("MODE SENSE unavailable; assuming writable, write cache on, no DPOFUA", metadata: ["scsi.lun": "\(lun)"])
+            logger.warning(
+                "MODE SENSE unavailable; assuming writable, write cache on, no DPOFUA",
+                metadata: ["scsi.lun": "\(runner.lun)"])
+            p.writeProtected = false
+            p.dpoFUA = false
+            p.writeCacheEnabled = true
         }
-        return p
     }
 
     /// Issues a data-in command, and once more with a larger allocation length when the parser says the
@@ -285,7 +391,6 @@ public final class SCSIBlockDevice: BlockDevice {
     // MARK: - I/O
 
     private var loop: any EventLoop { transport.eventLoop }
-    private var blockSize: UInt32 { properties.blockLength }
 
     private func splitter(offset: UInt64, length: UInt64, maxBlocks: UInt32) -> RequestSplitter {
         RequestSplitter(offset: offset, length: length, blockSize: blockSize, maxBlocks: maxBlocks)
@@ -339,6 +444,7 @@ public final class SCSIBlockDevice: BlockDevice {
 
     public func write(offset: UInt64, data: ByteBuffer, flags: BlockWriteFlags) -> EventLoopFuture<Void> {
         let fua = flags.contains(.fua)
+        let strategy = self.strategy  // one lock per request
         let nativeFUA = fua && strategy.nativeFUA
         let chunks = splitter(offset: offset, length: UInt64(data.readableBytes), maxBlocks: strategy.maxTransferBlocks)
         let written = runChunks(count: chunks.count, maxInFlight: Self.maxChunksInFlight, on: loop) { i in
@@ -378,6 +484,7 @@ public final class SCSIBlockDevice: BlockDevice {
 
     public func trim(offset: UInt64, length: UInt32, flags writeFlags: BlockWriteFlags) -> EventLoopFuture<Void> {
         let state = flags.withLockedValue { $0 }
+        let strategy = self.strategy
         let trimmed: EventLoopFuture<Void>
         if strategy.useUnmap && !state.unmapRejected {
             trimmed = unmap(offset: offset, length: length)
@@ -424,6 +531,7 @@ public final class SCSIBlockDevice: BlockDevice {
 
     public func writeZeroes(offset: UInt64, length: UInt32, flags writeFlags: BlockWriteFlags) -> EventLoopFuture<Void> {
         let state = flags.withLockedValue { $0 }
+        let strategy = self.strategy
         let fastPossible = strategy.canFastZero && !state.writeSameUnmapRejected
         let mayUnmap = !writeFlags.contains(.noHole) && fastPossible
         let fua = writeFlags.contains(.fua) && strategy.writeCacheEnabled

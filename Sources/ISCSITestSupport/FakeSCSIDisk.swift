@@ -55,11 +55,31 @@ public final class FakeSCSIDisk: SCSITransport {
         public var count: Int
         /// Only commands with these opcodes (nil: any).
         public var opcodes: Set<UInt8>?
-        public init(status: SCSIStatus, sense: SenseData? = nil, count: Int = 1, opcodes: Set<UInt8>? = nil) {
+        /// Only INQUIRY commands for this VPD page (nil: any command the other filters allow).
+        public var vpdPage: UInt8?
+        /// Data-In to return (e.g. garbage parameter data with GOOD status).
+        public var dataIn: ByteBuffer?
+        /// Commands with these opcodes are never affected.
+        public var exceptOpcodes: Set<UInt8> = []
+        public init(
+            status: SCSIStatus, sense: SenseData? = nil, count: Int = 1, opcodes: Set<UInt8>? = nil,
+            vpdPage: UInt8? = nil, dataIn: ByteBuffer? = nil
+        ) {
             self.status = status
             self.sense = sense
             self.count = count
             self.opcodes = opcodes
+            self.vpdPage = vpdPage
+            self.dataIn = dataIn
+        }
+        /// GOOD status with `data` as Data-In, for commands with `opcode` (and VPD `page` for INQUIRY).
+        public static func data(_ data: [UInt8], opcode: UInt8, vpdPage: UInt8? = nil, count: Int = 1) -> Fault {
+            Fault(status: .good, count: count, opcodes: [opcode], vpdPage: vpdPage, dataIn: ByteBuffer(bytes: data))
+        }
+        func matches(_ cdb: CDB) -> Bool {
+            guard opcodes?.contains(cdb.opcode) ?? true, !exceptOpcodes.contains(cdb.opcode) else { return false }
+            guard let vpdPage else { return true }
+            return cdb.opcode == SCSIOpcode.inquiry.rawValue && cdb[1] & 1 == 1 && cdb[2] == vpdPage
         }
         public static func checkCondition(
             _ key: SenseKey, _ code: AdditionalSenseCode, count: Int = 1, opcodes: Set<UInt8>? = nil
@@ -100,6 +120,14 @@ public final class FakeSCSIDisk: SCSITransport {
     public func clearCommandLog() { state.withLockedValue { $0.commands.removeAll() } }
 
     public func inject(_ fault: Fault) { state.withLockedValue { $0.faults.append(fault) } }
+    /// Queues a UNIT ATTENTION the way SAM reports one: the next command fails with it, except INQUIRY,
+    /// REPORT LUNS and REQUEST SENSE, which are executed normally (SPC "unit attention condition").
+    public func queueUnitAttention(_ code: AdditionalSenseCode) {
+        var f = Fault.checkCondition(.unitAttention, code)
+        f.exceptOpcodes = [SCSIOpcode.inquiry.rawValue, SCSIOpcode.reportLUNs.rawValue, SCSIOpcode.requestSense.rawValue]
+        inject(f)
+    }
+
     /// Drops all pending injected faults.
     public func clearFaults() { state.withLockedValue { $0.faults.removeAll() } }
     /// The next `count` commands fail in the transport (their future fails).
@@ -131,13 +159,14 @@ public final class FakeSCSIDisk: SCSITransport {
                 s.failTransport -= 1
                 return .failure(TransportFailure())
             }
-            if let i = s.faults.firstIndex(where: { $0.opcodes?.contains(command.cdb.opcode) ?? true }) {
+            if let i = s.faults.firstIndex(where: { $0.count > 0 && $0.matches(command.cdb) }) {
                 let f = s.faults[i]
                 s.faults[i].count -= 1
                 if s.faults[i].count <= 0 { s.faults.remove(at: i) }
                 return .success(
                     SCSICommandResult(
-                        status: f.status, senseData: f.sense?.encode(descriptorFormat: s.configuration.descriptorSense)))
+                        status: f.status, senseData: f.sense?.encode(descriptorFormat: s.configuration.descriptorSense),
+                        dataIn: f.dataIn))
             }
             return .success(Self.run(command, lun: lun, state: &s))
         }

@@ -233,9 +233,14 @@ public struct DeviceIdentification: Hashable, Sendable {
     public init(designators: [Designator]) { self.designators = designators }
 
     /// The best stable identifier of the logical unit itself: association LU, in the order NAA, EUI-64,
-    /// SCSI name string, T10 vendor ID (scsi-commands.md §5.3).
+    /// SCSI name string, T10 vendor ID (scsi-commands.md §5.3). Among NAA designators the IEEE-based
+    /// ones (NAA 6, 5, 2) come before a locally assigned one (NAA 3).
     public var preferredLogicalUnitDesignator: Designator? {
         let lu = designators.filter { $0.association == .logicalUnit }
+        let naa = lu.filter { $0.type == .naa }
+        for naaType: UInt8 in [6, 5, 2] {
+            if let d = naa.first(where: { ($0.value.first ?? 0) >> 4 == naaType }) { return d }
+        }
         for type in [Designator.DesignatorType.naa, .eui64, .scsiNameString, .t10VendorID] {
             if let d = lu.first(where: { $0.type == type }) { return d }
         }

@@ -2,6 +2,7 @@ import BlockBackend
 import ISCSIBlockBackend
 import ISCSITestSupport
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import SCSI
@@ -26,7 +27,7 @@ private func pattern(_ count: Int, seed: UInt8) -> ByteBuffer {
 }
 
 /// Expects the future to fail with a `BlockDeviceError` carrying `code`.
-private func expectErrno<T>(_ code: BlockDeviceError.Code, _ future: EventLoopFuture<T>, sourceLocation: SourceLocation = #_sourceLocation) async {
+private func expectErrno<T: Sendable>(_ code: BlockDeviceError.Code, _ future: EventLoopFuture<T>, sourceLocation: SourceLocation = #_sourceLocation) async {
     do {
         _ = try await future.get()
         Issue.record("expected errno \(code.rawValue), got success", sourceLocation: sourceLocation)
@@ -179,15 +180,46 @@ private func expectErrno<T>(_ code: BlockDeviceError.Code, _ future: EventLoopFu
         }
     }
 
-    @Test func garbageOptionalVPDPageIsIgnored() async throws {
+    @Test func garbageOptionalVPDPagesAreIgnored() async throws {
         let disk = makeDisk()
-        // B0h answered with a too-short page: probe continues without Block Limits.
-        disk.inject(FakeSCSIDisk.Fault(status: .good, count: 0))  // no-op fault (count 0) must not break anything
-        var c = disk.configuration
-        c.blockLimits = nil
-        disk.configuration = c
+        // B0h too short (page length 4), 83h with a designator running past the page.
+        disk.inject(.data([0, 0xB0, 0, 4, 0, 0, 0, 8], opcode: 0x12, vpdPage: 0xB0))
+        disk.inject(.data([0, 0x83, 0, 6, 1, 3, 0, 40, 1, 2], opcode: 0x12, vpdPage: 0x83))
         let dev = try await open(disk)
-        #expect(dev.properties.blockLimits == nil)
+        #expect(dev.properties.blockLimits == nil && dev.properties.deviceIdentification == nil)
+        #expect(dev.lunIdentity.designator == nil && dev.lunIdentity.serialNumber == "FAKE0001")
+        #expect(dev.info.maxTransferLength == 32 << 20)
+    }
+
+    @Test func garbageMandatoryDataFailsTheProbe() async throws {
+        let disk = makeDisk()
+        disk.inject(.data([0, 0, 6, 2, 10], opcode: 0x12))  // standard INQUIRY with ADDITIONAL LENGTH 10
+        do {
+            _ = try await open(disk)
+            Issue.record("opened")
+        } catch let error as SCSIProbeError {
+            #expect(error.kind == .invalidData)
+        }
+        let disk2 = makeDisk()
+        disk2.inject(.data([0, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0, 0], opcode: 0x9E))  // 12-byte RC(16) answer
+        do {
+            _ = try await open(disk2)
+            Issue.record("opened")
+        } catch let error as SCSIProbeError {
+            #expect(error.kind == .invalidData)
+        }
+        let disk3 = makeDisk()
+        disk3.inject(.data([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], opcode: 0x9E))  // block length 0
+        await #expect(throws: SCSIProbeError.self) { try await open(disk3) }
+    }
+
+    @Test func longVPDPageIsReissuedWithTheRightAllocationLength() async throws {
+        let serial = String(repeating: "S", count: 300)
+        let disk = makeDisk { $0.serial = serial }
+        let dev = try await open(disk)
+        #expect(dev.lunIdentity.serialNumber == serial)
+        let serialInquiries = disk.commands.filter { $0.opcode == 0x12 && $0[1] == 1 && $0[2] == 0x80 }
+        #expect(serialInquiries.map { $0.uint16(at: 3) } == [255, 304])
     }
 
     @Test func blockSizeMustBeAPowerOfTwo() async throws {
@@ -197,6 +229,17 @@ private func expectErrno<T>(_ code: BlockDeviceError.Code, _ future: EventLoopFu
         } catch let error as SCSIProbeError {
             #expect(error.kind == .unsupportedGeometry)
         }
+    }
+
+    @Test func unitAttentionSemanticsOfTheFake() async throws {
+        let disk = makeDisk()
+        disk.queueUnitAttention(.powerOnResetOccurred)
+        disk.queueUnitAttention(.capacityDataChanged)
+        // INQUIRY and REPORT LUNS pass; TEST UNIT READY meets both attentions in turn.
+        let inq = try await disk.execute(SCSICommand(cdb: .inquiry(allocationLength: 36), expectedDataInLength: 36), lun: LogicalUnitNumber(0)).get()
+        #expect(inq.status == .good)
+        _ = try await open(disk)
+        #expect(disk.opcodes.prefix(5) == [.inquiry, .testUnitReady, .testUnitReady, .testUnitReady, .inquiry])
     }
 
     @Test func reportLUNs() async throws {
@@ -454,7 +497,7 @@ private func expectErrno<T>(_ code: BlockDeviceError.Code, _ future: EventLoopFu
         let dev = try await open(disk)
         try await dev.write(offset: 0, data: pattern(512, seed: 1), flags: []).get()
         disk.clearCommandLog()
-        disk.inject(.checkCondition(.unitAttention, .capacityDataChanged))
+        disk.inject(.checkCondition(.unitAttention, .reportedLUNsDataChanged))
         #expect(try await dev.read(offset: 0, length: 512).get() == pattern(512, seed: 1))
         #expect(disk.opcodes == [.read10, .read10])
     }
@@ -490,9 +533,9 @@ private func expectErrno<T>(_ code: BlockDeviceError.Code, _ future: EventLoopFu
         #expect(disk.opcodes.count == 3)
         disk.clearFaults()
         disk.clearCommandLog()
-        disk.inject(.checkCondition(.unitAttention, .powerOnResetOccurred, count: 100))
+        disk.inject(.checkCondition(.unitAttention, .powerOnResetOccurred, count: 100, opcodes: [0x28]))
         await expectErrno(.eio, dev.read(offset: 0, length: 512))
-        #expect(disk.opcodes.count == 4)
+        #expect(disk.opcodes.filter { $0 == .read10 }.count == 4)
     }
 
     @Test func writeProtectedGivesEPERM() async throws {
@@ -545,5 +588,56 @@ private func expectErrno<T>(_ code: BlockDeviceError.Code, _ future: EventLoopFu
         let t = ShortReads(makeDisk())
         let dev = try await SCSIBlockDevice.open(transport: t, lun: LogicalUnitNumber(0), logger: Logger(label: "t")).get()
         await expectErrno(.eio, dev.read(offset: 0, length: 512))
+    }
+}
+
+@Suite struct SCSIBlockDeviceRefreshTests {
+    @Test func capacityChangedUnitAttentionTriggersRefresh() async throws {
+        let disk = makeDisk()
+        let dev = try await open(disk)
+        let seen = NIOLockedValueBox<[UInt64]>([])
+        dev.onInfoChange { info in seen.withLockedValue { $0.append(info.size) } }
+        var c = disk.configuration
+        c.blockCount = 4096
+        disk.configuration = c
+        disk.inject(.checkCondition(.unitAttention, .capacityDataChanged, count: 1, opcodes: [0x28]))
+        _ = try await dev.read(offset: 0, length: 512).get()
+        for _ in 0..<200 where dev.info.size != 4096 * 512 {
+            try await Task.sleep(nanoseconds: 5_000_000)
+        }
+        #expect(dev.info.size == 4096 * 512)
+        #expect(dev.lunIdentity.blockCount == 4096)
+        #expect(seen.withLockedValue { $0 } == [4096 * 512])
+    }
+
+    @Test func explicitRefreshPicksUpWriteProtect() async throws {
+        let disk = makeDisk()
+        let dev = try await open(disk)
+        #expect(!dev.info.readOnly)
+        var c = disk.configuration
+        c.writeProtected = true
+        disk.configuration = c
+        let info = try await dev.refresh().get()
+        #expect(info.readOnly && dev.info.readOnly)
+    }
+
+    @Test func blockLengthChangeIsRefused() async throws {
+        let disk = makeDisk()
+        let dev = try await open(disk)
+        var c = disk.configuration
+        c.blockSize = 4096
+        disk.configuration = c
+        await #expect(throws: SCSIProbeError.self) { try await dev.refresh().get() }
+        #expect(dev.info.logicalBlockSize == 512)
+    }
+
+    @Test func unrelatedUnitAttentionDoesNotRefresh() async throws {
+        let disk = makeDisk()
+        let dev = try await open(disk)
+        disk.clearCommandLog()
+        disk.inject(.checkCondition(.unitAttention, .reservationsPreempted, count: 1))
+        try await dev.flush().get()
+        try await Task.sleep(nanoseconds: 20_000_000)
+        #expect(disk.opcodes == [.synchronizeCache10, .synchronizeCache10])
     }
 }

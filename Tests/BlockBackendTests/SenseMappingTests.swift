@@ -153,3 +153,72 @@ struct SplitMix64: RandomNumberGenerator {
         return z ^ (z >> 31)
     }
 }
+
+@Suite struct SCSIBlockStrategyTests {
+    static func props(_ mutate: (inout SCSIDeviceProperties) -> Void = { _ in }) -> SCSIDeviceProperties {
+        var p = SCSIDeviceProperties(
+            inquiry: StandardInquiryData(vendor: "V", product: "P", revision: "1"), blockCount: 1 << 20, blockLength: 512)
+        mutate(&p)
+        return p
+    }
+
+    @Test func maxTransferIsTheSmallerOfBlockLimitsAndTheCap() {
+        var bl = BlockLimits()
+        bl.maximumTransferLength = 1 << 20  // 512 MiB at 512 bytes: above the 32 MiB cap
+        let big = SCSIBlockStrategy(properties: Self.props { $0.blockLimits = bl })
+        #expect(big.maxTransferBlocks == (32 << 20) / 512)
+        bl.maximumTransferLength = 100
+        let small = Self.props { $0.blockLimits = bl }
+        let s = SCSIBlockStrategy(properties: small)
+        #expect(s.maxTransferBlocks == 100)
+        #expect(SCSIBlockStrategy.info(properties: small, strategy: s).maxTransferLength == 51200)
+    }
+
+    @Test func preferredBlockSizeRules() {
+        func preferred(_ mutate: (inout SCSIDeviceProperties) -> Void) -> UInt32 {
+            let p = Self.props(mutate)
+            return SCSIBlockStrategy.info(properties: p, strategy: SCSIBlockStrategy(properties: p)).preferredBlockSize
+        }
+        #expect(preferred { _ in } == 512)
+        #expect(preferred { $0.physicalBlockExponent = 3 } == 4096)
+        var bl = BlockLimits()
+        bl.optimalTransferLengthGranularity = 128  // 64 KiB
+        #expect(preferred { $0.blockLimits = bl } == 65536)
+        bl.optimalTransferLengthGranularity = 3  // not a power of two: ignored
+        #expect(preferred { $0.blockLimits = bl; $0.physicalBlockExponent = 1 } == 1024)
+        bl.optimalTransferLengthGranularity = 8192  // 4 MiB: above the 1 MiB cap, ignored
+        #expect(preferred { $0.blockLimits = bl } == 512)
+        bl.optimalTransferLengthGranularity = 0
+        bl.maximumTransferLength = 4  // 2 KiB max transfer: preferred cannot exceed it
+        #expect(preferred { $0.blockLimits = bl; $0.physicalBlockExponent = 3 } == 512)
+    }
+
+    @Test func trimAndFastZeroNeedProvisioningManagement() {
+        var lbp = LogicalBlockProvisioning()
+        lbp.unmapSupported = true
+        lbp.writeSame16UnmapSupported = true
+        lbp.unmappedReadsZero = true
+        let notThin = SCSIBlockStrategy(properties: Self.props { $0.provisioning = lbp })
+        #expect(!notThin.canTrim && !notThin.canFastZero)
+        let thin = SCSIBlockStrategy(properties: Self.props { $0.provisioning = lbp; $0.provisioningManagementEnabled = true })
+        #expect(thin.canTrim && thin.useUnmap && thin.canFastZero && thin.maxUnmapBlocks == .max)
+        var bl = BlockLimits()
+        bl.maximumUnmapLBACount = 0  // UNMAP not supported per Block Limits
+        bl.maximumUnmapBlockDescriptorCount = 0
+        let noUnmap = SCSIBlockStrategy(properties: Self.props {
+            $0.provisioning = lbp
+            $0.provisioningManagementEnabled = true
+            $0.blockLimits = bl
+        })
+        #expect(!noUnmap.useUnmap && noUnmap.canTrim, "WRITE SAME UNMAP remains")
+        lbp.unmappedReadsZero = false
+        let noLBPRZ = SCSIBlockStrategy(properties: Self.props { $0.provisioning = lbp; $0.provisioningManagementEnabled = true })
+        #expect(!noLBPRZ.canFastZero)
+    }
+
+    @Test func fuaNeedsFlushOnlyWithCacheAndWithoutDPOFUA() {
+        #expect(SCSIBlockStrategy(properties: Self.props { $0.dpoFUA = false; $0.writeCacheEnabled = true }).fuaNeedsFlush)
+        #expect(!SCSIBlockStrategy(properties: Self.props { $0.dpoFUA = true; $0.writeCacheEnabled = true }).fuaNeedsFlush)
+        #expect(!SCSIBlockStrategy(properties: Self.props { $0.dpoFUA = false; $0.writeCacheEnabled = false }).fuaNeedsFlush)
+    }
+}

@@ -100,6 +100,12 @@ import Testing
         #expect("\(d.designators[3])" == "iqn.x,t,0x1")
         #expect(d.designators[4].type == .relativeTargetPort)
         #expect(d.preferredLogicalUnitDesignator == d.designators[0])
+        // tgt's order: T10, a locally assigned NAA 3, then an NAA 6: the NAA 6 wins.
+        let naa3 = Designator(type: .naa, value: [0x30, 0, 0, 1, 0, 0, 0, 1])
+        let naa6 = Designator(type: .naa, value: [0x60] + [UInt8](repeating: 0, count: 15))
+        let tgtStyle = DeviceIdentification(designators: [d.designators[2], naa3, naa6])
+        #expect(tgtStyle.preferredLogicalUnitDesignator == naa6)
+        #expect(DeviceIdentification(designators: [d.designators[2], naa3]).preferredLogicalUnitDesignator == naa3)
         let withoutNAA = DeviceIdentification(designators: Array(d.designators.dropFirst()))
         #expect(withoutNAA.preferredLogicalUnitDesignator?.type == .eui64)
     }
