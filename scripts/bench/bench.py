@@ -32,6 +32,7 @@ import shlex
 import shutil
 import signal
 import socket
+import threading
 import subprocess
 import sys
 import time
@@ -329,9 +330,17 @@ class Server:
                 return False
             # Probe with a real NBD handshake only (a bare connect makes servers log broken pipes).
             if not isinstance(endpoint, str) or Path(endpoint).exists():
-                p = subprocess.run(["nbdinfo", "--size", self.uri], capture_output=True, text=True, timeout=15)
+                try:
+                    p = subprocess.run(["nbdinfo", "--size", self.uri], capture_output=True, text=True, timeout=15)
+                except subprocess.TimeoutExpired:
+                    continue  # handshake hung: try again until the deadline
                 if p.returncode == 0:
-                    size = int(p.stdout.strip())
+                    try:
+                        size = int(p.stdout.strip())
+                    except ValueError:
+                        self.error = f"nbdinfo --size printed {p.stdout.strip()[:100]!r}"
+                        self.stop()
+                        return False
                     if expected_size is not None and size != expected_size:
                         self.error = f"export size {size} != LUN size {expected_size}"
                         self.stop()
@@ -380,39 +389,63 @@ class ISCSINBD(Server):
 # MARK: - Data cross-check
 
 
-def cross_check(servers: list[Server], size: int) -> str | None:
+# Runs under /usr/bin/python3 (the harness's own interpreter) with Debian's python3-libnbd; `nbdsh`
+# itself would pick whichever `python3` is first on PATH.
+_NBD_IO = """
+import nbd, sys
+op, uri, path, offset, length = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+h = nbd.NBD()
+h.connect_uri(uri)
+if op == "write":
+    h.pwrite(open(path, "rb").read(), offset)
+    h.flush()
+else:
+    open(path, "wb").write(h.pread(length, offset))
+h.shutdown()
+"""
+
+
+def cross_check(servers: list[Server], size: int, workdir: Path) -> str | None:
     """Before timing anything on the RAM LUN: each server writes a random 1 MiB block and flushes,
-    every other server must read it back unchanged. A server that drops writes or returns stale data
-    would otherwise look fast. Uses libnbd's Python binding (python3-libnbd). Returns a problem or None."""
+    every server must read it back unchanged. A server that drops writes or returns stale data would
+    otherwise look fast. libnbd runs in subprocesses with timeouts so a hung server cannot hang the
+    harness. Returns a problem or None."""
     try:
-        import nbd  # Debian python3-libnbd, for /usr/bin/python3
+        import nbd  # noqa: F401  (Debian python3-libnbd)
     except ImportError as e:
-        return f"data cross-check skipped: python3-libnbd missing ({e})"
+        return f"data cross-check skipped: python3-libnbd missing for {sys.executable} ({e})"
     chunk = 1 * MIB
-    for i, writer in enumerate(servers):
-        offset = (size // 2 + i * 3 * chunk + 4096 * (i + 1)) % (size - chunk)
-        offset -= offset % 4096
-        data = os.urandom(chunk)
-        try:
-            h = nbd.NBD()
-            h.connect_uri(writer.uri)
-            h.pwrite(data, offset)
-            h.flush()
-            h.shutdown()
-        except nbd.Error as e:
-            return f"data cross-check: write through {writer.name} failed: {e}"
-        for reader in servers:
-            try:
-                h = nbd.NBD()
-                h.connect_uri(reader.uri)
-                back = h.pread(chunk, offset)
-                h.shutdown()
-            except nbd.Error as e:
-                return f"data cross-check: read through {reader.name} failed: {e}"
-            if back != data:
-                bad = next(k for k in range(chunk) if back[k] != data[k])
-                return (f"data cross-check: 1 MiB written through {writer.name} at offset {offset} reads back "
-                        f"different through {reader.name} (first difference at byte {bad})")
+    pattern = workdir / "crosscheck.bin"
+    readback = workdir / "crosscheck.read"
+
+    def nbd_io(op: str, uri: str, path: Path, offset: int) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", _NBD_IO, op, uri, str(path), str(offset), str(chunk)],
+                              capture_output=True, text=True, timeout=60)
+
+    try:
+        for i, writer in enumerate(servers):
+            offset = (size // 2 + i * 3 * chunk) % (size - chunk)
+            offset -= offset % 4096
+            data = os.urandom(chunk)
+            pattern.write_bytes(data)
+            w = nbd_io("write", writer.uri, pattern, offset)
+            if w.returncode != 0:
+                return f"data cross-check: write through {writer.name} failed: {w.stderr.strip()[-300:]}"
+            for reader in servers:
+                readback.unlink(missing_ok=True)
+                r = nbd_io("read", reader.uri, readback, offset)
+                if r.returncode != 0:
+                    return f"data cross-check: read through {reader.name} failed: {r.stderr.strip()[-300:]}"
+                back = readback.read_bytes()
+                if back != data:
+                    bad = next((k for k in range(min(len(back), chunk)) if back[k] != data[k]), min(len(back), chunk))
+                    return (f"data cross-check: 1 MiB written through {writer.name} at offset {offset} reads back "
+                            f"different through {reader.name} (first difference at byte {bad})")
+    except subprocess.TimeoutExpired as e:
+        return f"data cross-check: an NBD {e.cmd[3]} hung for {e.timeout:.0f}s"
+    finally:
+        pattern.unlink(missing_ok=True)
+        readback.unlink(missing_ok=True)
     return None
 
 
@@ -543,6 +576,13 @@ def run_iscsi_perf(job: Job, url: str, block_size: int, runtime: float, outdir: 
         out = open(outdir / f"iscsi-perf-{tag}-{i}.log", "w+b")
         procs.append((subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL), out, cmd))
     rec: dict = {"server": "iscsi-perf", "cmd": shlex.join(procs[0][2])}
+
+    def watchdog():
+        for proc, _, _ in procs:
+            if proc.returncode is None:
+                proc.kill()
+    timer = threading.Timer(secs + 60, watchdog)  # iscsi-perf stuck on a stalled target
+    timer.start()
     total = 0.0
     cpu = 0.0
     for proc, out, cmd in procs:
@@ -567,6 +607,7 @@ def run_iscsi_perf(job: Job, url: str, block_size: int, runtime: float, outdir: 
             rec["error"] = f"`{shlex.join(cmd)}` exited {proc.returncode}: {text.strip()[-300:]}"
             continue
         total += iops
+    timer.cancel()
     if "error" not in rec:
         rec["iops"] = total
         rec["ios"] = int(total * secs)
@@ -802,7 +843,7 @@ def main(argv: list[str]) -> int:
                     log("ERROR: " + msg)
                     status = max(status, 2 if s.name == "iscsi-nbd" else 1)
             if lun_name == "ram" and running:
-                problem = cross_check(running, lun_size)
+                problem = cross_check(running, lun_size, outdir)
                 if problem:
                     results["problems"].append(f"{lun_name} LUN: {problem}")
                     log("ERROR: " + problem)

@@ -5,7 +5,11 @@
 """
 
 import json
+import shutil
+import subprocess
 import sys
+import tempfile
+import time
 import unittest
 from pathlib import Path
 
@@ -177,6 +181,47 @@ class SummaryTests(unittest.TestCase):
         results["summary"] = report.summarize(results)
         self.assertIn("tgtd did not start", report.markdown(results))
         self.assertIn("no successful measurements", report.console_table(results))
+
+
+@unittest.skipUnless(shutil.which("nbdkit"), "needs nbdkit")
+class CrossCheckTests(unittest.TestCase):
+    """cross_check against nbdkit's memory plugin: one store seen twice passes, two stores fail."""
+
+    def setUp(self):
+        self.dir = Path(tempfile.mkdtemp(prefix="bench-test-"))
+        self.procs = []
+
+    def tearDown(self):
+        for p in self.procs:
+            p.terminate()
+            p.wait(timeout=10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def nbdkit(self, name):
+        sock = self.dir / f"{name}.sock"
+        self.procs.append(subprocess.Popen(["nbdkit", "-f", "-U", str(sock), "memory", "16M"],
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        for _ in range(100):
+            if sock.exists():
+                break
+            time.sleep(0.05)
+        server = bench.Server(name, self.dir, "unix")
+        server.uri = f"nbd+unix:///?socket={sock}"
+        return server
+
+    def test_same_store_passes(self):
+        a = self.nbdkit("a")
+        b = bench.Server("b", self.dir, "unix", uri=a.uri)
+        self.assertIsNone(bench.cross_check([a, b], 16 * 2**20, self.dir))
+
+    def test_separate_stores_fail(self):
+        problem = bench.cross_check([self.nbdkit("a"), self.nbdkit("b")], 16 * 2**20, self.dir)
+        self.assertIsNotNone(problem)
+        self.assertIn("reads back different through b", problem)
+
+    def test_unreachable_server_is_a_problem(self):
+        s = bench.Server("gone", self.dir, "unix", uri=f"nbd+unix:///?socket={self.dir}/none.sock")
+        self.assertIn("write through gone failed", bench.cross_check([s], 16 * 2**20, self.dir))
 
 
 if __name__ == "__main__":
