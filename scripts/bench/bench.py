@@ -101,6 +101,20 @@ def human_size(n: int) -> str:
     return str(n)
 
 
+AA_CONTROL = "qemu-nbd-b"  # --aa: a second, identical qemu-nbd
+
+
+def run_order(servers: list, slot: int) -> list:
+    """The servers' order for one job slot (slot = repeat * jobs + job). Two servers alternate AB, BA;
+    three rotate and alternate direction, so every server runs first, middle and last equally often."""
+    n = len(servers)
+    if n < 2:
+        return list(servers)
+    k = (slot // 2) % n if n > 2 else 0
+    rotated = servers[k:] + servers[:k]
+    return rotated if slot % 2 == 0 else list(reversed(rotated))
+
+
 # MARK: - Small helpers
 
 
@@ -716,6 +730,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--transport", choices=["unix", "tcp"], default="unix", help="NBD transport (default unix)")
     p.add_argument("--calibrate", action="store_true",
                    help="A/A noise floor: a second qemu-nbd takes iscsi-nbd's place, so every ratio should be 1.0x")
+    p.add_argument("--aa", action="store_true",
+                   help=f"also run a second qemu-nbd ({AA_CONTROL}) in every job: its ratio to qemu-nbd is the "
+                        "noise floor measured in the same run, shown next to each target (1.5x the time)")
     p.add_argument("--no-iscsi-perf", action="store_true", help="skip the iscsi-perf ceiling runs")
     p.add_argument("--results", metavar="DIR", help="results folder (default <repo>/results/bench-<timestamp>)")
     p.add_argument("--strict", action="store_true", help="exit 3 when a target from issue 6 is missed (not with --smoke)")
@@ -767,6 +784,8 @@ def main(argv: list[str]) -> int:
         servers_wanted = ["qemu-nbd", "iscsi-nbd"]
     if any(s not in ("qemu-nbd", "iscsi-nbd") for s in servers_wanted) or not servers_wanted:
         raise SystemExit("bench: --servers takes qemu-nbd and/or iscsi-nbd")
+    if args.aa and "qemu-nbd" in servers_wanted:
+        servers_wanted.insert(servers_wanted.index("qemu-nbd") + 1, AA_CONTROL)
 
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     outdir = Path(args.results) if args.results else REPO / "results" / f"bench-{stamp}"
@@ -779,6 +798,7 @@ def main(argv: list[str]) -> int:
         "command": "scripts/bench.sh " + shlex.join(argv),
         "mode": "smoke" if args.smoke else "full",
         "calibration": args.calibrate,
+        "aa_control": AA_CONTROL if args.aa else None,
         "config": {"runtime_s": runtime, "ramp_s": args.ramp, "warmup_s": args.warmup, "repeat": args.repeat, "luns": luns,
                    "lun_size_mib": args.lun_size_mib, "block_size": args.block_size,
                    "transport": args.transport, "qemu_shared": args.qemu_shared,
@@ -787,6 +807,7 @@ def main(argv: list[str]) -> int:
         "loadavg_start": Path("/proc/loadavg").read_text().strip(),
         "problems": [],  # human-readable, shown at the top of the report
         "servers": {},
+        "cross_check": {},
         "runs": [],
     }
     status = 0
@@ -824,7 +845,7 @@ def main(argv: list[str]) -> int:
                 expected = int(p.stdout.strip()) if p.returncode == 0 and p.stdout.strip().isdigit() else None
             servers: list[Server] = []
             for name in servers_wanted:
-                if name == "qemu-nbd":
+                if name in ("qemu-nbd", AA_CONTROL):
                     servers.append(QemuNBD(name, outdir, args.transport, shared=args.qemu_shared))
                 elif args.calibrate:
                     # A/A run: the same qemu-nbd command in iscsi-nbd's slot measures the noise floor.
@@ -849,7 +870,9 @@ def main(argv: list[str]) -> int:
                     log("ERROR: " + problem)
                     status = max(status, 2 if any(s.name == "iscsi-nbd" for s in running) else 1)
                 else:
-                    log("data cross-check passed: " + " and ".join(s.name for s in running) + " see each other's writes")
+                    log("data cross-check passed: " + ", ".join(s.name for s in running) + " see each other's writes")
+                results["cross_check"][lun_name] = problem or ("passed: " + ", ".join(s.name for s in running) +
+                                                               " read back each other's 1 MiB writes")
             if args.warmup > 0:
                 # Connections, caches and page faults settle before anything is timed.
                 for s in running:
@@ -859,7 +882,7 @@ def main(argv: list[str]) -> int:
             size_arg = None  # fio uses the export size
             for rep in range(args.repeat):
                 for ji, job in enumerate(jobs):
-                    order = list(running) if (rep + ji) % 2 == 0 else list(reversed(running))
+                    order = run_order(running, rep * len(jobs) + ji)
                     for s in order:
                         if not s.alive():
                             continue
