@@ -633,8 +633,31 @@ def run_iscsi_perf(job: Job, url: str, block_size: int, runtime: float, outdir: 
 # MARK: - iscsi-nbd binary
 
 
-def locate_iscsi_nbd(args, outdir: Path) -> tuple[str | None, str | None]:
-    """Returns (binary, problem). Builds the release binary when it is missing (unless --no-build)."""
+def bin_path(swift: str, release: bool) -> Path | None:
+    cmd = [swift, "build", *(["-c", "release"] if release else []), "--show-bin-path"]
+    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    if p.returncode != 0 or not p.stdout.strip():
+        return None
+    return Path(p.stdout.strip().splitlines()[-1]) / "iscsi-nbd"
+
+
+def stale_warning(binary: Path) -> str | None:
+    """A note when some file under Sources/ is newer than the binary (the harness never rebuilds it)."""
+    try:
+        built = binary.stat().st_mtime
+        newer = [f for f in (REPO / "Sources").rglob("*.swift") if f.stat().st_mtime > built]
+    except OSError:
+        return None
+    if newer:
+        return (f"{binary} is older than {len(newer)} source file(s) (e.g. {newer[0].relative_to(REPO)}): "
+                "it may be stale; rebuild it or pass --iscsi-nbd")
+    return None
+
+
+def locate_iscsi_nbd(args, outdir: Path, notes: list[str]) -> tuple[str | None, str | None]:
+    """Returns (binary, problem). Default: the release build, built when missing (unless --no-build).
+    --smoke takes an existing debug build when there is no release build (its numbers do not matter),
+    which spares CI a release build."""
     if args.iscsi_nbd:
         b = Path(args.iscsi_nbd)
         if not (b.is_file() and os.access(b, os.X_OK)):
@@ -643,16 +666,24 @@ def locate_iscsi_nbd(args, outdir: Path) -> tuple[str | None, str | None]:
     swift = shutil.which("swift")
     if swift is None:
         return None, "swift not on PATH: cannot find or build the release iscsi-nbd (pass --iscsi-nbd BIN)"
-    p = subprocess.run([swift, "build", "-c", "release", "--show-bin-path"], cwd=REPO,
-                       capture_output=True, text=True, timeout=300)
-    if p.returncode != 0:
-        return None, f"`swift build -c release --show-bin-path` failed: {p.stderr.strip()[-300:]}"
-    binary = Path(p.stdout.strip().splitlines()[-1]) / "iscsi-nbd"
+    binary = bin_path(swift, release=True)
+    if binary is None:
+        return None, "`swift build -c release --show-bin-path` failed (pass --iscsi-nbd BIN)"
+    if not binary.is_file() and args.smoke:
+        debug = bin_path(swift, release=False)
+        if debug is not None and debug.is_file():
+            notes.append(f"smoke run with the debug build {debug} (no release build present)")
+            binary = debug
     if binary.is_file():
+        warning = stale_warning(binary)
+        if warning:
+            notes.append(warning)
+            log("WARNING: " + warning)
         return str(binary), None
     if args.no_build:
         return None, f"{binary} does not exist and --no-build was given"
-    log(f"{binary} missing: building it (swift build -c release --product iscsi-nbd; log in build.log)")
+    log(f"{binary} missing: building it (swift build -c release --product iscsi-nbd; log in build.log); "
+        "this can take many minutes")
     with open(outdir / "build.log", "wb") as out:
         b = subprocess.run([swift, "build", "-c", "release", "--product", "iscsi-nbd"], cwd=REPO,
                            stdout=out, stderr=subprocess.STDOUT)
@@ -806,6 +837,7 @@ def main(argv: list[str]) -> int:
         "machine": machine_info(),
         "loadavg_start": Path("/proc/loadavg").read_text().strip(),
         "problems": [],  # human-readable, shown at the top of the report
+        "notes": [],  # non-fatal remarks (debug or possibly stale binary)
         "servers": {},
         "cross_check": {},
         "runs": [],
@@ -813,7 +845,7 @@ def main(argv: list[str]) -> int:
     status = 0
     iscsi_nbd_bin = None
     if "iscsi-nbd" in servers_wanted and not args.calibrate:
-        iscsi_nbd_bin, problem = locate_iscsi_nbd(args, outdir)
+        iscsi_nbd_bin, problem = locate_iscsi_nbd(args, outdir, results["notes"])
         if problem:
             results["problems"].append(f"iscsi-nbd side skipped: {problem}")
             log("WARNING: iscsi-nbd side skipped: " + problem)

@@ -213,6 +213,8 @@ def markdown(results: dict) -> str:
         out += ["**" + CALIBRATION_NOTE + "**", ""]
     if results.get("problems"):
         out += ["## Problems", ""] + ["- " + p.replace("\n", "\n  ") for p in results["problems"]] + [""]
+    if results.get("notes"):
+        out += ["## Notes", ""] + ["- " + n for n in results["notes"]] + [""]
     out += ["## Machine and versions", "",
             f"- Machine: {m.get('nproc')} CPUs, {m.get('cpu_model')}, {m.get('mem_total_mib')} MiB RAM",
             f"- Kernel: {m.get('kernel')} ({m.get('os')})",
