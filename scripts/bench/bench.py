@@ -908,9 +908,18 @@ def main(argv: list[str]) -> int:
             if args.warmup > 0:
                 # Connections, caches and page faults settle before anything is timed.
                 for s in running:
-                    subprocess.run(["fio", "--name=warmup", "--ioengine=nbd", f"--uri={s.uri}", "--rw=randread",
-                                    "--bs=4k", "--iodepth=32", "--time_based", f"--runtime={args.warmup}",
-                                    "--output-format=terse"], capture_output=True, timeout=args.warmup + 60)
+                    try:
+                        w = subprocess.run(["fio", "--name=warmup", "--ioengine=nbd", f"--uri={s.uri}",
+                                            "--rw=randread", "--bs=4k", "--iodepth=32", "--time_based",
+                                            f"--runtime={args.warmup}", "--output-format=terse"],
+                                           capture_output=True, text=True, timeout=args.warmup + 60)
+                        failure = None if w.returncode == 0 else f"fio exited {w.returncode}: {w.stderr.strip()[-300:]}"
+                    except subprocess.TimeoutExpired:
+                        failure = f"fio hung for {args.warmup + 60:.0f}s"
+                    if failure:
+                        results["problems"].append(f"{lun_name} LUN warm-up on {s.name}: {failure}")
+                        log(f"ERROR: warm-up on {s.name}: {failure}")
+                        status = max(status, 2 if s.name == "iscsi-nbd" else 1)
             size_arg = None  # fio uses the export size
             for rep in range(args.repeat):
                 for ji, job in enumerate(jobs):
@@ -952,6 +961,11 @@ def main(argv: list[str]) -> int:
     except HarnessError as e:
         results["problems"].append(f"harness: {e}")
         log(f"ERROR: {e}")
+        status = 1
+    except (OSError, subprocess.SubprocessError) as e:
+        # e.g. /dev/shm full, a tool that hangs: still clean up and write what we have.
+        results["problems"].append(f"harness: {type(e).__name__}: {e}")
+        log(f"ERROR: {type(e).__name__}: {e}")
         status = 1
     except KeyboardInterrupt as e:
         results["problems"].append(f"interrupted ({e or 'SIGINT'})")
