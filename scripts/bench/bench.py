@@ -755,7 +755,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--servers", default="qemu-nbd,iscsi-nbd", help="which NBD servers to run (default qemu-nbd,iscsi-nbd)")
     p.add_argument("--qemu-only", action="store_true", help="same as --servers qemu-nbd")
     p.add_argument("--iscsi-nbd", metavar="BIN", help="iscsi-nbd binary (default: the release build, built when missing)")
-    p.add_argument("--iscsi-nbd-args", default="", help="extra arguments for `iscsi-nbd serve`, e.g. '--queue-depth 64'")
+    p.add_argument("--iscsi-nbd-args", default="", help="extra arguments for `iscsi-nbd serve`; use the = form: --iscsi-nbd-args='--threads 2'")
     p.add_argument("--no-build", action="store_true", help="never build iscsi-nbd; fail its side when the binary is missing")
     p.add_argument("--qemu-shared", type=int, default=8, help="qemu-nbd --shared (default 8)")
     p.add_argument("--transport", choices=["unix", "tcp"], default="unix", help="NBD transport (default unix)")
