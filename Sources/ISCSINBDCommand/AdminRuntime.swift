@@ -79,7 +79,7 @@ struct AdminRuntime {
             try await group.shutdownGracefully()
         } catch {
             try? await group.shutdownGracefully()
-            throw CommandFailure("discovery at \(portal) failed: \(error)")
+            throw CommandFailure("discovery at \(portal) failed: \(ErrorText.describe(error))")
         }
         let discoveryPortal = TargetPortalAddress(host: portal.host, port: portal.port, portalGroupTag: 1)
         let nodes = targets.flatMap { t in
@@ -113,7 +113,7 @@ struct AdminRuntime {
                 throw error
             }
         } catch {
-            throw CommandFailure("iSNS discovery at \(server) failed: \(error)")
+            throw CommandFailure("iSNS discovery at \(server) failed: \(ErrorText.describe(error))")
         }
         let nodes = found.flatMap { t in
             t.portals.map { DiscoveredNode(target: t.name, portal: Portal(host: $0.host, port: $0.port), tpgt: $0.tpgt) }
@@ -170,7 +170,7 @@ struct AdminRuntime {
                 printNegotiated(session.parameters, luns: luns)
             } catch {
                 failures += 1
-                FileHandle.standardError.write(Data("iscsi-nbd: Could not login to \(label).\niscsi-nbd: \(error)\n".utf8))
+                FileHandle.standardError.write(Data("iscsi-nbd: Could not login to \(label).\niscsi-nbd: \(ErrorText.describe(error))\n".utf8))
             }
         }
         if failures > 0 { throw ExitCodeError(code: 24, message: "\(failures) of \(records.count) logins failed") }
