@@ -412,7 +412,16 @@ public final class SCSIBlockDevice: BlockDevice {
         return .write16(lba: lba, blocks: blocks, fua: fua)
     }
 
+    /// The NBD server validates alignment before calling; this keeps an unvalidated caller from reaching
+    /// the splitter's preconditions (nbd-proto.md: misaligned requests SHOULD get EINVAL).
+    private func misaligned(_ offset: UInt64, _ length: UInt64) -> BlockDeviceError? {
+        let bs = UInt64(blockSize)
+        guard offset % bs != 0 || length % bs != 0 else { return nil }
+        return BlockDeviceError(.einval, "request at \(offset)+\(length) is not aligned to \(bs)-byte blocks")
+    }
+
     public func read(offset: UInt64, length: UInt32) -> EventLoopFuture<ByteBuffer> {
+        if let error = misaligned(offset, UInt64(length)) { return loop.makeFailedFuture(error) }
         let chunks = splitter(offset: offset, length: UInt64(length), maxBlocks: strategy.maxTransferBlocks)
         if chunks.count <= 1 {
             guard chunks.count == 1 else { return loop.makeSucceededFuture(ByteBuffer()) }
@@ -443,6 +452,7 @@ public final class SCSIBlockDevice: BlockDevice {
     }
 
     public func write(offset: UInt64, data: ByteBuffer, flags: BlockWriteFlags) -> EventLoopFuture<Void> {
+        if let error = misaligned(offset, UInt64(data.readableBytes)) { return loop.makeFailedFuture(error) }
         let fua = flags.contains(.fua)
         let strategy = self.strategy  // one lock per request
         let nativeFUA = fua && strategy.nativeFUA
@@ -483,6 +493,7 @@ public final class SCSIBlockDevice: BlockDevice {
     }
 
     public func trim(offset: UInt64, length: UInt32, flags writeFlags: BlockWriteFlags) -> EventLoopFuture<Void> {
+        if let error = misaligned(offset, UInt64(length)) { return loop.makeFailedFuture(error) }
         let state = flags.withLockedValue { $0 }
         let strategy = self.strategy
         let trimmed: EventLoopFuture<Void>
@@ -530,6 +541,7 @@ public final class SCSIBlockDevice: BlockDevice {
     }
 
     public func writeZeroes(offset: UInt64, length: UInt32, flags writeFlags: BlockWriteFlags) -> EventLoopFuture<Void> {
+        if let error = misaligned(offset, UInt64(length)) { return loop.makeFailedFuture(error) }
         let state = flags.withLockedValue { $0 }
         let strategy = self.strategy
         let fastPossible = strategy.canFastZero && !state.writeSameUnmapRejected

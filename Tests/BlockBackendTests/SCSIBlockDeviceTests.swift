@@ -568,6 +568,17 @@ private func expectErrno<T: Sendable>(_ code: BlockDeviceError.Code, _ future: E
         await expectErrno(.eio, dev.read(offset: 0, length: 512))
     }
 
+    @Test func misalignedRequestsGetEINVALNotACrash() async throws {
+        let disk = makeDisk()
+        let dev = try await open(disk)
+        disk.clearCommandLog()
+        await expectErrno(.einval, dev.read(offset: 1, length: 512))
+        await expectErrno(.einval, dev.write(offset: 0, data: pattern(100, seed: 0), flags: []))
+        await expectErrno(.einval, dev.trim(offset: 512, length: 3, flags: []))
+        await expectErrno(.einval, dev.writeZeroes(offset: 7, length: 512, flags: []))
+        #expect(disk.opcodes.isEmpty)
+    }
+
     @Test func shortReadIsAnError() async throws {
         final class ShortReads: SCSITransport, @unchecked Sendable {
             // SAFETY: immutable after init.
