@@ -192,7 +192,12 @@ public final class SCSIBlockDevice: BlockDevice {
         return transport.eventLoop.makeFutureWithTask {
             var allocation: UInt32 = 4096
             for _ in 0..<2 {
-                let result = try await runner.run(.reportLUNs(allocationLength: allocation), dataIn: allocation)
+                let result: SCSICommandResult
+                do {
+                    result = try await runner.run(.reportLUNs(allocationLength: allocation), dataIn: allocation)
+                } catch {
+                    throw SCSIProbeError(.commandFailed, "REPORT LUNS failed: \(error.asBlockDeviceError.message)")
+                }
                 do {
                     return try ReportLUNsData(parsing: result.dataIn ?? ByteBuffer()).luns
                 } catch let error as SCSIParseError where error.kind == .truncated {

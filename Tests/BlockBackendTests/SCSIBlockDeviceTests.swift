@@ -249,6 +249,17 @@ private func expectErrno<T: Sendable>(_ code: BlockDeviceError.Code, _ future: E
         #expect(disk.opcodes == [.reportLUNs])
     }
 
+    @Test func reportLUNsFailureIsAProbeError() async throws {
+        let disk = makeDisk()
+        disk.inject(.checkCondition(.illegalRequest, .invalidCommandOperationCode, opcodes: [0xA0]))
+        do {
+            _ = try await SCSIBlockDevice.reportLUNs(transport: disk, retryPolicy: fastRetries).get()
+            Issue.record("succeeded")
+        } catch let error as SCSIProbeError {
+            #expect(error.kind == .commandFailed && error.message.contains("INVALID COMMAND OPERATION CODE"))
+        }
+    }
+
     @Test func reportLUNsReissuesWithLargerAllocation() async throws {
         let many = (0..<600).map { LogicalUnitNumber(UInt16($0)) }
         let disk = makeDisk { $0.luns = many }
