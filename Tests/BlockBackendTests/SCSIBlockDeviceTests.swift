@@ -663,3 +663,27 @@ private func expectErrno<T: Sendable>(_ code: BlockDeviceError.Code, _ future: E
         #expect(disk.opcodes == [.synchronizeCache10, .synchronizeCache10])
     }
 }
+
+@Suite struct LUNIdentityTests {
+    @Test func sameLogicalUnitIgnoresCapacity() async throws {
+        let a = try await open(makeDisk())
+        let b = try await open(makeDisk { $0.blockCount = 4096 })
+        let other = try await open(makeDisk { $0.naa = [0x60, 0, 0, 0, 0, 0, 0, 2] })
+        let reserial = try await open(makeDisk { $0.serial = "OTHER" })
+        #expect(a.lunIdentity.isSameLogicalUnit(as: b.lunIdentity))
+        #expect(a.lunIdentity != b.lunIdentity)
+        #expect(!a.lunIdentity.isSameLogicalUnit(as: other.lunIdentity))
+        #expect(!a.lunIdentity.isSameLogicalUnit(as: reserial.lunIdentity))
+        #expect("\(a.lunIdentity)" == "FAKE SCSI DISK naa.6001405fabcdef01 serial FAKE0001 2048×512")
+    }
+
+    @Test func zeroLengthRequestsIssueNothing() async throws {
+        let disk = makeDisk()
+        let dev = try await open(disk)
+        disk.clearCommandLog()
+        #expect(try await dev.read(offset: 512, length: 0).get().readableBytes == 0)
+        try await dev.write(offset: 512, data: ByteBuffer(), flags: []).get()
+        try await dev.writeZeroes(offset: 512, length: 0, flags: []).get()
+        #expect(disk.opcodes.isEmpty)
+    }
+}
