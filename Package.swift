@@ -65,7 +65,10 @@ let package = Package(
         ),
         .systemLibrary(name: "CLibNBD", pkgConfig: "libnbd", providers: [.apt(["libnbd-dev"])]),
         .testTarget(name: "SCSITests", dependencies: ["ISCSITestSupport", "SCSI"]),
-        .testTarget(name: "ISCSIProtocolTests", dependencies: ["ISCSITestSupport", "ISCSIProtocol"]),
+        .testTarget(
+            name: "ISCSIProtocolTests",
+            dependencies: ["ISCSITestSupport", "ISCSIProtocol", .product(name: "NIOTestUtils", package: "swift-nio")]
+        ),
         .testTarget(
             name: "BlockBackendTests",
             dependencies: ["ISCSITestSupport", "BlockBackend", "ISCSIBlockBackend", "SCSI", "ISCSIClient", nioPosix, logging]
@@ -82,6 +85,7 @@ let package = Package(
         .testTarget(name: "ISCSIConfigTests", dependencies: ["ISCSITestSupport", "ISCSIConfig"], resources: [.copy("Fixtures")]),
         .testTarget(name: "ISNSTests", dependencies: ["ISCSITestSupport", "ISNS", nioCore, nioPosix]),
         .testTarget(name: "ISCSIClientTests", dependencies: ["ISCSITestSupport", "ISCSIClient", "ISCSIProtocol", "SCSI"]),
+        .testTarget(name: "ISCSINBDCommandTests", dependencies: ["ISCSITestSupport", "ISCSINBDCommand"]),
         .testTarget(
             name: "IntegrationTests",
             dependencies: ["ISCSITestSupport", "ISCSINBDCommand", "ISCSIClient", "ISCSIBlockBackend", "NBDServer", "ISNS", "CLibNBD"]

@@ -32,9 +32,9 @@ public struct AuthSettings: Hashable, Sendable, CustomStringConvertible {
         self.algorithms = algorithms
     }
 
-    /// Built-in offer when nothing configures `chap_algs`: strongest first, so the target picks the
-    /// best it supports (open-iscsi's built-in default is MD5 only; its iscsid.conf suggests this list).
-    public static let defaultAlgorithms: [CHAPAlgorithm] = [.sha3_256, .sha256, .sha1, .md5]
+    /// Built-in offer when nothing configures `chap_algs`: MD5 only, as open-iscsi (every target supports it).
+    /// `node.session.auth.chap_algs = SHA3-256,SHA256,SHA1,MD5` offers the stronger ones first.
+    public static let defaultAlgorithms: [CHAPAlgorithm] = [.md5]
 
     public var description: String {
         var parts = ["method: \(method.rawValue)"]

@@ -9,7 +9,7 @@ import Testing
         let s = try EffectiveNodeSettings.resolve()
         #expect(s == EffectiveNodeSettings.defaults)
         #expect(s.auth.method == .none)
-        #expect(s.auth.algorithms == [.sha3_256, .sha256, .sha1, .md5])
+        #expect(s.auth.algorithms == [.md5])
         #expect(s.headerDigest == [.none] && s.dataDigest == [.none])
         #expect(s.replacementTimeout == .seconds(120))
     }

@@ -32,6 +32,7 @@ import shlex
 import shutil
 import signal
 import socket
+import threading
 import subprocess
 import sys
 import time
@@ -98,6 +99,20 @@ def human_size(n: int) -> str:
     if n % KIB == 0:
         return f"{n // KIB}k"
     return str(n)
+
+
+AA_CONTROL = "qemu-nbd-b"  # --aa: a second, identical qemu-nbd
+
+
+def run_order(servers: list, slot: int) -> list:
+    """The servers' order for one job slot (slot = repeat * jobs + job). Two servers alternate AB, BA;
+    three rotate and alternate direction, so every server runs first, middle and last equally often."""
+    n = len(servers)
+    if n < 2:
+        return list(servers)
+    k = (slot // 2) % n if n > 2 else 0
+    rotated = servers[k:] + servers[:k]
+    return rotated if slot % 2 == 0 else list(reversed(rotated))
 
 
 # MARK: - Small helpers
@@ -329,9 +344,17 @@ class Server:
                 return False
             # Probe with a real NBD handshake only (a bare connect makes servers log broken pipes).
             if not isinstance(endpoint, str) or Path(endpoint).exists():
-                p = subprocess.run(["nbdinfo", "--size", self.uri], capture_output=True, text=True, timeout=15)
+                try:
+                    p = subprocess.run(["nbdinfo", "--size", self.uri], capture_output=True, text=True, timeout=15)
+                except subprocess.TimeoutExpired:
+                    continue  # handshake hung: try again until the deadline
                 if p.returncode == 0:
-                    size = int(p.stdout.strip())
+                    try:
+                        size = int(p.stdout.strip())
+                    except ValueError:
+                        self.error = f"nbdinfo --size printed {p.stdout.strip()[:100]!r}"
+                        self.stop()
+                        return False
                     if expected_size is not None and size != expected_size:
                         self.error = f"export size {size} != LUN size {expected_size}"
                         self.stop()
@@ -380,39 +403,63 @@ class ISCSINBD(Server):
 # MARK: - Data cross-check
 
 
-def cross_check(servers: list[Server], size: int) -> str | None:
+# Runs under /usr/bin/python3 (the harness's own interpreter) with Debian's python3-libnbd; `nbdsh`
+# itself would pick whichever `python3` is first on PATH.
+_NBD_IO = """
+import nbd, sys
+op, uri, path, offset, length = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+h = nbd.NBD()
+h.connect_uri(uri)
+if op == "write":
+    h.pwrite(open(path, "rb").read(), offset)
+    h.flush()
+else:
+    open(path, "wb").write(h.pread(length, offset))
+h.shutdown()
+"""
+
+
+def cross_check(servers: list[Server], size: int, workdir: Path) -> str | None:
     """Before timing anything on the RAM LUN: each server writes a random 1 MiB block and flushes,
-    every other server must read it back unchanged. A server that drops writes or returns stale data
-    would otherwise look fast. Uses libnbd's Python binding (python3-libnbd). Returns a problem or None."""
+    every server must read it back unchanged. A server that drops writes or returns stale data would
+    otherwise look fast. libnbd runs in subprocesses with timeouts so a hung server cannot hang the
+    harness. Returns a problem or None."""
     try:
-        import nbd  # Debian python3-libnbd, for /usr/bin/python3
+        import nbd  # noqa: F401  (Debian python3-libnbd)
     except ImportError as e:
-        return f"data cross-check skipped: python3-libnbd missing ({e})"
+        return f"data cross-check skipped: python3-libnbd missing for {sys.executable} ({e})"
     chunk = 1 * MIB
-    for i, writer in enumerate(servers):
-        offset = (size // 2 + i * 3 * chunk + 4096 * (i + 1)) % (size - chunk)
-        offset -= offset % 4096
-        data = os.urandom(chunk)
-        try:
-            h = nbd.NBD()
-            h.connect_uri(writer.uri)
-            h.pwrite(data, offset)
-            h.flush()
-            h.shutdown()
-        except nbd.Error as e:
-            return f"data cross-check: write through {writer.name} failed: {e}"
-        for reader in servers:
-            try:
-                h = nbd.NBD()
-                h.connect_uri(reader.uri)
-                back = h.pread(chunk, offset)
-                h.shutdown()
-            except nbd.Error as e:
-                return f"data cross-check: read through {reader.name} failed: {e}"
-            if back != data:
-                bad = next(k for k in range(chunk) if back[k] != data[k])
-                return (f"data cross-check: 1 MiB written through {writer.name} at offset {offset} reads back "
-                        f"different through {reader.name} (first difference at byte {bad})")
+    pattern = workdir / "crosscheck.bin"
+    readback = workdir / "crosscheck.read"
+
+    def nbd_io(op: str, uri: str, path: Path, offset: int) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", _NBD_IO, op, uri, str(path), str(offset), str(chunk)],
+                              capture_output=True, text=True, timeout=60)
+
+    try:
+        for i, writer in enumerate(servers):
+            offset = (size // 2 + i * 3 * chunk) % (size - chunk)
+            offset -= offset % 4096
+            data = os.urandom(chunk)
+            pattern.write_bytes(data)
+            w = nbd_io("write", writer.uri, pattern, offset)
+            if w.returncode != 0:
+                return f"data cross-check: write through {writer.name} failed: {w.stderr.strip()[-300:]}"
+            for reader in servers:
+                readback.unlink(missing_ok=True)
+                r = nbd_io("read", reader.uri, readback, offset)
+                if r.returncode != 0:
+                    return f"data cross-check: read through {reader.name} failed: {r.stderr.strip()[-300:]}"
+                back = readback.read_bytes()
+                if back != data:
+                    bad = next((k for k in range(min(len(back), chunk)) if back[k] != data[k]), min(len(back), chunk))
+                    return (f"data cross-check: 1 MiB written through {writer.name} at offset {offset} reads back "
+                            f"different through {reader.name} (first difference at byte {bad})")
+    except subprocess.TimeoutExpired as e:
+        return f"data cross-check: an NBD {e.cmd[3]} hung for {e.timeout:.0f}s"
+    finally:
+        pattern.unlink(missing_ok=True)
+        readback.unlink(missing_ok=True)
     return None
 
 
@@ -543,6 +590,13 @@ def run_iscsi_perf(job: Job, url: str, block_size: int, runtime: float, outdir: 
         out = open(outdir / f"iscsi-perf-{tag}-{i}.log", "w+b")
         procs.append((subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL), out, cmd))
     rec: dict = {"server": "iscsi-perf", "cmd": shlex.join(procs[0][2])}
+
+    def watchdog():
+        for proc, _, _ in procs:
+            if proc.returncode is None:
+                proc.kill()
+    timer = threading.Timer(secs + 60, watchdog)  # iscsi-perf stuck on a stalled target
+    timer.start()
     total = 0.0
     cpu = 0.0
     for proc, out, cmd in procs:
@@ -567,6 +621,7 @@ def run_iscsi_perf(job: Job, url: str, block_size: int, runtime: float, outdir: 
             rec["error"] = f"`{shlex.join(cmd)}` exited {proc.returncode}: {text.strip()[-300:]}"
             continue
         total += iops
+    timer.cancel()
     if "error" not in rec:
         rec["iops"] = total
         rec["ios"] = int(total * secs)
@@ -578,8 +633,31 @@ def run_iscsi_perf(job: Job, url: str, block_size: int, runtime: float, outdir: 
 # MARK: - iscsi-nbd binary
 
 
-def locate_iscsi_nbd(args, outdir: Path) -> tuple[str | None, str | None]:
-    """Returns (binary, problem). Builds the release binary when it is missing (unless --no-build)."""
+def bin_path(swift: str, release: bool) -> Path | None:
+    cmd = [swift, "build", *(["-c", "release"] if release else []), "--show-bin-path"]
+    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    if p.returncode != 0 or not p.stdout.strip():
+        return None
+    return Path(p.stdout.strip().splitlines()[-1]) / "iscsi-nbd"
+
+
+def stale_warning(binary: Path) -> str | None:
+    """A note when some file under Sources/ is newer than the binary (the harness never rebuilds it)."""
+    try:
+        built = binary.stat().st_mtime
+        newer = [f for f in (REPO / "Sources").rglob("*.swift") if f.stat().st_mtime > built]
+    except OSError:
+        return None
+    if newer:
+        return (f"{binary} is older than {len(newer)} source file(s) (e.g. {newer[0].relative_to(REPO)}): "
+                "it may be stale; rebuild it or pass --iscsi-nbd")
+    return None
+
+
+def locate_iscsi_nbd(args, outdir: Path, notes: list[str]) -> tuple[str | None, str | None]:
+    """Returns (binary, problem). Default: the release build, built when missing (unless --no-build).
+    --smoke takes an existing debug build when there is no release build (its numbers do not matter),
+    which spares CI a release build."""
     if args.iscsi_nbd:
         b = Path(args.iscsi_nbd)
         if not (b.is_file() and os.access(b, os.X_OK)):
@@ -588,16 +666,24 @@ def locate_iscsi_nbd(args, outdir: Path) -> tuple[str | None, str | None]:
     swift = shutil.which("swift")
     if swift is None:
         return None, "swift not on PATH: cannot find or build the release iscsi-nbd (pass --iscsi-nbd BIN)"
-    p = subprocess.run([swift, "build", "-c", "release", "--show-bin-path"], cwd=REPO,
-                       capture_output=True, text=True, timeout=300)
-    if p.returncode != 0:
-        return None, f"`swift build -c release --show-bin-path` failed: {p.stderr.strip()[-300:]}"
-    binary = Path(p.stdout.strip().splitlines()[-1]) / "iscsi-nbd"
+    binary = bin_path(swift, release=True)
+    if binary is None:
+        return None, "`swift build -c release --show-bin-path` failed (pass --iscsi-nbd BIN)"
+    if not binary.is_file() and args.smoke:
+        debug = bin_path(swift, release=False)
+        if debug is not None and debug.is_file():
+            notes.append(f"smoke run with the debug build {debug} (no release build present)")
+            binary = debug
     if binary.is_file():
+        warning = stale_warning(binary)
+        if warning:
+            notes.append(warning)
+            log("WARNING: " + warning)
         return str(binary), None
     if args.no_build:
         return None, f"{binary} does not exist and --no-build was given"
-    log(f"{binary} missing: building it (swift build -c release --product iscsi-nbd; log in build.log)")
+    log(f"{binary} missing: building it (swift build -c release --product iscsi-nbd; log in build.log); "
+        "this can take many minutes")
     with open(outdir / "build.log", "wb") as out:
         b = subprocess.run([swift, "build", "-c", "release", "--product", "iscsi-nbd"], cwd=REPO,
                            stdout=out, stderr=subprocess.STDOUT)
@@ -669,12 +755,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--servers", default="qemu-nbd,iscsi-nbd", help="which NBD servers to run (default qemu-nbd,iscsi-nbd)")
     p.add_argument("--qemu-only", action="store_true", help="same as --servers qemu-nbd")
     p.add_argument("--iscsi-nbd", metavar="BIN", help="iscsi-nbd binary (default: the release build, built when missing)")
-    p.add_argument("--iscsi-nbd-args", default="", help="extra arguments for `iscsi-nbd serve`, e.g. '--queue-depth 64'")
+    p.add_argument("--iscsi-nbd-args", default="", help="extra arguments for `iscsi-nbd serve`; use the = form: --iscsi-nbd-args='--threads 2'")
     p.add_argument("--no-build", action="store_true", help="never build iscsi-nbd; fail its side when the binary is missing")
     p.add_argument("--qemu-shared", type=int, default=8, help="qemu-nbd --shared (default 8)")
     p.add_argument("--transport", choices=["unix", "tcp"], default="unix", help="NBD transport (default unix)")
     p.add_argument("--calibrate", action="store_true",
                    help="A/A noise floor: a second qemu-nbd takes iscsi-nbd's place, so every ratio should be 1.0x")
+    p.add_argument("--aa", action="store_true",
+                   help=f"also run a second qemu-nbd ({AA_CONTROL}) in every job: its ratio to qemu-nbd is the "
+                        "noise floor measured in the same run, shown next to each target (1.5x the time)")
     p.add_argument("--no-iscsi-perf", action="store_true", help="skip the iscsi-perf ceiling runs")
     p.add_argument("--results", metavar="DIR", help="results folder (default <repo>/results/bench-<timestamp>)")
     p.add_argument("--strict", action="store_true", help="exit 3 when a target from issue 6 is missed (not with --smoke)")
@@ -726,6 +815,8 @@ def main(argv: list[str]) -> int:
         servers_wanted = ["qemu-nbd", "iscsi-nbd"]
     if any(s not in ("qemu-nbd", "iscsi-nbd") for s in servers_wanted) or not servers_wanted:
         raise SystemExit("bench: --servers takes qemu-nbd and/or iscsi-nbd")
+    if args.aa and "qemu-nbd" in servers_wanted:
+        servers_wanted.insert(servers_wanted.index("qemu-nbd") + 1, AA_CONTROL)
 
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     outdir = Path(args.results) if args.results else REPO / "results" / f"bench-{stamp}"
@@ -738,6 +829,7 @@ def main(argv: list[str]) -> int:
         "command": "scripts/bench.sh " + shlex.join(argv),
         "mode": "smoke" if args.smoke else "full",
         "calibration": args.calibrate,
+        "aa_control": AA_CONTROL if args.aa else None,
         "config": {"runtime_s": runtime, "ramp_s": args.ramp, "warmup_s": args.warmup, "repeat": args.repeat, "luns": luns,
                    "lun_size_mib": args.lun_size_mib, "block_size": args.block_size,
                    "transport": args.transport, "qemu_shared": args.qemu_shared,
@@ -745,13 +837,15 @@ def main(argv: list[str]) -> int:
         "machine": machine_info(),
         "loadavg_start": Path("/proc/loadavg").read_text().strip(),
         "problems": [],  # human-readable, shown at the top of the report
+        "notes": [],  # non-fatal remarks (debug or possibly stale binary)
         "servers": {},
+        "cross_check": {},
         "runs": [],
     }
     status = 0
     iscsi_nbd_bin = None
     if "iscsi-nbd" in servers_wanted and not args.calibrate:
-        iscsi_nbd_bin, problem = locate_iscsi_nbd(args, outdir)
+        iscsi_nbd_bin, problem = locate_iscsi_nbd(args, outdir, results["notes"])
         if problem:
             results["problems"].append(f"iscsi-nbd side skipped: {problem}")
             log("WARNING: iscsi-nbd side skipped: " + problem)
@@ -783,7 +877,7 @@ def main(argv: list[str]) -> int:
                 expected = int(p.stdout.strip()) if p.returncode == 0 and p.stdout.strip().isdigit() else None
             servers: list[Server] = []
             for name in servers_wanted:
-                if name == "qemu-nbd":
+                if name in ("qemu-nbd", AA_CONTROL):
                     servers.append(QemuNBD(name, outdir, args.transport, shared=args.qemu_shared))
                 elif args.calibrate:
                     # A/A run: the same qemu-nbd command in iscsi-nbd's slot measures the noise floor.
@@ -802,23 +896,34 @@ def main(argv: list[str]) -> int:
                     log("ERROR: " + msg)
                     status = max(status, 2 if s.name == "iscsi-nbd" else 1)
             if lun_name == "ram" and running:
-                problem = cross_check(running, lun_size)
+                problem = cross_check(running, lun_size, outdir)
                 if problem:
                     results["problems"].append(f"{lun_name} LUN: {problem}")
                     log("ERROR: " + problem)
                     status = max(status, 2 if any(s.name == "iscsi-nbd" for s in running) else 1)
                 else:
-                    log("data cross-check passed: " + " and ".join(s.name for s in running) + " see each other's writes")
+                    log("data cross-check passed: " + ", ".join(s.name for s in running) + " see each other's writes")
+                results["cross_check"][lun_name] = problem or ("passed: " + ", ".join(s.name for s in running) +
+                                                               " read back each other's 1 MiB writes")
             if args.warmup > 0:
                 # Connections, caches and page faults settle before anything is timed.
                 for s in running:
-                    subprocess.run(["fio", "--name=warmup", "--ioengine=nbd", f"--uri={s.uri}", "--rw=randread",
-                                    "--bs=4k", "--iodepth=32", "--time_based", f"--runtime={args.warmup}",
-                                    "--output-format=terse"], capture_output=True, timeout=args.warmup + 60)
+                    try:
+                        w = subprocess.run(["fio", "--name=warmup", "--ioengine=nbd", f"--uri={s.uri}",
+                                            "--rw=randread", "--bs=4k", "--iodepth=32", "--time_based",
+                                            f"--runtime={args.warmup}", "--output-format=terse"],
+                                           capture_output=True, text=True, timeout=args.warmup + 60)
+                        failure = None if w.returncode == 0 else f"fio exited {w.returncode}: {w.stderr.strip()[-300:]}"
+                    except subprocess.TimeoutExpired:
+                        failure = f"fio hung for {args.warmup + 60:.0f}s"
+                    if failure:
+                        results["problems"].append(f"{lun_name} LUN warm-up on {s.name}: {failure}")
+                        log(f"ERROR: warm-up on {s.name}: {failure}")
+                        status = max(status, 2 if s.name == "iscsi-nbd" else 1)
             size_arg = None  # fio uses the export size
             for rep in range(args.repeat):
                 for ji, job in enumerate(jobs):
-                    order = list(running) if (rep + ji) % 2 == 0 else list(reversed(running))
+                    order = run_order(running, rep * len(jobs) + ji)
                     for s in order:
                         if not s.alive():
                             continue
@@ -856,6 +961,11 @@ def main(argv: list[str]) -> int:
     except HarnessError as e:
         results["problems"].append(f"harness: {e}")
         log(f"ERROR: {e}")
+        status = 1
+    except (OSError, subprocess.SubprocessError) as e:
+        # e.g. /dev/shm full, a tool that hangs: still clean up and write what we have.
+        results["problems"].append(f"harness: {type(e).__name__}: {e}")
+        log(f"ERROR: {type(e).__name__}: {e}")
         status = 1
     except KeyboardInterrupt as e:
         results["problems"].append(f"interrupted ({e or 'SIGINT'})")

@@ -12,7 +12,7 @@ import statistics
 import sys
 from pathlib import Path
 
-OURS, QEMU, PERF = "iscsi-nbd", "qemu-nbd", "iscsi-perf"
+OURS, QEMU, PERF, AA = "iscsi-nbd", "qemu-nbd", "iscsi-perf", "qemu-nbd-b"
 RSS_LIMIT_MIB = 40
 
 
@@ -71,6 +71,10 @@ def summarize(results: dict) -> dict:
                 "cpu_vs_qemu": paired("cpu_ms_per_1k_io", OURS, QEMU),
                 "iops_vs_perf": paired("iops", OURS, PERF),
                 "qemu_iops_vs_perf": paired("iops", QEMU, PERF),
+                # --aa: the same ratios between two identical qemu-nbd processes = noise floor.
+                "aa_iops": paired("iops", AA, QEMU),
+                "aa_lat": paired("lat_mean_us", AA, QEMU),
+                "aa_cpu": paired("cpu_ms_per_1k_io", AA, QEMU),
             }
             entry["ratios"] = {k: _median(v) for k, v in samples.items()}
             entry["ratio_samples"] = samples
@@ -94,7 +98,9 @@ def evaluate_targets(per: dict) -> list[dict]:
             return "-"
         xs = per[lun][job].get("ratio_samples", {}).get(key, [])
         rng = f" (repeats {min(xs):.2f}..{max(xs):.2f})" if len(xs) > 1 else ""
-        return f"{v:.2f}x{rng}{extra}"
+        aa_key = {"iops_vs_qemu": "aa_iops", "lat_vs_qemu": "aa_lat"}.get(key)
+        aa = ratio(lun, job, aa_key) if aa_key else None
+        return f"{v:.2f}x{rng}{extra}" + (f"; A/A {aa:.2f}x" if aa is not None else "")
 
     def row(lun, name, value, ok, shown):
         out.append({"lun": lun, "name": name, "value": value, "shown": shown,
@@ -147,28 +153,30 @@ def _ratio(v):
     return "-" if v is None else f"{v:.2f}x"
 
 
-def table_rows(results: dict, lun: str):
+def table(results: dict, lun: str) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows for one LUN; A/A columns appear when the run had the --aa control."""
     per = results.get("summary", {}).get("per_lun", {}).get(lun, {})
+    aa = any(e["ratios"].get("aa_iops") is not None for e in per.values())
+    headers = ["job", "qemu IOPS", "ours IOPS", "ours/qemu"] + (["A/A"] if aa else []) + \
+        ["iscsi-perf", "ours/perf", "qemu lat us", "ours lat us", "lat ratio"] + (["A/A"] if aa else []) + \
+        ["qemu cpu ms/1kIO", "ours cpu ms/1kIO", "cpu ratio"] + (["A/A"] if aa else []) + \
+        ["qemu RSS MiB", "ours RSS MiB"]
     rows = []
     for job, e in per.items():
         s = e["servers"]
         q, o, p = s.get(QEMU, {}), s.get(OURS, {}), s.get(PERF, {})
         r = e["ratios"]
-        rows.append([
-            job,
-            _f(q.get("iops")), _f(o.get("iops")), _ratio(r.get("iops_vs_qemu")),
-            _f(p.get("iops")), _ratio(r.get("iops_vs_perf")),
-            _f(q.get("lat_mean_us")), _f(o.get("lat_mean_us")), _ratio(r.get("lat_vs_qemu")),
-            _f(q.get("cpu_ms_per_1k_io"), "{:.1f}"), _f(o.get("cpu_ms_per_1k_io"), "{:.1f}"),
-            _ratio(r.get("cpu_vs_qemu")),
-            _f(q.get("peak_rss_mib"), "{:.1f}"), _f(o.get("peak_rss_mib"), "{:.1f}"),
-        ])
-    return rows
-
-
-HEADERS = ["job", "qemu IOPS", "ours IOPS", "ours/qemu", "iscsi-perf", "ours/perf",
-           "qemu lat us", "ours lat us", "lat ratio", "qemu cpu ms/1kIO", "ours cpu ms/1kIO", "cpu ratio",
-           "qemu RSS MiB", "ours RSS MiB"]
+        rows.append(
+            [job, _f(q.get("iops")), _f(o.get("iops")), _ratio(r.get("iops_vs_qemu"))]
+            + ([_ratio(r.get("aa_iops"))] if aa else [])
+            + [_f(p.get("iops")), _ratio(r.get("iops_vs_perf")),
+               _f(q.get("lat_mean_us")), _f(o.get("lat_mean_us")), _ratio(r.get("lat_vs_qemu"))]
+            + ([_ratio(r.get("aa_lat"))] if aa else [])
+            + [_f(q.get("cpu_ms_per_1k_io"), "{:.1f}"), _f(o.get("cpu_ms_per_1k_io"), "{:.1f}"),
+               _ratio(r.get("cpu_vs_qemu"))]
+            + ([_ratio(r.get("aa_cpu"))] if aa else [])
+            + [_f(q.get("peak_rss_mib"), "{:.1f}"), _f(o.get("peak_rss_mib"), "{:.1f}")])
+    return headers, rows
 
 
 CALIBRATION_NOTE = ("A/A CALIBRATION RUN (--calibrate): 'ours'/iscsi-nbd is a second qemu-nbd, so every ratio "
@@ -178,12 +186,12 @@ CALIBRATION_NOTE = ("A/A CALIBRATION RUN (--calibrate): 'ours'/iscsi-nbd is a se
 def console_table(results: dict) -> str:
     lines = [CALIBRATION_NOTE, ""] if results.get("calibration") else []
     for lun in results.get("summary", {}).get("per_lun", {}):
-        rows = table_rows(results, lun)
+        headers, rows = table(results, lun)
         if not rows:
             continue
-        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(HEADERS)]
+        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
         lines.append(f"== {lun} LUN (ours = iscsi-nbd; medians of {results['config']['repeat']} repeat(s)) ==")
-        lines.append("  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(HEADERS, widths))))
+        lines.append("  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(headers, widths))))
         for r in rows:
             lines.append("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))))
         lines.append("")
@@ -205,6 +213,8 @@ def markdown(results: dict) -> str:
         out += ["**" + CALIBRATION_NOTE + "**", ""]
     if results.get("problems"):
         out += ["## Problems", ""] + ["- " + p.replace("\n", "\n  ") for p in results["problems"]] + [""]
+    if results.get("notes"):
+        out += ["## Notes", ""] + ["- " + n for n in results["notes"]] + [""]
     out += ["## Machine and versions", "",
             f"- Machine: {m.get('nproc')} CPUs, {m.get('cpu_model')}, {m.get('mem_total_mib')} MiB RAM",
             f"- Kernel: {m.get('kernel')} ({m.get('os')})",
@@ -225,14 +235,20 @@ def markdown(results: dict) -> str:
             "each job via /proc/PID/clear_refs, so it is the job's peak.",
             "- Latency = fio's mean total latency (submission to completion) per I/O.",
             "- Ratios pair the servers within a repeat and take the median; on a small shared machine only the "
-            "ratios are meaningful.", ""]
-    out += ["## Jobs", ""] + [f"- `{j['name']}`: {j['describe']}" for j in c.get("jobs", [])] + [""]
+            "ratios are meaningful.",
+            ("- A/A columns: a second, identical qemu-nbd (`--aa`) ran in every job; its ratio to qemu-nbd is the "
+             "noise floor of this very run. A target met by less than the A/A deviation is not established."
+             if results.get("aa_control") else
+             "- No A/A control in this run (`--aa` adds one; `--calibrate` measures the noise floor alone)."), ""]
+    for lun, verdict in results.get("cross_check", {}).items():
+        out.append(f"- Data cross-check ({lun} LUN): {verdict}")
+    out += ["", "## Jobs", ""] + [f"- `{j['name']}`: {j['describe']}" for j in c.get("jobs", [])] + [""]
     for lun in results.get("summary", {}).get("per_lun", {}):
-        rows = table_rows(results, lun)
+        headers, rows = table(results, lun)
         if not rows:
             continue
-        out += [f"## {lun} LUN", "", "| " + " | ".join(HEADERS) + " |",
-                "|" + "|".join(["---"] + ["---:"] * (len(HEADERS) - 1)) + "|"]
+        out += [f"## {lun} LUN", "", "| " + " | ".join(headers) + " |",
+                "|" + "|".join(["---"] + ["---:"] * (len(headers) - 1)) + "|"]
         out += ["| " + " | ".join(r) + " |" for r in rows]
         out.append("")
         out += ["Details: tgtd CPU per 1,000 I/Os (the target's cost for the same work), p99 completion "
@@ -283,15 +299,16 @@ def chart(results: dict, path: Path) -> str | None:
     if not luns:
         return "no chart: no successful measurements"
     fig, axes = plt.subplots(2, len(luns), figsize=(7 * len(luns) + 1, 9), squeeze=False)
-    colors = {QEMU: "#7f7f7f", OURS: "#1f77b4", PERF: "#2ca02c"}
+    colors = {QEMU: "#7f7f7f", AA: "#c7c7c7", OURS: "#1f77b4", PERF: "#2ca02c"}
     for col, lun in enumerate(luns):
         jobs = list(per[lun])
         ax = axes[0][col]
-        width = 0.27
-        for k, server in enumerate((QEMU, OURS, PERF)):
+        present = [sv for sv in (QEMU, AA, OURS, PERF) if any(per[lun][j]["servers"].get(sv) for j in jobs)]
+        width = 0.8 / max(1, len(present))
+        for k, server in enumerate(present):
             ys = [per[lun][j]["servers"].get(server, {}).get("iops") or 0 for j in jobs]
-            if any(ys):
-                ax.bar([i + (k - 1) * width for i in range(len(jobs))], ys, width, label=server, color=colors[server])
+            offset = (k - (len(present) - 1) / 2) * width
+            ax.bar([i + offset for i in range(len(jobs))], ys, width, label=server, color=colors[server])
         ax.set_yscale("log")
         positive = [d.get("iops") for j in jobs for d in per[lun][j]["servers"].values() if d.get("iops")]
         if positive:
@@ -308,6 +325,10 @@ def chart(results: dict, path: Path) -> str | None:
             cpu = [per[lun][j]["ratios"].get("cpu_vs_qemu") for j in jobs]
             ax2.plot(range(len(jobs)), [c if c is not None else float("nan") for c in cpu], "o", color="#d62728",
                      label="CPU per I/O iscsi-nbd / qemu-nbd")
+            aa = [per[lun][j]["ratios"].get("aa_iops") for j in jobs]
+            if any(a is not None for a in aa):
+                ax2.plot(range(len(jobs)), [a if a is not None else float("nan") for a in aa], "x", color="black",
+                         markersize=9, label="A/A: IOPS qemu-nbd-b / qemu-nbd (noise)")
             for y, style in ((1.0, "-"), (1.3, ":"), (1.5, "--")):
                 ax2.axhline(y, color="black", linestyle=style, linewidth=0.8)
             ax2.legend(fontsize=8)

@@ -5,7 +5,11 @@
 """
 
 import json
+import shutil
+import subprocess
 import sys
+import tempfile
+import time
 import unittest
 from pathlib import Path
 
@@ -119,7 +123,36 @@ class JobMatrixTests(unittest.TestCase):
         self.assertEqual((full.repeat, full.warmup), (3, 1.0))
 
 
+class RunOrderTests(unittest.TestCase):
+    def test_two_servers_alternate(self):
+        self.assertEqual([bench.run_order(["a", "b"], k) for k in range(4)],
+                         [["a", "b"], ["b", "a"], ["a", "b"], ["b", "a"]])
+
+    def test_three_servers_take_every_position_equally(self):
+        servers = ["q", "q2", "ours"]
+        orders = [bench.run_order(servers, k) for k in range(6)]
+        for srv in servers:
+            self.assertEqual([o.index(srv) for o in orders].count(0), 2, orders)
+            self.assertEqual([o.index(srv) for o in orders].count(2), 2, orders)
+        self.assertTrue(all(sorted(o) == sorted(servers) for o in orders))
+
+    def test_one_server(self):
+        self.assertEqual(bench.run_order(["a"], 5), ["a"])
+
+
 class SummaryTests(unittest.TestCase):
+    def test_aa_control_ratio_shown_next_to_target(self):
+        runs = [run("qemu-nbd", "4k-randwrite-qd32", 0, 100), run("qemu-nbd-b", "4k-randwrite-qd32", 0, 110),
+                run("iscsi-nbd", "4k-randwrite-qd32", 0, 160)]
+        s = report.summarize({"runs": runs})
+        self.assertAlmostEqual(s["per_lun"]["ram"]["4k-randwrite-qd32"]["ratios"]["aa_iops"], 1.1)
+        t = next(t for t in s["targets"] if t["name"].startswith("4k QD32 randwrite"))
+        self.assertEqual(t["shown"], "1.60x; A/A 1.10x")
+        results = {"runs": runs, "summary": s, "config": {"repeat": 1}, "aa_control": "qemu-nbd-b"}
+        headers, rows = report.table(results, "ram")
+        self.assertEqual(headers.count("A/A"), 3)
+        self.assertEqual(rows[0][headers.index("A/A")], "1.10x")
+
     def test_ratios_pair_within_repeat_and_take_median(self):
         runs = [
             run("qemu-nbd", "4k-randread-qd32", 0, 100), run("iscsi-nbd", "4k-randread-qd32", 0, 200),
@@ -177,6 +210,47 @@ class SummaryTests(unittest.TestCase):
         results["summary"] = report.summarize(results)
         self.assertIn("tgtd did not start", report.markdown(results))
         self.assertIn("no successful measurements", report.console_table(results))
+
+
+@unittest.skipUnless(shutil.which("nbdkit"), "needs nbdkit")
+class CrossCheckTests(unittest.TestCase):
+    """cross_check against nbdkit's memory plugin: one store seen twice passes, two stores fail."""
+
+    def setUp(self):
+        self.dir = Path(tempfile.mkdtemp(prefix="bench-test-"))
+        self.procs = []
+
+    def tearDown(self):
+        for p in self.procs:
+            p.terminate()
+            p.wait(timeout=10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def nbdkit(self, name):
+        sock = self.dir / f"{name}.sock"
+        self.procs.append(subprocess.Popen(["nbdkit", "-f", "-U", str(sock), "memory", "16M"],
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        for _ in range(100):
+            if sock.exists():
+                break
+            time.sleep(0.05)
+        server = bench.Server(name, self.dir, "unix")
+        server.uri = f"nbd+unix:///?socket={sock}"
+        return server
+
+    def test_same_store_passes(self):
+        a = self.nbdkit("a")
+        b = bench.Server("b", self.dir, "unix", uri=a.uri)
+        self.assertIsNone(bench.cross_check([a, b], 16 * 2**20, self.dir))
+
+    def test_separate_stores_fail(self):
+        problem = bench.cross_check([self.nbdkit("a"), self.nbdkit("b")], 16 * 2**20, self.dir)
+        self.assertIsNotNone(problem)
+        self.assertIn("reads back different through b", problem)
+
+    def test_unreachable_server_is_a_problem(self):
+        s = bench.Server("gone", self.dir, "unix", uri=f"nbd+unix:///?socket={self.dir}/none.sock")
+        self.assertIn("write through gone failed", bench.cross_check([s], 16 * 2**20, self.dir))
 
 
 if __name__ == "__main__":

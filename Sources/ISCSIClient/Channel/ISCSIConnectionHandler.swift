@@ -119,7 +119,7 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
         } else {
             buffer = incoming
         }
-        lastReceive = .now()
+        lastReceive = context.eventLoop.now
         do {
             while !isClosed, let pdu = try parser.parse(&buffer) {
                 try process(pdu)
@@ -222,6 +222,7 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
             parser.maxDataSegmentLength = negotiated.initiatorMaxRecvDataSegmentLength
             encoder.digests = negotiated.digests
             state = .fullFeature
+            lastReceive = context?.eventLoop.now ?? .now()
             schedulePingTimer()
             logger.debug("iSCSI login complete", metadata: ["iscsi.tsih": "\(tsih)", "iscsi.parameters": "\(negotiated)"])
             promise.succeed(.loggedIn(operational, tsih: tsih))
@@ -358,7 +359,7 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
         }
         var header = pdu.pdu.header
         header.totalAHSLength = 0
-        let data = immediate > 0 ? command.dataOut?.getSlice(at: command.dataOut!.readerIndex, length: immediate) : nil
+        let data = immediate > 0 ? command.dataOut.flatMap { $0.getSlice(at: $0.readerIndex, length: immediate) } : nil
         send(header, ahs: ahs, data: data)
 
         if unsolicited > immediate, let dataOut = command.dataOut {
@@ -640,8 +641,8 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
     }
 
     private func pingTick(interval: TimeAmount) {
-        guard case .fullFeature = state else { return }
-        let now = NIODeadline.now()
+        guard case .fullFeature = state, let context else { return }
+        let now = context.eventLoop.now
         if let sent = pingSentAt {
             if now - sent > configuration.noopOutTimeout {
                 logger.error("NOP-Out ping timed out, dropping connection")
@@ -742,6 +743,7 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
     }
 
     var closeFailure: ISCSISessionError? { closeError }
+    var testConfiguration: ISCSISessionConfiguration { configuration }
 }
 
 @available(*, unavailable)

@@ -6,7 +6,7 @@ import NIOCore
 ///
 /// Typed views of each PDU kind are the nested structs (`ISCSIPDU.SCSICommand`, `ISCSIPDU.DataIn`, ...)
 /// conforming to `ISCSIPDUConvertible`; `ISCSIMessage` is the enum over all of them.
-public struct ISCSIPDU: Sendable {
+public struct ISCSIPDU: Sendable, Equatable {
     public var header: BasicHeaderSegment
     /// All AHS, padded, exactly `header.totalAHSLength * 4` bytes; nil when there is none.
     public var additionalHeaderSegments: ByteBuffer?

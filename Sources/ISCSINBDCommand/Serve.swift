@@ -1,0 +1,126 @@
+import ArgumentParser
+import Foundation
+import Logging
+
+/// `iscsi-nbd serve URL --socket PATH [--listen HOST:PORT]`
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Log in to an iSCSI target and serve one LUN as an NBD export until SIGINT/SIGTERM.",
+        discussion: """
+            URL form (as libiscsi and qemu write it):
+              iscsi://[USER[%SECRET]@]HOST[:PORT]/TARGET-IQN/LUN
+            The LUN is the NBD server's default export (empty name) and is also listed under a
+            descriptive name. On SIGINT/SIGTERM in-flight requests are drained, the session logs out
+            and the socket is removed.
+            """
+    )
+
+    @Argument(help: "iscsi://[USER[%SECRET]@]HOST[:PORT]/TARGET-IQN/LUN")
+    var url: String
+
+    @Option(name: .long, help: "Serve on this unix socket (mode 0600).")
+    var socket: [String] = []
+
+    @Option(name: .long, help: "Serve on TCP HOST:PORT (HOST defaults to 127.0.0.1, PORT to 10809).")
+    var listen: [String] = []
+
+    @Option(name: .long, help: "NBD export name to list (default: TARGET-IQN/lun-N).")
+    var exportName: String?
+
+    @Flag(name: .long, help: "Serve the LUN read-only.")
+    var readOnly = false
+
+    @Option(name: .long, help: "CHAP user name (also ISCSI_NBD_CHAP_USERNAME).")
+    var chapUsername: String?
+
+    @Option(name: .long, help: "File holding the CHAP secret on its first line (mode 0600).")
+    var chapSecretFile: String?
+
+    @Option(name: .long, help: "Mutual CHAP: the target's user name (also ISCSI_NBD_TARGET_CHAP_USERNAME).")
+    var targetChapUsername: String?
+
+    @Option(name: .long, help: "Mutual CHAP: file holding the target's secret (also ISCSI_NBD_TARGET_CHAP_SECRET).")
+    var targetChapSecretFile: String?
+
+    @Option(name: .long, help: "Initiator name (default: from /etc/iscsi/initiatorname.iscsi, or generated).")
+    var initiatorName: String?
+
+    @Option(name: .long, help: "Commands in flight to the target at most.")
+    var queueDepth: Int = 128
+
+    @Option(name: .long, help: "Event loop threads.")
+    var threads: Int = 1
+
+    @OptionGroup var logging: LoggingOptions
+
+    func validate() throws {
+        if socket.isEmpty && listen.isEmpty {
+            throw ValidationError("give --socket PATH or --listen HOST:PORT (or both)")
+        }
+        for l in listen { _ = try ListenAddress.parseTCP(l) }
+        guard (1...4096).contains(queueDepth) else { throw ValidationError("--queue-depth must be 1 to 4096") }
+        guard (1...64).contains(threads) else { throw ValidationError("--threads must be 1 to 64") }
+    }
+
+    func run() async throws {
+        let parsed: ISCSIURL
+        do {
+            parsed = try ISCSIURL(parsing: url)
+        } catch {
+            throw ValidationError(error.description)
+        }
+        if let password = parsed.password { ArgvScrubber.scrub(password) }
+        let logger = logging.makeLogger(label: "iscsi-nbd")
+        let chap: ResolvedCHAP?
+        do {
+            chap = try SecretResolver.resolve(
+                urlUsername: parsed.username, urlPassword: parsed.password,
+                username: chapUsername, secretFile: chapSecretFile,
+                targetUsername: targetChapUsername, targetSecretFile: targetChapSecretFile,
+                environment: ProcessInfo.processInfo.environment)
+        } catch {
+            throw ValidationError(error.description)
+        }
+        try await ServeRuntime(
+            url: parsed, chap: chap,
+            sockets: socket, tcp: try listen.map(ListenAddress.parseTCP),
+            exportName: exportName ?? "\(parsed.targetName)/lun-\(parsed.lun)",
+            readOnly: readOnly, initiatorName: initiatorName, queueDepth: queueDepth, threads: threads,
+            logger: logger
+        ).run()
+    }
+}
+
+/// A TCP listen address, `HOST:PORT`, `HOST`, `:PORT` or `[V6]:PORT`.
+struct ListenAddress: Equatable {
+    var host: String
+    var port: Int
+
+    static let defaultPort = 10809
+
+    static func parseTCP(_ text: String) throws -> ListenAddress {
+        var host = "127.0.0.1"
+        var portText: Substring?
+        if text.hasPrefix("[") {
+            guard let close = text.firstIndex(of: "]") else { throw ValidationError("--listen \(text): unterminated [") }
+            host = String(text[text.index(after: text.startIndex)..<close])
+            let rest = text[text.index(after: close)...]
+            if rest.hasPrefix(":") { portText = rest.dropFirst() } else if !rest.isEmpty {
+                throw ValidationError("--listen \(text): expected :PORT after ]")
+            }
+        } else if let colon = text.lastIndex(of: ":") {
+            if colon != text.startIndex { host = String(text[..<colon]) }
+            portText = text[text.index(after: colon)...]
+        } else if !text.isEmpty {
+            host = text
+        }
+        var port = defaultPort
+        if let portText {
+            guard let p = Int(portText), (1...65535).contains(p) else {
+                throw ValidationError("--listen \(text): port must be 1 to 65535")
+            }
+            port = p
+        }
+        return ListenAddress(host: host, port: port)
+    }
+}
