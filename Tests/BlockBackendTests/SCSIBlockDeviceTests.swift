@@ -653,6 +653,53 @@ private func expectErrno<T: Sendable>(_ code: BlockDeviceError.Code, _ future: E
         #expect(dev.info.logicalBlockSize == 512)
     }
 
+    @Test func anotherLogicalUnitBehindTheLUNFencesTheDevice() async throws {
+        let disk = makeDisk()
+        let dev = try await open(disk)
+        var c = disk.configuration
+        c.naa = [0x60, 0x01, 0x40, 0x5F, 0, 0, 0, 0x99]
+        disk.configuration = c
+        disk.queueUnitAttention(.deviceIdentifierChanged)
+        _ = try? await dev.read(offset: 0, length: 512).get()
+        for _ in 0..<200 {
+            do {
+                _ = try await dev.read(offset: 0, length: 512).get()
+                try await Task.sleep(nanoseconds: 5_000_000)
+            } catch { break }
+        }
+        disk.clearCommandLog()
+        await expectErrno(.eio, dev.read(offset: 0, length: 512))
+        await expectErrno(.eio, dev.write(offset: 0, data: pattern(512, seed: 0), flags: []))
+        await expectErrno(.eio, dev.flush())
+        #expect(disk.opcodes.isEmpty, "nothing reaches the other logical unit")
+    }
+
+    @Test func explicitRefreshDetectsANewSerial() async throws {
+        let disk = makeDisk()
+        let dev = try await open(disk)
+        var c = disk.configuration
+        c.serial = "SOMEONE-ELSE"
+        disk.configuration = c
+        do {
+            _ = try await dev.refresh().get()
+            Issue.record("refresh accepted another LU")
+        } catch let error as SCSIProbeError {
+            #expect(error.kind == .identityChanged)
+        }
+        await expectErrno(.eio, dev.read(offset: 0, length: 512))
+    }
+
+    @Test func refreshKeepsTheSameIdentity() async throws {
+        let disk = makeDisk()
+        let dev = try await open(disk)
+        _ = try await dev.refresh().get()
+        _ = try await dev.read(offset: 0, length: 512).get()
+        // VPD pages that fail during a refresh do not count as a new identity.
+        disk.inject(.checkCondition(.hardwareError, .internalTargetFailure, count: 2, opcodes: [0x12]))
+        _ = try await dev.refresh().get()
+        _ = try await dev.read(offset: 0, length: 512).get()
+    }
+
     @Test func unrelatedUnitAttentionDoesNotRefresh() async throws {
         let disk = makeDisk()
         let dev = try await open(disk)
