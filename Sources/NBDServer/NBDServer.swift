@@ -237,7 +237,18 @@ public final class NBDServer: Sendable {
             unlink(path)
         }
         let directory = path.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
-        var template = Array(((directory.isEmpty ? "." : directory) + "/.nbd-XXXXXX").utf8CString)
+        let templatePath = (directory.isEmpty ? "." : directory) + "/.XXXXXX"
+        // sun_path holds 107 bytes; if the temporary path would not fit, bind in place and chmod at once.
+        guard templatePath.utf8.count + 2 <= 107 else {
+            let channel = try await makeServerBootstrap(tcp: false).bind(unixDomainSocketPath: path).get()
+            guard chmod(path, 0o600) == 0 else {
+                let e = errno
+                try? await channel.close().get()
+                throw NBDServerError("cannot chmod \(path) (errno \(e))")
+            }
+            return channel
+        }
+        var template = Array(templatePath.utf8CString)
         guard let tmp = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }).map({ String(cString: $0) }) else {
             throw NBDServerError("cannot create a temporary directory next to \(path) (errno \(errno))")
         }
