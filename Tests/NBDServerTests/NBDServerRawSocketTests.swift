@@ -206,6 +206,27 @@ struct NBDServerRawSocketTests {
         await f.stop()
     }
 
+    @Test func peerNotReadingRepliesStopsTheServerTakingRequests() async throws {
+        let f = try await ServerFixture()
+        try await blocking {
+            let r = try RawConnection(unixPath: f.socketPath)
+            try r.handshake()
+            var b = ByteBuffer()
+            for i in 0..<200 {
+                b.writeNBDRequestHeader(NBDRequestHeader(command: .read, cookie: UInt64(i), offset: UInt64(i % 16) << 20, length: 1 << 20))
+            }
+            try r.send(b)
+            usleep(500_000)
+            // 64 MiB of reads in flight at most, plus the few taken before the socket filled up.
+            let taken = f.device.statistics.reads
+            #expect(taken <= 72, "server kept taking requests while the peer did not read: \(taken)")
+            var cookies: Set<UInt64> = []
+            for _ in 0..<200 { cookies.insert(try r.readSimpleReply(dataLength: 1 << 20).cookie) }
+            #expect(cookies == Set(0..<200), "all requests answered once the peer reads")
+        }
+        await f.stop()
+    }
+
     @Test func shutdownDrainsInFlightRequests() async throws {
         let f = try await ServerFixture()
         f.device.pause()
