@@ -34,7 +34,10 @@ let package = Package(
 
         // MARK: IO targets
         .target(name: "ISCSIClient", dependencies: ["ISCSIProtocol", "SCSI", nioCore, nioPosix, logging]),
-        .target(name: "ISCSIBlockBackend", dependencies: ["BlockBackend", "SCSI", nioCore, logging]),
+        .target(
+            name: "ISCSIBlockBackend",
+            dependencies: ["BlockBackend", "SCSI", nioCore, logging, .product(name: "NIOConcurrencyHelpers", package: "swift-nio")]
+        ),
         .target(
             name: "NBDServer",
             dependencies: ["NBDProtocol", "BlockBackend", nioCore, nioPosix, logging, .product(name: "NIOConcurrencyHelpers", package: "swift-nio")]
@@ -52,13 +55,24 @@ let package = Package(
             ]
         ),
         .executableTarget(name: "iscsi-nbd", dependencies: ["ISCSINBDCommand"]),
+        // Dev tool: NBD handshake on a unix socket + NBD_CMD_CONNECT (scripts/vm/scenario-netlink.sh).
+        .executableTarget(name: "nbd-netlink-check", dependencies: ["NBDKernel"]),
 
         // MARK: Tests
-        .target(name: "ISCSITestSupport", dependencies: ["SCSI", "BlockBackend", nioCore, nioPosix]),
+        .target(
+            name: "ISCSITestSupport",
+            dependencies: ["SCSI", "BlockBackend", nioCore, nioPosix, .product(name: "NIOConcurrencyHelpers", package: "swift-nio")]
+        ),
         .systemLibrary(name: "CLibNBD", pkgConfig: "libnbd", providers: [.apt(["libnbd-dev"])]),
         .testTarget(name: "SCSITests", dependencies: ["ISCSITestSupport", "SCSI"]),
-        .testTarget(name: "ISCSIProtocolTests", dependencies: ["ISCSITestSupport", "ISCSIProtocol"]),
-        .testTarget(name: "BlockBackendTests", dependencies: ["ISCSITestSupport", "BlockBackend", "ISCSIBlockBackend", "SCSI"]),
+        .testTarget(
+            name: "ISCSIProtocolTests",
+            dependencies: ["ISCSITestSupport", "ISCSIProtocol", .product(name: "NIOTestUtils", package: "swift-nio")]
+        ),
+        .testTarget(
+            name: "BlockBackendTests",
+            dependencies: ["ISCSITestSupport", "BlockBackend", "ISCSIBlockBackend", "SCSI", "ISCSIClient", nioPosix, logging]
+        ),
         .testTarget(name: "NBDProtocolTests", dependencies: ["ISCSITestSupport", "NBDProtocol"]),
         .testTarget(
             name: "NBDServerTests",
@@ -68,8 +82,10 @@ let package = Package(
             ]
         ),
         .testTarget(name: "NBDKernelTests", dependencies: ["ISCSITestSupport", "NBDKernel"]),
-        .testTarget(name: "ISCSIConfigTests", dependencies: ["ISCSITestSupport", "ISCSIConfig"]),
+        .testTarget(name: "ISCSIConfigTests", dependencies: ["ISCSITestSupport", "ISCSIConfig"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "ISNSTests", dependencies: ["ISCSITestSupport", "ISNS", nioCore, nioPosix]),
         .testTarget(name: "ISCSIClientTests", dependencies: ["ISCSITestSupport", "ISCSIClient", "ISCSIProtocol", "SCSI"]),
+        .testTarget(name: "ISCSINBDCommandTests", dependencies: ["ISCSITestSupport", "ISCSINBDCommand"]),
         .testTarget(
             name: "IntegrationTests",
             dependencies: ["ISCSITestSupport", "ISCSINBDCommand", "ISCSIClient", "ISCSIBlockBackend", "NBDServer", "ISNS", "CLibNBD"]

@@ -117,8 +117,10 @@ public final class TGTD: @unchecked Sendable {
         var lastError: Error = TestPeerError("tgtd did not start")
         for _ in 0..<5 {
             let port = try freeLoopbackPort()
-            // tgtd's control port must be below 65536 and distinct from the iSCSI one.
-            let control = Int.random(in: 20000..<60000)
+            // tgtd rejects -C values of 32768 and above ("out of range"); distinct from the iSCSI port.
+            let control = Int.random(in: 20000..<32768)
+            // A failed attempt's stop() removed the directory.
+            try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
             let process = Process()
             process.executableURL = URL(fileURLWithPath: tgtd)
             process.arguments = ["-f", "-C", String(control), "--iscsi", "portal=127.0.0.1:\(port)"]

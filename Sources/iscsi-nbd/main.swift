@@ -1,3 +1,3 @@
 import ISCSINBDCommand
 
-await ISCSINBDRootCommand.main()
+await ISCSINBDRootCommand.runMain()

@@ -1,0 +1,174 @@
+import BlockBackend
+import SCSI
+
+/// A failure to open a LUN as a block device.
+public struct SCSIProbeError: Error, Hashable, Sendable, CustomStringConvertible {
+    public struct Kind: RawRepresentable, Hashable, Sendable {
+        public var rawValue: UInt8
+        public init(rawValue: UInt8) { self.rawValue = rawValue }
+        /// The peripheral qualifier says no logical unit is behind this LUN.
+        public static let noLogicalUnit = Kind(rawValue: 1)
+        /// The logical unit is not a direct-access block device (peripheral device type ≠ 00h).
+        public static let notDirectAccess = Kind(rawValue: 2)
+        /// A mandatory probe command failed.
+        public static let commandFailed = Kind(rawValue: 3)
+        /// Parameter data could not be parsed.
+        public static let invalidData = Kind(rawValue: 4)
+        /// Block length or capacity that cannot be served (not a power of two, zero size, overflow).
+        public static let unsupportedGeometry = Kind(rawValue: 5)
+    }
+    public var kind: Kind
+    public var message: String
+    public init(_ kind: Kind, _ message: String) {
+        self.kind = kind
+        self.message = message
+    }
+    public var description: String { message }
+}
+
+/// Everything the probe learned about a logical unit.
+public struct SCSIDeviceProperties: Sendable, Hashable {
+    public var inquiry: StandardInquiryData
+    /// Nil when the target does not answer VPD 00h.
+    public var supportedVPDPages: SupportedVPDPages?
+    public var serialNumber: String?
+    public var deviceIdentification: DeviceIdentification?
+    public var blockLimits: BlockLimits?
+    public var characteristics: BlockDeviceCharacteristics?
+    public var provisioning: LogicalBlockProvisioning?
+    public var blockCount: UInt64
+    public var blockLength: UInt32
+    public var physicalBlockExponent: UInt8 = 0
+    /// LBPME from READ CAPACITY(16); false when only (10) worked.
+    public var provisioningManagementEnabled: Bool = false
+    /// LBPRZ from READ CAPACITY(16) or VPD B2h.
+    public var unmappedReadsZero: Bool = false
+    public var writeProtected: Bool = false
+    public var dpoFUA: Bool = false
+    /// WCE; assumed true when the Caching page could not be read (so FLUSH is never skipped wrongly).
+    public var writeCacheEnabled: Bool = true
+    public var usedReadCapacity16: Bool = false
+
+    public init(inquiry: StandardInquiryData, blockCount: UInt64, blockLength: UInt32) {
+        self.inquiry = inquiry
+        self.blockCount = blockCount
+        self.blockLength = blockLength
+    }
+}
+
+/// Who a LUN is: for checking after a reconnect that the same logical unit is still behind the LUN.
+public struct LUNIdentity: Hashable, Sendable, CustomStringConvertible {
+    /// The preferred LU designator from VPD 83h (NAA, EUI-64, SCSI name, T10 vendor ID, in that order).
+    public var designator: Designator?
+    /// Every designator associated with the logical unit.
+    public var designators: [Designator]
+    public var serialNumber: String?
+    public var vendor: String
+    public var product: String
+    public var blockCount: UInt64
+    public var blockLength: UInt32
+
+    public init(
+        designator: Designator?, designators: [Designator], serialNumber: String?, vendor: String, product: String,
+        blockCount: UInt64, blockLength: UInt32
+    ) {
+        self.designator = designator
+        self.designators = designators
+        self.serialNumber = serialNumber
+        self.vendor = vendor
+        self.product = product
+        self.blockCount = blockCount
+        self.blockLength = blockLength
+    }
+
+    /// Same designators and serial (capacity may legitimately change: online resize).
+    public func isSameLogicalUnit(as other: LUNIdentity) -> Bool {
+        designators == other.designators && serialNumber == other.serialNumber && vendor == other.vendor
+            && product == other.product
+    }
+
+    public var description: String {
+        var s = "\(vendor) \(product)"
+        if let designator { s += " \(designator)" }
+        if let serialNumber { s += " serial \(serialNumber)" }
+        return s + " \(blockCount)×\(blockLength)"
+    }
+}
+
+/// How block requests are turned into commands, derived from the probe (pure; tested on its own).
+public struct SCSIBlockStrategy: Sendable, Hashable {
+    /// Cap on one NBD request's payload: 32 MiB (the usual NBD maximum payload, and the kernel's).
+    public static let maxTransferCap: UInt32 = 32 << 20
+    /// Cap on the preferred block size derived from the optimal transfer granularity.
+    public static let preferredBlockCap: UInt32 = 1 << 20
+
+    public var blockSize: UInt32
+    public var blockCount: UInt64
+    /// Most blocks per READ/WRITE command (Block Limits MAXIMUM TRANSFER LENGTH, or the cap).
+    public var maxTransferBlocks: UInt32
+    /// WRITE with FUA = 1 (DPOFUA); otherwise FUA is a WRITE then SYNCHRONIZE CACHE (when WCE = 1).
+    public var nativeFUA: Bool
+    public var writeCacheEnabled: Bool
+    /// UNMAP is advertised (LBPME, LBPU and a non-zero MAXIMUM UNMAP LBA COUNT when B0h reports one).
+    public var useUnmap: Bool
+    public var maxUnmapBlocks: UInt32
+    /// WRITE SAME(16) with UNMAP = 1 is advertised (LBPME and LBPWS).
+    public var writeSameUnmap: Bool
+    /// Most blocks per WRITE SAME (MAXIMUM WRITE SAME LENGTH, or 2³²−1 when not stated).
+    public var maxWriteSameBlocks: UInt32
+    /// Unmapped blocks read back as zeros, so WRITE SAME UNMAP is a fast zero.
+    public var unmappedReadsZero: Bool
+
+    public init(properties p: SCSIDeviceProperties) {
+        blockSize = p.blockLength
+        blockCount = p.blockCount
+        let capBlocks = max(1, Self.maxTransferCap / p.blockLength)
+        if let mtl = p.blockLimits?.maximumTransferLength, mtl > 0 {
+            maxTransferBlocks = min(mtl, capBlocks)
+        } else {
+            maxTransferBlocks = capBlocks
+        }
+        nativeFUA = p.dpoFUA
+        writeCacheEnabled = p.writeCacheEnabled
+        let lbp = p.provisioning
+        let maxUnmap = p.blockLimits?.maximumUnmapLBACount
+        let maxUnmapDescriptors = p.blockLimits?.maximumUnmapBlockDescriptorCount
+        useUnmap =
+            p.provisioningManagementEnabled && (lbp?.unmapSupported ?? false) && maxUnmap != 0
+            && maxUnmapDescriptors != 0
+        maxUnmapBlocks = maxUnmap.map { $0 == 0 ? 1 : $0 } ?? .max
+        writeSameUnmap = p.provisioningManagementEnabled && (lbp?.writeSame16UnmapSupported ?? false)
+        if let wsl = p.blockLimits?.maximumWriteSameLength, wsl > 0 {
+            maxWriteSameBlocks = UInt32(clamping: wsl)
+        } else {
+            maxWriteSameBlocks = .max
+        }
+        unmappedReadsZero = p.unmappedReadsZero || (lbp?.unmappedReadsZero ?? false)
+    }
+
+    public var canTrim: Bool { useUnmap || writeSameUnmap }
+    public var canFastZero: Bool { writeSameUnmap && unmappedReadsZero }
+    /// FUA needs an explicit SYNCHRONIZE CACHE after the write.
+    public var fuaNeedsFlush: Bool { !nativeFUA && writeCacheEnabled }
+
+    /// The `BlockDeviceInfo` for NBD.
+    public static func info(properties p: SCSIDeviceProperties, strategy s: SCSIBlockStrategy) -> BlockDeviceInfo {
+        let bs = p.blockLength
+        let maxTransfer = s.maxTransferBlocks * bs
+        var preferred = bs << min(UInt32(p.physicalBlockExponent), 31 - UInt32(bs.trailingZeroBitCount))
+        if let g = p.blockLimits?.optimalTransferLengthGranularity, g > 0 {
+            let bytes = UInt64(g) * UInt64(bs)
+            if bytes.nonzeroBitCount == 1, bytes <= UInt64(Self.preferredBlockCap), bytes > UInt64(preferred) {
+                preferred = UInt32(bytes)
+            }
+        }
+        if preferred > maxTransfer || preferred.nonzeroBitCount != 1 { preferred = bs }
+        var description = [p.inquiry.vendor, p.inquiry.product].filter { !$0.isEmpty }.joined(separator: " ")
+        if let serial = p.serialNumber, !serial.isEmpty { description += " (serial \(serial))" }
+        return BlockDeviceInfo(
+            size: p.blockCount * UInt64(bs), logicalBlockSize: bs, preferredBlockSize: preferred,
+            maxTransferLength: maxTransfer, readOnly: p.writeProtected, canFlush: p.writeCacheEnabled, canFUA: true,
+            canTrim: s.canTrim, canWriteZeroes: true, canFastZero: s.canFastZero, canMultiConn: true,
+            rotational: p.characteristics?.isRotational ?? false, description: description)
+    }
+}

@@ -1,0 +1,80 @@
+import ISCSIProtocol
+import NIOCore
+
+/// What to connect to and what to propose. Defaults follow open-iscsi's iscsid.conf.
+public struct ISCSISessionConfiguration: Sendable {
+    public var host: String
+    public var port: Int
+    /// Nil for a discovery session.
+    public var targetName: String?
+    public var initiatorName: String
+    public var initiatorAlias: String?
+    /// 48-bit ISID (RFC 7143 §11.12.5), random format (T = 10b) by default.
+    public var isid: UInt64
+    /// CHAP credentials; nil logs in with AuthMethod=None.
+    public var chap: CHAPCredentials?
+    /// CHAP algorithms offered, strongest first; a target that rejects them all gets a retry with MD5.
+    public var chapAlgorithms: [CHAPAlgorithm]
+    /// Operational keys we propose (RFC 7143 §13).
+    public var proposal: SessionParameterProposal
+    /// Commands in flight at most (open-iscsi node.session.queue_depth); more wait in a queue.
+    public var queueDepth: Int
+    public var loginTimeout: TimeAmount
+    public var logoutTimeout: TimeAmount
+    /// Idle time before a NOP-Out ping; nil disables pings (open-iscsi noop_out_interval).
+    public var noopOutInterval: TimeAmount?
+    /// Time to wait for the NOP-In answer before dropping the connection (open-iscsi noop_out_timeout).
+    public var noopOutTimeout: TimeAmount
+    /// Login redirects followed at most (RFC 7143 §11.13.5, Status-Class 1).
+    public var maxRedirects: Int
+
+    public init(
+        host: String,
+        port: Int = 3260,
+        targetName: String?,
+        initiatorName: String,
+        initiatorAlias: String? = nil,
+        isid: UInt64 = ISCSISessionConfiguration.randomISID(),
+        chap: CHAPCredentials? = nil,
+        chapAlgorithms: [CHAPAlgorithm] = [.md5],
+        proposal: SessionParameterProposal = SessionParameterProposal(),
+        queueDepth: Int = 128,
+        loginTimeout: TimeAmount = .seconds(15),
+        logoutTimeout: TimeAmount = .seconds(15),
+        noopOutInterval: TimeAmount? = .seconds(5),
+        noopOutTimeout: TimeAmount = .seconds(5),
+        maxRedirects: Int = 5
+    ) {
+        self.host = host
+        self.port = port
+        self.targetName = targetName
+        self.initiatorName = initiatorName
+        self.initiatorAlias = initiatorAlias
+        self.isid = isid
+        self.chap = chap
+        self.chapAlgorithms = chapAlgorithms
+        self.proposal = proposal
+        self.queueDepth = queueDepth
+        self.loginTimeout = loginTimeout
+        self.logoutTimeout = logoutTimeout
+        self.noopOutInterval = noopOutInterval
+        self.noopOutTimeout = noopOutTimeout
+        self.maxRedirects = maxRedirects
+    }
+
+    /// RFC 7143 §11.12.5 "Random" format: T = 10b, A reserved, B and C a random 24-bit value, D a
+    /// random 16-bit qualifier.
+    public static func randomISID() -> UInt64 {
+        let random = UInt64.random(in: 0..<(1 << 24))
+        let qualifier = UInt64.random(in: 0..<(1 << 16))
+        return (0x80 << 40) | (random << 16) | qualifier
+    }
+
+    /// The login state machine's configuration.
+    public var loginConfiguration: LoginConfiguration {
+        LoginConfiguration(
+            initiatorName: initiatorName, initiatorAlias: initiatorAlias, targetName: targetName,
+            chap: chap, chapAlgorithms: chapAlgorithms, proposal: proposal
+        )
+    }
+}

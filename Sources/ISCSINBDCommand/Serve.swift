@@ -1,0 +1,192 @@
+import ArgumentParser
+import Foundation
+import ISCSIClient
+import ISCSIConfig
+import Logging
+
+/// `iscsi-nbd serve URL --socket PATH [--listen HOST:PORT]`
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Log in to an iSCSI target and serve one LUN as an NBD export until SIGINT/SIGTERM.",
+        discussion: """
+            URL form (as libiscsi and qemu write it):
+              iscsi://[USER[%SECRET]@]HOST[:PORT]/TARGET-IQN/LUN
+            The LUN is the NBD server's default export (empty name) and is also listed under a
+            descriptive name. On SIGINT/SIGTERM in-flight requests are drained, the session logs out
+            and the socket is removed.
+            """
+    )
+
+    @Argument(help: "iscsi://[USER[%SECRET]@]HOST[:PORT]/TARGET-IQN/LUN (or use -T with a node record)")
+    var url: String?
+
+    @Option(name: [.customShort("T"), .customLong("targetname")], help: "Serve a recorded node (see -m discovery) instead of a URL.")
+    var targetName: String?
+
+    @Option(name: [.customShort("p"), .customLong("portal")], help: "With -T: the record's portal HOST[:PORT] when it has several.")
+    var portal: String?
+
+    @Option(name: .long, help: "With -T: the LUN to serve (default: the first direct-access LUN).")
+    var lun: UInt16?
+
+    @Option(name: .long, help: "Configuration directory (default /etc/iscsi, or ISCSI_NBD_CONFIG_DIR).")
+    var configDir: String?
+
+    @Option(name: .long, help: "Serve on this unix socket (mode 0600).")
+    var socket: [String] = []
+
+    @Option(name: .long, help: "Serve on TCP HOST:PORT (HOST defaults to 127.0.0.1, PORT to 10809).")
+    var listen: [String] = []
+
+    @Option(name: .long, help: "NBD export name to list (default: TARGET-IQN/lun-N).")
+    var exportName: String?
+
+    @Flag(name: .long, help: "Serve the LUN read-only.")
+    var readOnly = false
+
+    @Option(name: .long, help: "CHAP user name (also ISCSI_NBD_CHAP_USERNAME).")
+    var chapUsername: String?
+
+    @Option(name: .long, help: "File holding the CHAP secret on its first line (mode 0600).")
+    var chapSecretFile: String?
+
+    @Option(name: .long, help: "Mutual CHAP: the target's user name (also ISCSI_NBD_TARGET_CHAP_USERNAME).")
+    var targetChapUsername: String?
+
+    @Option(name: .long, help: "Mutual CHAP: file holding the target's secret (also ISCSI_NBD_TARGET_CHAP_SECRET).")
+    var targetChapSecretFile: String?
+
+    @Option(name: .long, help: "Initiator name (default: from /etc/iscsi/initiatorname.iscsi, or generated).")
+    var initiatorName: String?
+
+    @Option(name: .long, help: "Commands in flight to the target at most (default: node.session.queue_depth, 128 for URLs).")
+    var queueDepth: Int?
+
+    @Option(name: .long, help: "Event loop threads.")
+    var threads: Int = 1
+
+    @OptionGroup var logging: LoggingOptions
+
+    func validate() throws {
+        if socket.isEmpty && listen.isEmpty {
+            throw ValidationError("give --socket PATH or --listen HOST:PORT (or both)")
+        }
+        for l in listen { _ = try ListenAddress.parseTCP(l) }
+        if let queueDepth, !(1...4096).contains(queueDepth) { throw ValidationError("--queue-depth must be 1 to 4096") }
+        switch (url, targetName) {
+        case (nil, nil): throw ValidationError("give an iscsi:// URL or -T TARGET-IQN (a recorded node)")
+        case (.some, .some): throw ValidationError("give either a URL or -T, not both")
+        case (.some, nil) where portal != nil || lun != nil:
+            throw ValidationError("-p and --lun go with -T; a URL names its portal and LUN itself")
+        default: break
+        }
+        guard (1...64).contains(threads) else { throw ValidationError("--threads must be 1 to 64") }
+    }
+
+    func run() async throws {
+        let logger = logging.makeLogger(label: "iscsi-nbd")
+        let plan = try url.map { try planFromURL($0) } ?? planFromNode(logger: logger)
+        try await ServeRuntime(
+            session: plan.session, lun: plan.lun,
+            sockets: socket, tcp: try listen.map(ListenAddress.parseTCP),
+            exportName: exportName ?? "\(plan.session.targetName ?? "")/lun-\(plan.lun.map(String.init) ?? "auto")",
+            readOnly: readOnly, threads: threads, logger: logger
+        ).run()
+    }
+
+    /// URL mode: built-in defaults < iscsid.conf (when there is one) < the URL and the command line.
+    private func planFromURL(_ text: String) throws -> (session: ISCSISessionConfiguration, lun: UInt16?) {
+        let parsed: ISCSIURL
+        do {
+            parsed = try ISCSIURL(parsing: text)
+        } catch {
+            throw ValidationError(error.description)
+        }
+        if let password = parsed.password { ArgvScrubber.scrub(password) }
+        let node = NodeID(target: parsed.targetName, portal: Portal(host: parsed.host, port: parsed.port), tpgt: 1)
+        var session = try sessionConfiguration(node: node, record: nil)
+        try applyCommandLineCHAP(to: &session, urlUsername: parsed.username, urlPassword: parsed.password)
+        return (session, parsed.lun)
+    }
+
+    /// Node mode: built-in defaults < iscsid.conf < the node record < the command line.
+    private func planFromNode(logger: Logger) throws -> (session: ISCSISessionConfiguration, lun: UInt16?) {
+        let directory = ConfigDirectory.resolve(explicit: configDir)
+        let wanted = try portal.map { p in
+            do { return try Portal(parsing: p) } catch { throw ValidationError("-p \(p): \(error)") }
+        }
+        let records = try NodeDatabase(configDirectory: directory).find(target: targetName, portal: wanted)
+        guard let record = records.first else {
+            throw CommandFailure("no node record for \(targetName ?? "")\(wanted.map { " at \($0)" } ?? "") in \(directory)/nodes (run -m discovery first, or --op new)")
+        }
+        if records.count > 1 {
+            throw CommandFailure("\(targetName ?? "") has \(records.count) portals: \(records.map { "\($0.id.portal)" }.joined(separator: ", ")); choose one with -p")
+        }
+        var session = try sessionConfiguration(node: record.id, record: record)
+        try applyCommandLineCHAP(to: &session, urlUsername: nil, urlPassword: nil)
+        return (session, lun)
+    }
+
+    private func sessionConfiguration(node: NodeID, record: NodeRecord?) throws -> ISCSISessionConfiguration {
+        let directory = ConfigDirectory.resolve(explicit: configDir)
+        let iscsid = try ISCSIDConf.load(configDirectory: directory)
+        var settings = try EffectiveNodeSettings.resolve(iscsid: iscsid, node: record)
+        // --queue-depth wins; without a node record the bridge's own default is 128 (open-iscsi's is 32).
+        if let depth = queueDepth ?? (record == nil ? 128 : nil) {
+            settings.queueDepth = depth
+            settings.cmdsMax = max(settings.cmdsMax, depth)
+        }
+        let name = try initiatorName ?? InitiatorIdentity.defaultName(configDir: directory)
+        return ISCSISessionConfiguration(node: node, settings: settings, initiatorName: name, initiatorAlias: nil)
+    }
+
+    /// Credentials given on the command line, in the environment or in the URL replace the configured ones.
+    private func applyCommandLineCHAP(to session: inout ISCSISessionConfiguration, urlUsername: String?,
+                                      urlPassword: String?) throws {
+        let resolved: ResolvedCHAP?
+        do {
+            resolved = try SecretResolver.resolve(
+                urlUsername: urlUsername, urlPassword: urlPassword,
+                username: chapUsername, secretFile: chapSecretFile,
+                targetUsername: targetChapUsername, targetSecretFile: targetChapSecretFile,
+                environment: ProcessInfo.processInfo.environment)
+        } catch {
+            throw ValidationError(error.description)
+        }
+        if let resolved { session.chap = resolved.credentials }
+    }
+}
+
+/// A TCP listen address, `HOST:PORT`, `HOST`, `:PORT` or `[V6]:PORT`.
+struct ListenAddress: Equatable {
+    var host: String
+    var port: Int
+
+    static let defaultPort = 10809
+
+    static func parseTCP(_ text: String) throws -> ListenAddress {
+        var host = "127.0.0.1"
+        var portText: Substring?
+        if text.hasPrefix("[") {
+            guard let close = text.firstIndex(of: "]") else { throw ValidationError("--listen \(text): unterminated [") }
+            host = String(text[text.index(after: text.startIndex)..<close])
+            let rest = text[text.index(after: close)...]
+            if rest.hasPrefix(":") { portText = rest.dropFirst() } else if !rest.isEmpty {
+                throw ValidationError("--listen \(text): expected :PORT after ]")
+            }
+        } else if let colon = text.lastIndex(of: ":") {
+            if colon != text.startIndex { host = String(text[..<colon]) }
+            portText = text[text.index(after: colon)...]
+        } else if !text.isEmpty {
+            host = text
+        }
+        var port = defaultPort
+        if let portText {
+            guard let p = Int(portText), (1...65535).contains(p) else {
+                throw ValidationError("--listen \(text): port must be 1 to 65535")
+            }
+            port = p
+        }
+        return ListenAddress(host: host, port: port)
+    }
+}

@@ -1,0 +1,643 @@
+import BlockBackend
+import ISCSIBlockBackend
+import ISCSITestSupport
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import SCSI
+import Testing
+
+private let fastRetries = RetryPolicy(initialDelay: .milliseconds(1), maxDelay: .milliseconds(4))
+
+private func makeDisk(_ mutate: (inout FakeSCSIDisk.Configuration) -> Void = { _ in }) -> FakeSCSIDisk {
+    var c = FakeSCSIDisk.Configuration()
+    mutate(&c)
+    return FakeSCSIDisk(eventLoop: MultiThreadedEventLoopGroup.singleton.next(), configuration: c)
+}
+
+private func open(_ disk: FakeSCSIDisk, lun: UInt16 = 0, policy: RetryPolicy = fastRetries) async throws -> SCSIBlockDevice {
+    try await SCSIBlockDevice.open(
+        transport: disk, lun: LogicalUnitNumber(lun), logger: Logger(label: "test"), retryPolicy: policy
+    ).get()
+}
+
+private func pattern(_ count: Int, seed: UInt8) -> ByteBuffer {
+    ByteBuffer(bytes: (0..<count).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ Int(seed)) })
+}
+
+/// Expects the future to fail with a `BlockDeviceError` carrying `code`.
+private func expectErrno<T: Sendable>(_ code: BlockDeviceError.Code, _ future: EventLoopFuture<T>, sourceLocation: SourceLocation = #_sourceLocation) async {
+    do {
+        _ = try await future.get()
+        Issue.record("expected errno \(code.rawValue), got success", sourceLocation: sourceLocation)
+    } catch let error as BlockDeviceError {
+        #expect(error.code == code, "\(error)", sourceLocation: sourceLocation)
+    } catch {
+        Issue.record("expected BlockDeviceError, got \(error)", sourceLocation: sourceLocation)
+    }
+}
+
+@Suite struct SCSIBlockDeviceProbeTests {
+    @Test func defaultDisk() async throws {
+        let disk = makeDisk()
+        let dev = try await open(disk)
+        let info = dev.info
+        #expect(info.size == 2048 * 512)
+        #expect(info.logicalBlockSize == 512 && info.preferredBlockSize == 512)
+        #expect(info.maxTransferLength == 32 << 20)
+        #expect(!info.readOnly && info.canFlush && info.canFUA && info.canWriteZeroes && info.canMultiConn)
+        #expect(!info.canTrim && !info.canFastZero && !info.rotational)
+        #expect(info.description == "FAKE SCSI DISK (serial FAKE0001)")
+        #expect(dev.lunIdentity.designator.map { "\($0)" } == "naa.6001405fabcdef01")
+        #expect(dev.lunIdentity.serialNumber == "FAKE0001")
+        #expect(dev.lunIdentity.blockCount == 2048)
+        #expect(dev.properties.usedReadCapacity16 && dev.properties.dpoFUA)
+        #expect(dev.preferredEventLoop === disk.eventLoop)
+        #expect(disk.opcodes == [.testUnitReady, .inquiry, .inquiry, .inquiry, .inquiry, .inquiry, .inquiry,
+            .serviceActionIn16, .modeSense10])
+        // VPD pages asked for: 00, 80, 83, B0, B1 (the fake lists no B2 by default).
+        #expect(disk.commands.filter { $0.opcode == 0x12 && $0[1] == 1 }.map { $0[2] } == [0x00, 0x80, 0x83, 0xB0, 0xB1])
+    }
+
+    @Test func thinProvisionedWriteProtectedNoCache() async throws {
+        let disk = makeDisk {
+            $0.blockSize = 4096
+            $0.blockCount = 1 << 20
+            $0.physicalBlockExponent = 1
+            $0.writeProtected = true
+            $0.writeCacheEnabled = false
+            $0.dpoFUA = false
+            $0.provisioningManagementEnabled = true
+            var lbp = LogicalBlockProvisioning()
+            lbp.unmapSupported = true
+            lbp.writeSame16UnmapSupported = true
+            $0.provisioning = lbp
+            var bl = BlockLimits()
+            bl.maximumTransferLength = 256
+            bl.optimalTransferLengthGranularity = 4
+            bl.maximumUnmapLBACount = 1024
+            bl.maximumUnmapBlockDescriptorCount = 1
+            $0.blockLimits = bl
+            $0.rotationRate = 7200
+        }
+        let dev = try await open(disk)
+        let info = dev.info
+        #expect(info.size == UInt64(1 << 20) * 4096)
+        #expect(info.logicalBlockSize == 4096)
+        #expect(info.preferredBlockSize == 16384, "granularity 4 blocks beats the 8 KiB physical block")
+        #expect(info.maxTransferLength == 256 * 4096)
+        #expect(info.readOnly && !info.canFlush && info.canFUA)
+        #expect(info.canTrim && info.canFastZero && info.rotational)
+        #expect(dev.strategy.useUnmap && dev.strategy.maxUnmapBlocks == 1024 && dev.strategy.writeSameUnmap)
+        #expect(!dev.strategy.fuaNeedsFlush)
+    }
+
+    @Test func physicalExponentGivesPreferredBlockSize() async throws {
+        let dev = try await open(makeDisk { $0.physicalBlockExponent = 3; $0.blockLimits = nil })
+        #expect(dev.info.preferredBlockSize == 4096)
+        #expect(dev.properties.blockLimits == nil)
+    }
+
+    @Test func notADisk() async throws {
+        do {
+            _ = try await open(makeDisk { $0.peripheralDeviceType = 0x05 })
+            Issue.record("opened a CD-ROM")
+        } catch let error as SCSIProbeError {
+            #expect(error.kind == .notDirectAccess)
+            #expect(error.message.contains("CD/DVD"))
+        }
+    }
+
+    @Test func noLogicalUnit() async throws {
+        do {
+            _ = try await open(makeDisk(), lun: 5)
+            Issue.record("opened a missing LUN")
+        } catch let error as SCSIProbeError {
+            #expect(error.kind == .commandFailed || error.kind == .noLogicalUnit)
+        }
+        do {
+            _ = try await open(makeDisk { $0.peripheralQualifier = 3 })
+            Issue.record("opened qualifier 011b")
+        } catch let error as SCSIProbeError {
+            #expect(error.kind == .noLogicalUnit)
+        }
+    }
+
+    @Test func fallbacksToReadCapacity10AndModeSense6() async throws {
+        let disk = makeDisk {
+            $0.supportsReadCapacity16 = false
+            $0.supportsModeSense10 = false
+            $0.writeProtected = true
+        }
+        let dev = try await open(disk)
+        #expect(!dev.properties.usedReadCapacity16)
+        #expect(dev.info.size == 2048 * 512 && dev.info.readOnly)
+        #expect(disk.opcodes.suffix(4) == [.serviceActionIn16, .readCapacity10, .modeSense10, .modeSense6])
+    }
+
+    @Test func noVPDStartsWithReadCapacity10AndMovesTo16WhenLarge() async throws {
+        let small = makeDisk { $0.supportsVPD = false }
+        let d1 = try await open(small)
+        #expect(!small.opcodes.contains(.serviceActionIn16) && d1.info.size == 2048 * 512)
+        #expect(d1.lunIdentity.designator == nil && d1.info.description == "FAKE SCSI DISK")
+
+        let large = makeDisk { $0.supportsVPD = false; $0.blockCount = 1 << 33 }
+        let d2 = try await open(large)
+        #expect(d2.info.size == UInt64(1 << 33) * 512)
+        #expect(large.opcodes.contains(.readCapacity10) && large.opcodes.contains(.serviceActionIn16))
+    }
+
+    @Test func noModeSenseAtAllAssumesWriteCache() async throws {
+        let dev = try await open(makeDisk { $0.supportsModeSense10 = false; $0.supportsModeSense6 = false })
+        #expect(dev.info.canFlush && !dev.info.readOnly && !dev.properties.dpoFUA)
+    }
+
+    @Test func unitAttentionsAfterLoginAreRetried() async throws {
+        let disk = makeDisk()
+        disk.inject(.checkCondition(.unitAttention, .powerOnResetOccurred, count: 1, opcodes: [0x00]))
+        disk.inject(.checkCondition(.unitAttention, .reportedLUNsDataChanged, count: 1, opcodes: [0x00]))
+        _ = try await open(disk)
+        #expect(disk.opcodes.prefix(4) == [.testUnitReady, .testUnitReady, .testUnitReady, .inquiry])
+    }
+
+    @Test func becomingReadyIsRetriedWithBackoff() async throws {
+        let disk = makeDisk()
+        disk.inject(.checkCondition(.notReady, .becomingReady, count: 3, opcodes: [0x00]))
+        _ = try await open(disk)
+        #expect(disk.opcodes.prefix(5) == [.testUnitReady, .testUnitReady, .testUnitReady, .testUnitReady, .inquiry])
+    }
+
+    @Test func probeFailsClearlyWhenNeverReady() async throws {
+        let disk = makeDisk()
+        disk.inject(.checkCondition(.notReady, .mediumNotPresent, count: 1, opcodes: [0x00]))
+        do {
+            _ = try await open(disk)
+            Issue.record("opened")
+        } catch let error as SCSIProbeError {
+            #expect(error.kind == .commandFailed)
+            #expect(error.message.contains("MEDIUM NOT PRESENT"), "\(error.message)")
+        }
+    }
+
+    @Test func garbageOptionalVPDPagesAreIgnored() async throws {
+        let disk = makeDisk()
+        // B0h too short (page length 4), 83h with a designator running past the page.
+        disk.inject(.data([0, 0xB0, 0, 4, 0, 0, 0, 8], opcode: 0x12, vpdPage: 0xB0))
+        disk.inject(.data([0, 0x83, 0, 6, 1, 3, 0, 40, 1, 2], opcode: 0x12, vpdPage: 0x83))
+        let dev = try await open(disk)
+        #expect(dev.properties.blockLimits == nil && dev.properties.deviceIdentification == nil)
+        #expect(dev.lunIdentity.designator == nil && dev.lunIdentity.serialNumber == "FAKE0001")
+        #expect(dev.info.maxTransferLength == 32 << 20)
+    }
+
+    @Test func garbageMandatoryDataFailsTheProbe() async throws {
+        let disk = makeDisk()
+        disk.inject(.data([0, 0, 6, 2, 10], opcode: 0x12))  // standard INQUIRY with ADDITIONAL LENGTH 10
+        do {
+            _ = try await open(disk)
+            Issue.record("opened")
+        } catch let error as SCSIProbeError {
+            #expect(error.kind == .invalidData)
+        }
+        let disk2 = makeDisk()
+        disk2.inject(.data([0, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0, 0], opcode: 0x9E))  // 12-byte RC(16) answer
+        do {
+            _ = try await open(disk2)
+            Issue.record("opened")
+        } catch let error as SCSIProbeError {
+            #expect(error.kind == .invalidData)
+        }
+        let disk3 = makeDisk()
+        disk3.inject(.data([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], opcode: 0x9E))  // block length 0
+        await #expect(throws: SCSIProbeError.self) { try await open(disk3) }
+    }
+
+    @Test func longVPDPageIsReissuedWithTheRightAllocationLength() async throws {
+        let serial = String(repeating: "S", count: 300)
+        let disk = makeDisk { $0.serial = serial }
+        let dev = try await open(disk)
+        #expect(dev.lunIdentity.serialNumber == serial)
+        let serialInquiries = disk.commands.filter { $0.opcode == 0x12 && $0[1] == 1 && $0[2] == 0x80 }
+        #expect(serialInquiries.map { $0.uint16(at: 3) } == [255, 304])
+    }
+
+    @Test func blockSizeMustBeAPowerOfTwo() async throws {
+        do {
+            _ = try await open(makeDisk { $0.blockSize = 520 })
+            Issue.record("opened 520-byte blocks")
+        } catch let error as SCSIProbeError {
+            #expect(error.kind == .unsupportedGeometry)
+        }
+    }
+
+    @Test func unitAttentionSemanticsOfTheFake() async throws {
+        let disk = makeDisk()
+        disk.queueUnitAttention(.powerOnResetOccurred)
+        disk.queueUnitAttention(.capacityDataChanged)
+        // INQUIRY and REPORT LUNS pass; TEST UNIT READY meets both attentions in turn.
+        let inq = try await disk.execute(SCSICommand(cdb: .inquiry(allocationLength: 36), expectedDataInLength: 36), lun: LogicalUnitNumber(0)).get()
+        #expect(inq.status == .good)
+        _ = try await open(disk)
+        #expect(disk.opcodes.prefix(5) == [.inquiry, .testUnitReady, .testUnitReady, .testUnitReady, .inquiry])
+    }
+
+    @Test func reportLUNs() async throws {
+        let disk = makeDisk { $0.luns = [LogicalUnitNumber(0), LogicalUnitNumber(1), LogicalUnitNumber(300)] }
+        let luns = try await SCSIBlockDevice.reportLUNs(transport: disk, retryPolicy: fastRetries).get()
+        #expect(luns.map(\.number) == [0, 1, 300])
+        #expect(disk.opcodes == [.reportLUNs])
+    }
+
+    @Test func reportLUNsReissuesWithLargerAllocation() async throws {
+        let many = (0..<600).map { LogicalUnitNumber(UInt16($0)) }
+        let disk = makeDisk { $0.luns = many }
+        let luns = try await SCSIBlockDevice.reportLUNs(transport: disk, retryPolicy: fastRetries).get()
+        #expect(luns == many)
+        #expect(disk.opcodes == [.reportLUNs, .reportLUNs])
+        #expect(disk.commands[1].uint32(at: 6) == 8 + 600 * 8)
+    }
+}
+
+@Suite struct SCSIBlockDeviceIOTests {
+    @Test func roundTripBelow2TiBUsesTenByteCommands() async throws {
+        let disk = makeDisk()
+        let dev = try await open(disk)
+        disk.clearCommandLog()
+        try await dev.write(offset: 4096, data: pattern(8192, seed: 1), flags: []).get()
+        let back = try await dev.read(offset: 4096, length: 8192).get()
+        #expect(back == pattern(8192, seed: 1))
+        #expect(disk.opcodes == [.write10, .read10])
+        #expect(disk.commands[0].uint32(at: 2) == 8 && disk.commands[0].uint16(at: 7) == 16)
+        #expect(disk.bytes(atBlock: 8, count: 1) == Array(pattern(512, seed: 1).readableBytesView))
+    }
+
+    @Test func roundTripAbove2TiBUsesSixteenByteCommands() async throws {
+        let disk = makeDisk { $0.blockCount = 1 << 33 }  // 4 TiB
+        let dev = try await open(disk)
+        disk.clearCommandLog()
+        let offset: UInt64 = 3 << 40  // 3 TiB
+        try await dev.write(offset: offset, data: pattern(4096, seed: 9), flags: []).get()
+        #expect(try await dev.read(offset: offset, length: 4096).get() == pattern(4096, seed: 9))
+        #expect(disk.opcodes == [.write16, .read16])
+        #expect(disk.commands[1].uint64(at: 2) == offset / 512 && disk.commands[1].uint32(at: 10) == 8)
+        // The last block of the LU.
+        let last = (UInt64(1) << 33 - 1) * 512
+        try await dev.write(offset: last, data: pattern(512, seed: 3), flags: []).get()
+        #expect(try await dev.read(offset: last, length: 512).get() == pattern(512, seed: 3))
+    }
+
+    @Test func commandChoiceAtBoundaries() {
+        // LBA range must fit 32 bits and the count 16 bits for the 10-byte forms.
+        #expect(SCSIOpcode(rawValue: SCSIBlockDevice.readCDB(lba: 0xFFFF_FFFF, blocks: 1).opcode) == .read10)
+        #expect(SCSIOpcode(rawValue: SCSIBlockDevice.readCDB(lba: 0xFFFF_FFFF, blocks: 2).opcode) == .read16)
+        #expect(SCSIOpcode(rawValue: SCSIBlockDevice.readCDB(lba: 0, blocks: 0xFFFF).opcode) == .read10)
+        #expect(SCSIOpcode(rawValue: SCSIBlockDevice.readCDB(lba: 0, blocks: 0x1_0000).opcode) == .read16)
+        #expect(SCSIOpcode(rawValue: SCSIBlockDevice.writeCDB(lba: 1 << 32, blocks: 1, fua: false).opcode) == .write16)
+    }
+
+    @Test func fuaNative() async throws {
+        let disk = makeDisk { $0.dpoFUA = true }
+        let dev = try await open(disk)
+        disk.clearCommandLog()
+        try await dev.write(offset: 0, data: pattern(512, seed: 0), flags: .fua).get()
+        #expect(disk.opcodes == [.write10])
+        #expect(disk.commands[0][1] & 0x08 != 0)
+        try await dev.write(offset: 0, data: pattern(512, seed: 0), flags: []).get()
+        #expect(disk.commands[1][1] & 0x08 == 0)
+    }
+
+    @Test func fuaEmulatedWithSynchronizeCache() async throws {
+        let disk = makeDisk { $0.dpoFUA = false; $0.writeCacheEnabled = true }
+        let dev = try await open(disk)
+        disk.clearCommandLog()
+        try await dev.write(offset: 0, data: pattern(1024, seed: 0), flags: .fua).get()
+        #expect(disk.opcodes == [.write10, .synchronizeCache10])
+        #expect(disk.commands[0][1] & 0x08 == 0)
+    }
+
+    @Test func fuaWithoutWriteCacheNeedsNothing() async throws {
+        let disk = makeDisk { $0.dpoFUA = false; $0.writeCacheEnabled = false }
+        let dev = try await open(disk)
+        disk.clearCommandLog()
+        try await dev.write(offset: 0, data: pattern(1024, seed: 0), flags: .fua).get()
+        #expect(disk.opcodes == [.write10])
+    }
+
+    @Test func flushAndSynchronizeCache16Fallback() async throws {
+        let disk = makeDisk { $0.supportsSynchronizeCache10 = false }
+        let dev = try await open(disk)
+        disk.clearCommandLog()
+        try await dev.flush().get()
+        try await dev.flush().get()
+        #expect(disk.opcodes == [.synchronizeCache10, .synchronizeCache16, .synchronizeCache16])
+        #expect(disk.commands[1].uint64(at: 2) == 0 && disk.commands[1].uint32(at: 10) == 0)
+    }
+
+    @Test func largeRequestsAreSplitAtMaximumTransferLength() async throws {
+        let disk = makeDisk {
+            var bl = BlockLimits()
+            bl.maximumTransferLength = 8
+            $0.blockLimits = bl
+        }
+        let dev = try await open(disk)
+        #expect(dev.info.maxTransferLength == 4096)
+        disk.clearCommandLog()
+        let data = pattern(100 * 512, seed: 5)
+        try await dev.write(offset: 512 * 3, data: data, flags: []).get()
+        #expect(disk.opcodes == Array(repeating: .write10, count: 13))
+        #expect(disk.commands.map { $0.uint16(at: 7) }.reduce(0, +) == 100)
+        disk.clearCommandLog()
+        #expect(try await dev.read(offset: 512 * 3, length: 100 * 512).get() == data)
+        #expect(disk.opcodes.count == 13 && Set(disk.opcodes) == [.read10])
+    }
+
+    @Test func splitWriteFailureFailsTheRequest() async throws {
+        let disk = makeDisk {
+            var bl = BlockLimits()
+            bl.maximumTransferLength = 4
+            $0.blockLimits = bl
+        }
+        let dev = try await open(disk, policy: .none)
+        disk.inject(.checkCondition(.mediumError, .writeError, count: 1, opcodes: [0x2A]))
+        await expectErrno(.eio, dev.write(offset: 0, data: pattern(40 * 512, seed: 1), flags: []))
+    }
+
+    @Test func writeZeroesWithWriteSame() async throws {
+        let disk = makeDisk()
+        let dev = try await open(disk)
+        try await dev.write(offset: 0, data: pattern(8192, seed: 7), flags: []).get()
+        disk.clearCommandLog()
+        try await dev.writeZeroes(offset: 1024, length: 4096, flags: []).get()
+        #expect(disk.opcodes == [.writeSame16])
+        #expect(disk.commands[0][1] == 0 && disk.commands[0].uint64(at: 2) == 2 && disk.commands[0].uint32(at: 10) == 8)
+        #expect(disk.bytes(atBlock: 2, count: 8).allSatisfy { $0 == 0 })
+        #expect(disk.bytes(atBlock: 10, count: 1) == Array(pattern(8192, seed: 7).readableBytesView[5120..<5632]))
+        #expect(disk.isMapped(2), "without LBP the blocks are written, not unmapped")
+    }
+
+    private static func thin(_ c: inout FakeSCSIDisk.Configuration) {
+        c.provisioningManagementEnabled = true
+        var lbp = LogicalBlockProvisioning()
+        lbp.unmapSupported = true
+        lbp.writeSame16UnmapSupported = true
+        c.provisioning = lbp
+        var bl = BlockLimits()
+        bl.maximumUnmapLBACount = 64
+        bl.maximumUnmapBlockDescriptorCount = 1
+        bl.maximumWriteSameLength = 100
+        c.blockLimits = bl
+    }
+
+    @Test func writeZeroesUnmapsOnThinLUAndHonoursNoHole() async throws {
+        let disk = makeDisk(Self.thin)
+        let dev = try await open(disk)
+        #expect(dev.info.canFastZero)
+        try await dev.write(offset: 0, data: pattern(512 * 300, seed: 2), flags: []).get()
+        disk.clearCommandLog()
+        try await dev.writeZeroes(offset: 0, length: 512 * 250, flags: []).get()
+        #expect(disk.opcodes == [.writeSame16, .writeSame16, .writeSame16], "split at MAXIMUM WRITE SAME LENGTH 100")
+        #expect(disk.commands.allSatisfy { $0[1] == 0x08 })
+        #expect(!disk.isMapped(0) && !disk.isMapped(249) && disk.isMapped(250))
+        disk.clearCommandLog()
+        try await dev.writeZeroes(offset: 512 * 250, length: 512 * 10, flags: .noHole).get()
+        #expect(disk.opcodes == [.writeSame16] && disk.commands[0][1] == 0)
+        #expect(disk.isMapped(250) && disk.bytes(atBlock: 250, count: 10).allSatisfy { $0 == 0 })
+        #expect(try await dev.read(offset: 0, length: 512 * 260).get().readableBytesView.allSatisfy { $0 == 0 })
+    }
+
+    @Test func fastZero() async throws {
+        let thin = makeDisk(Self.thin)
+        let dev = try await open(thin)
+        thin.clearCommandLog()
+        try await dev.writeZeroes(offset: 0, length: 4096, flags: .fastZero).get()
+        #expect(thin.opcodes == [.writeSame16] && thin.commands[0][1] == 0x08)
+        thin.clearCommandLog()
+        await expectErrno(.enotsup, dev.writeZeroes(offset: 0, length: 4096, flags: [.fastZero, .noHole]))
+        #expect(thin.opcodes.isEmpty, "a fast-zero refusal must not touch the LU")
+
+        let thick = makeDisk()
+        let dev2 = try await open(thick)
+        thick.clearCommandLog()
+        await expectErrno(.enotsup, dev2.writeZeroes(offset: 0, length: 4096, flags: .fastZero))
+        #expect(thick.opcodes.isEmpty)
+    }
+
+    @Test func writeZeroesEmulatedWhenWriteSameIsRejected() async throws {
+        let disk = makeDisk { $0.supportsWriteSame = false }
+        let dev = try await open(disk)
+        try await dev.write(offset: 0, data: pattern(512 * 16, seed: 4), flags: []).get()
+        disk.clearCommandLog()
+        try await dev.writeZeroes(offset: 512, length: 512 * 4, flags: .fua).get()
+        #expect(disk.opcodes == [.writeSame16, .write10, .synchronizeCache10], "write zeroes has no FUA bit: FUA is a flush")
+        #expect(disk.bytes(atBlock: 1, count: 4).allSatisfy { $0 == 0 })
+        disk.clearCommandLog()
+        try await dev.writeZeroes(offset: 512 * 8, length: 512 * 2, flags: []).get()
+        #expect(disk.opcodes == [.write10], "WRITE SAME is not tried again")
+        #expect(disk.bytes(atBlock: 8, count: 2).allSatisfy { $0 == 0 })
+    }
+
+    @Test func writeZeroesFUAOnCachedLUFlushes() async throws {
+        let disk = makeDisk { $0.dpoFUA = false }
+        let dev = try await open(disk)
+        disk.clearCommandLog()
+        try await dev.writeZeroes(offset: 0, length: 512, flags: .fua).get()
+        #expect(disk.opcodes == [.writeSame16, .synchronizeCache10])
+    }
+
+    @Test func trimWithUnmapSplitsAtMaximumUnmapCount() async throws {
+        let disk = makeDisk(Self.thin)
+        let dev = try await open(disk)
+        #expect(dev.info.canTrim)
+        try await dev.write(offset: 0, data: pattern(512 * 200, seed: 8), flags: []).get()
+        disk.clearCommandLog()
+        try await dev.trim(offset: 0, length: 512 * 200, flags: []).get()
+        #expect(disk.opcodes == [.unmap, .unmap, .unmap, .unmap])
+        #expect((0..<200).allSatisfy { !disk.isMapped(UInt64($0)) })
+    }
+
+    @Test func trimWithWriteSameUnmapWhenOnlyLBPWS() async throws {
+        let disk = makeDisk {
+            Self.thin(&$0)
+            $0.provisioning?.unmapSupported = false
+        }
+        let dev = try await open(disk)
+        #expect(dev.info.canTrim && !dev.strategy.useUnmap)
+        disk.clearCommandLog()
+        try await dev.trim(offset: 0, length: 512 * 8, flags: []).get()
+        #expect(disk.opcodes == [.writeSame16] && disk.commands[0][1] == 0x08)
+    }
+
+    @Test func trimRejectedAtRunTimeBecomesANoOp() async throws {
+        let disk = makeDisk {
+            Self.thin(&$0)
+            $0.supportsUnmap = false
+            $0.provisioning?.writeSame16UnmapSupported = false
+        }
+        let dev = try await open(disk)
+        disk.clearCommandLog()
+        try await dev.trim(offset: 0, length: 4096, flags: []).get()
+        try await dev.trim(offset: 0, length: 4096, flags: []).get()
+        #expect(disk.opcodes == [.unmap])
+    }
+
+    @Test func trimOnThickLUIsANoOp() async throws {
+        let disk = makeDisk()
+        let dev = try await open(disk)
+        #expect(!dev.info.canTrim)
+        disk.clearCommandLog()
+        try await dev.trim(offset: 0, length: 4096, flags: []).get()
+        #expect(disk.opcodes.isEmpty)
+    }
+}
+
+@Suite struct SCSIBlockDeviceErrorTests {
+    @Test(arguments: [false, true]) func retryOnUnitAttentionThenSuccess(descriptorSense: Bool) async throws {
+        let disk = makeDisk { $0.descriptorSense = descriptorSense }
+        let dev = try await open(disk)
+        try await dev.write(offset: 0, data: pattern(512, seed: 1), flags: []).get()
+        disk.clearCommandLog()
+        disk.inject(.checkCondition(.unitAttention, .reportedLUNsDataChanged))
+        #expect(try await dev.read(offset: 0, length: 512).get() == pattern(512, seed: 1))
+        #expect(disk.opcodes == [.read10, .read10])
+    }
+
+    @Test func retryOnBusyAndTaskSetFullThenSuccess() async throws {
+        let dev = try await open(makeDisk())
+        let disk = dev.transport as! FakeSCSIDisk
+        disk.clearCommandLog()
+        disk.inject(FakeSCSIDisk.Fault(status: .busy, count: 2))
+        disk.inject(FakeSCSIDisk.Fault(status: .taskSetFull, count: 1))
+        try await dev.write(offset: 0, data: pattern(512, seed: 1), flags: []).get()
+        #expect(disk.opcodes == [.write10, .write10, .write10, .write10])
+        #expect(disk.bytes(atBlock: 0, count: 1) == Array(pattern(512, seed: 1).readableBytesView))
+    }
+
+    @Test func retryOnAbortedCommandThenSuccess() async throws {
+        let disk = makeDisk()
+        let dev = try await open(disk)
+        disk.clearCommandLog()
+        disk.inject(.checkCondition(.abortedCommand, .protocolServiceCRCError, count: 2))
+        try await dev.flush().get()
+        #expect(disk.opcodes == [.synchronizeCache10, .synchronizeCache10, .synchronizeCache10])
+    }
+
+    @Test func retriesAreBounded() async throws {
+        let disk = makeDisk()
+        let policy = RetryPolicy(maxUnitAttentionRetries: 3, maxBusyRetries: 2, maxAbortedRetries: 1,
+            initialDelay: .milliseconds(1), maxDelay: .milliseconds(2))
+        let dev = try await open(disk, policy: policy)
+        disk.clearCommandLog()
+        disk.inject(FakeSCSIDisk.Fault(status: .busy, count: 100))
+        await expectErrno(.eio, dev.read(offset: 0, length: 512))
+        #expect(disk.opcodes.count == 3)
+        disk.clearFaults()
+        disk.clearCommandLog()
+        disk.inject(.checkCondition(.unitAttention, .powerOnResetOccurred, count: 100, opcodes: [0x28]))
+        await expectErrno(.eio, dev.read(offset: 0, length: 512))
+        #expect(disk.opcodes.filter { $0 == .read10 }.count == 4)
+    }
+
+    @Test func writeProtectedGivesEPERM() async throws {
+        let disk = makeDisk { $0.writeProtected = true }
+        let dev = try await open(disk)
+        #expect(dev.info.readOnly)
+        await expectErrno(.eperm, dev.write(offset: 0, data: pattern(512, seed: 0), flags: []))
+        await expectErrno(.eperm, dev.writeZeroes(offset: 0, length: 512, flags: []))
+        #expect(try await dev.read(offset: 0, length: 512).get().readableBytes == 512)
+    }
+
+    @Test func errorsSurfaceWithTheRightErrno() async throws {
+        let disk = makeDisk()
+        let dev = try await open(disk)
+        // Out of range: ENOSPC for writes, EINVAL for reads (nbd-proto.md "Error values").
+        await expectErrno(.enospc, dev.write(offset: 2048 * 512, data: pattern(512, seed: 0), flags: []))
+        await expectErrno(.einval, dev.read(offset: 2048 * 512, length: 512))
+        disk.inject(.checkCondition(.mediumError, .unrecoveredReadError))
+        await expectErrno(.eio, dev.read(offset: 0, length: 512))
+        disk.inject(.checkCondition(.dataProtect, .spaceAllocationFailedWriteProtect))
+        await expectErrno(.enospc, dev.write(offset: 0, data: pattern(512, seed: 0), flags: []))
+        disk.inject(FakeSCSIDisk.Fault(status: .reservationConflict))
+        await expectErrno(.eio, dev.write(offset: 0, data: pattern(512, seed: 0), flags: []))
+        disk.inject(.checkCondition(.hardwareError, .internalTargetFailure))
+        await expectErrno(.eio, dev.flush())
+        disk.failTransport(count: 1)
+        await expectErrno(.eio, dev.read(offset: 0, length: 512))
+        // CHECK CONDITION with garbage sense.
+        disk.inject(FakeSCSIDisk.Fault(status: .checkCondition, sense: nil))
+        await expectErrno(.eio, dev.read(offset: 0, length: 512))
+    }
+
+    @Test func shortReadIsAnError() async throws {
+        final class ShortReads: SCSITransport, @unchecked Sendable {
+            // SAFETY: immutable after init.
+            let inner: FakeSCSIDisk
+            init(_ inner: FakeSCSIDisk) { self.inner = inner }
+            var eventLoop: any EventLoop { inner.eventLoop }
+            func execute(_ command: SCSICommand, lun: LogicalUnitNumber) -> EventLoopFuture<SCSICommandResult> {
+                inner.execute(command, lun: lun).map { r in
+                    var r = r
+                    if command.cdb.opcode == 0x28, var d = r.dataIn {
+                        d.moveWriterIndex(to: d.writerIndex - 1)
+                        r.dataIn = d
+                    }
+                    return r
+                }
+            }
+        }
+        let t = ShortReads(makeDisk())
+        let dev = try await SCSIBlockDevice.open(transport: t, lun: LogicalUnitNumber(0), logger: Logger(label: "t")).get()
+        await expectErrno(.eio, dev.read(offset: 0, length: 512))
+    }
+}
+
+@Suite struct SCSIBlockDeviceRefreshTests {
+    @Test func capacityChangedUnitAttentionTriggersRefresh() async throws {
+        let disk = makeDisk()
+        let dev = try await open(disk)
+        let seen = NIOLockedValueBox<[UInt64]>([])
+        dev.onInfoChange { info in seen.withLockedValue { $0.append(info.size) } }
+        var c = disk.configuration
+        c.blockCount = 4096
+        disk.configuration = c
+        disk.inject(.checkCondition(.unitAttention, .capacityDataChanged, count: 1, opcodes: [0x28]))
+        _ = try await dev.read(offset: 0, length: 512).get()
+        for _ in 0..<200 where dev.info.size != 4096 * 512 {
+            try await Task.sleep(nanoseconds: 5_000_000)
+        }
+        #expect(dev.info.size == 4096 * 512)
+        #expect(dev.lunIdentity.blockCount == 4096)
+        #expect(seen.withLockedValue { $0 } == [4096 * 512])
+    }
+
+    @Test func explicitRefreshPicksUpWriteProtect() async throws {
+        let disk = makeDisk()
+        let dev = try await open(disk)
+        #expect(!dev.info.readOnly)
+        var c = disk.configuration
+        c.writeProtected = true
+        disk.configuration = c
+        let info = try await dev.refresh().get()
+        #expect(info.readOnly && dev.info.readOnly)
+    }
+
+    @Test func blockLengthChangeIsRefused() async throws {
+        let disk = makeDisk()
+        let dev = try await open(disk)
+        var c = disk.configuration
+        c.blockSize = 4096
+        disk.configuration = c
+        await #expect(throws: SCSIProbeError.self) { try await dev.refresh().get() }
+        #expect(dev.info.logicalBlockSize == 512)
+    }
+
+    @Test func unrelatedUnitAttentionDoesNotRefresh() async throws {
+        let disk = makeDisk()
+        let dev = try await open(disk)
+        disk.clearCommandLog()
+        disk.inject(.checkCondition(.unitAttention, .reservationsPreempted, count: 1))
+        try await dev.flush().get()
+        try await Task.sleep(nanoseconds: 20_000_000)
+        #expect(disk.opcodes == [.synchronizeCache10, .synchronizeCache10])
+    }
+}

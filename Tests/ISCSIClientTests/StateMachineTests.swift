@@ -1,0 +1,155 @@
+@testable import ISCSIClient
+import ISCSIProtocol
+import Testing
+
+/// RFC 7143 §4.2.2.1 command numbering, no IO.
+struct CommandWindowTests {
+    @Test func assignsAndClosesAtMaxCmdSN() {
+        var w = CommandWindow(cmdSN: SerialNumber(10), expCmdSN: SerialNumber(10), maxCmdSN: SerialNumber(12), expStatSN: SerialNumber(0))
+        #expect(w.available == 3)
+        #expect(w.assignCmdSN() == SerialNumber(10))
+        #expect(w.assignCmdSN() == SerialNumber(11))
+        #expect(w.assignCmdSN() == SerialNumber(12))
+        #expect(!w.isOpen)
+        #expect(w.available == 0)
+        #expect(w.immediateCmdSN == SerialNumber(13))  // immediate PDUs do not advance CmdSN
+        let r1 = w.update(expCmdSN: SerialNumber(13), maxCmdSN: SerialNumber(14))
+        #expect(r1)
+        #expect(w.isOpen)
+        #expect(w.available == 2)
+    }
+
+    @Test func windowAcrossWraparound() {
+        var w = CommandWindow(cmdSN: SerialNumber(0xFFFF_FFFE), expCmdSN: SerialNumber(0xFFFF_FFFE), maxCmdSN: SerialNumber(1), expStatSN: SerialNumber(0xFFFF_FFFF))
+        #expect(w.available == 4)
+        for expected: UInt32 in [0xFFFF_FFFE, 0xFFFF_FFFF, 0, 1] { #expect(w.assignCmdSN().rawValue == expected) }
+        #expect(!w.isOpen)
+        w.update(expCmdSN: SerialNumber(2), maxCmdSN: SerialNumber(5))
+        #expect(w.available == 4)
+        let r2 = w.receiveStatSN(SerialNumber(0xFFFF_FFFF))
+        #expect(r2)
+        #expect(w.expStatSN == SerialNumber(0))
+    }
+
+    @Test func staleOrInvalidUpdatesAreIgnored() {
+        var w = CommandWindow(cmdSN: SerialNumber(20), expCmdSN: SerialNumber(20), maxCmdSN: SerialNumber(30), expStatSN: SerialNumber(0))
+        // Older values (reordered PDU) never shrink the window.
+        let r3 = w.update(expCmdSN: SerialNumber(15), maxCmdSN: SerialNumber(25))
+        #expect(!r3)
+        #expect(w.maxCmdSN == SerialNumber(30))
+        // MaxCmdSN < ExpCmdSN - 1: both ignored (RFC 7143 §4.2.2.1).
+        let r4 = w.update(expCmdSN: SerialNumber(40), maxCmdSN: SerialNumber(35))
+        #expect(!r4)
+        #expect(w.expCmdSN == SerialNumber(20))
+        #expect(w.maxCmdSN == SerialNumber(30))
+        // MaxCmdSN = ExpCmdSN - 1 is a valid closed window.
+        let r5 = w.update(expCmdSN: SerialNumber(31), maxCmdSN: SerialNumber(30))
+        #expect(!r5)
+        #expect(w.expCmdSN == SerialNumber(31))
+    }
+
+    @Test func statSNGapsAndDuplicates() {
+        var w = CommandWindow(cmdSN: SerialNumber(1), expCmdSN: SerialNumber(1), maxCmdSN: SerialNumber(1), expStatSN: SerialNumber(5))
+        let r6 = w.receiveStatSN(SerialNumber(4))
+        #expect(!r6)  // duplicate
+        #expect(w.expStatSN == SerialNumber(5))
+        let r7 = w.receiveStatSN(SerialNumber(8))
+        #expect(!r7)  // gap
+        #expect(w.expStatSN == SerialNumber(9))
+        let r8 = w.receiveStatSN(SerialNumber(9))
+        #expect(r8)
+    }
+}
+
+/// RFC 7143 §13.10, §13.11, §13.14 and §11.7: how write data is cut, no IO.
+struct DataOutPlannerTests {
+    func params(immediate: Bool, initialR2T: Bool, first: Int = 65536, mrdsl: Int = 8192) -> SessionParameters {
+        SessionParameters(
+            targetMaxRecvDataSegmentLength: mrdsl, maxBurstLength: 262_144, firstBurstLength: first,
+            initialR2T: initialR2T, immediateData: immediate
+        )
+    }
+
+    @Test(arguments: [
+        // (immediateData, initialR2T, total, expected immediate, expected unsolicited)
+        (true, false, 1 << 20, 8192, 65536),
+        (true, true, 1 << 20, 8192, 8192),
+        (false, false, 1 << 20, 0, 65536),
+        (false, true, 1 << 20, 0, 0),
+        (true, false, 4096, 4096, 4096),
+        (true, false, 20000, 8192, 20000),
+        (true, false, 0, 0, 0),
+    ])
+    func unsolicitedAmounts(row: (Bool, Bool, Int, Int, Int)) {
+        let p = params(immediate: row.0, initialR2T: row.1)
+        #expect(DataOutPlanner.immediateLength(total: row.2, parameters: p) == row.3)
+        #expect(DataOutPlanner.unsolicitedLength(total: row.2, parameters: p) == row.4)
+    }
+
+    @Test func immediateBoundedByFirstBurst() {
+        let p = params(immediate: true, initialR2T: true, first: 4096, mrdsl: 262_144)
+        #expect(DataOutPlanner.immediateLength(total: 1 << 20, parameters: p) == 4096)
+    }
+
+    @Test(arguments: [(0, 262_144, 8192), (65536, 100_000, 8192), (512, 512, 8192), (0, 8193, 8192), (0, 1, 1)])
+    func segmentsTileTheRange(offset: Int, length: Int, maxSegment: Int) {
+        let segments = Array(DataOutPlanner.segments(offset: offset, length: length, maxSegment: maxSegment, targetTransferTag: 7))
+        var next = offset
+        for (i, s) in segments.enumerated() {
+            #expect(s.bufferOffset == next)
+            #expect(s.length > 0 && s.length <= maxSegment)
+            #expect(s.dataSN == UInt32(i))
+            #expect(s.final == (i == segments.count - 1))
+            #expect(s.targetTransferTag == 7)
+            next += s.length
+        }
+        #expect(next == offset + length)
+        #expect(segments.count == (length + maxSegment - 1) / maxSegment)
+    }
+}
+
+struct TaskTableTests {
+    @Test func tagsAreUniqueAndStaleTagsMiss() {
+        var table = TaskTable<Int>(capacity: 4)
+        let a = table.insert { _ in 1 }!
+        let b = table.insert { _ in 2 }!
+        #expect(a != b)
+        #expect(table.count == 2)
+        let slotA = table.slot(for: a)!
+        #expect(table.remove(slot: slotA) == 1)
+        #expect(table.slot(for: a) == nil)  // finished task
+        let c = table.insert { _ in 3 }!
+        #expect(c != a)  // same slot, new generation
+        #expect(table.slot(for: a) == nil)
+        #expect(table[slot: table.slot(for: c)!] == 3)
+        #expect(table.slot(for: 0xFFFF_FFFF) == nil)
+    }
+
+    @Test func fullAndNeverReservedTag() {
+        var table = TaskTable<Int>(capacity: 2)
+        var tags = Set<UInt32>()
+        for round in 0..<70_000 {
+            let t = table.insert { _ in round }!
+            #expect(t != 0xFFFF_FFFF)
+            #expect(t & 0xFFFF < 2)
+            tags.insert(t)
+            if round % 2 == 1 {
+                for tag in tags { if let s = table.slot(for: tag) { _ = table.remove(slot: s) } }
+                tags.removeAll()
+            }
+        }
+        while !table.isFull { _ = table.insert { _ in 0 } }
+        #expect(table.insert { _ in 0 } == nil)
+        let removed = table.removeAll()
+        #expect(removed.count == 2)
+        #expect(table.isEmpty)
+    }
+
+    @Test func modifyInPlace() {
+        var table = TaskTable<[Int]>(capacity: 1)
+        let t = table.insert { _ in [Int]() }!
+        let slot = table.slot(for: t)!
+        table.modify(slot: slot) { $0.append(5) }
+        #expect(table[slot: slot] == [5])
+    }
+}

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Sets up and runs the whole test suite:
+#   1. installs the Debian packages (scripts/install-deps.sh --vm),
+#   2. builds, runs the unit tests and the integration tests (each suite starts its own tgtd / isnsd on
+#      loopback and drives real clients: libnbd, nbdinfo, nbdcopy, fio),
+#   3. runs the kernel tests (/dev/nbdN over netlink) in a QEMU VM booting Debian's kernel,
+#   4. runs a short benchmark smoke so the benchmark script cannot rot.
+# Under CI=true a missing peer is a failure, never a skip. Options: --no-vm, --no-bench.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+vm=1 bench=1
+for a in "$@"; do
+    case "$a" in
+        --no-vm) vm=0 ;;
+        --no-bench) bench=0 ;;
+        *) echo "usage: $0 [--no-vm] [--no-bench]" >&2; exit 2 ;;
+    esac
+done
+
+start=$SECONDS
+section() { printf '\n== %s (%ds)\n' "$1" $((SECONDS - start)); }
+
+section "dependencies"
+scripts/install-deps.sh --vm
+
+section "build"
+swift build --build-tests
+
+section "unit and integration tests"
+swift test --skip-build 2>&1 | tee /tmp/iscsi-nbd-swift-test.log
+
+if ((vm)) && [[ -x scripts/vm/test-kernel.sh ]]; then
+    section "kernel tests in a VM"
+    scripts/vm/test-kernel.sh
+fi
+
+if ((bench)) && [[ -x scripts/bench.sh ]]; then
+    section "benchmark smoke"
+    scripts/bench.sh --smoke
+fi
+
+section "done"
