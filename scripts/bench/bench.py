@@ -390,13 +390,7 @@ class ISCSINBD(Server):
     extra: list[str] = field(default_factory=list)
 
     def command(self, url: str, endpoint: str | int) -> list[str]:
-        if isinstance(endpoint, str):
-            where = ["--socket", endpoint]
-        else:
-            # `serve` always wants a socket; the TCP listener is added next to it.
-            sock = f"/tmp/iscsi-nbd-bench-{os.getpid()}-{self.name}-tcp.sock"
-            self.sock = sock
-            where = ["--socket", sock, "--listen", f"127.0.0.1:{endpoint}"]
+        where = ["--socket", endpoint] if isinstance(endpoint, str) else ["--listen", f"127.0.0.1:{endpoint}"]
         return [self.binary, "serve", url, *where, *self.extra]
 
 
