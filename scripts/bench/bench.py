@@ -844,6 +844,9 @@ def main(argv: list[str]) -> int:
             results["problems"].append(f"iscsi-nbd side skipped: {problem}")
             log("WARNING: iscsi-nbd side skipped: " + problem)
             status = 2
+    if iscsi_nbd_bin and "/debug/" in iscsi_nbd_bin:
+        results["notes"].append(f"{iscsi_nbd_bin} looks like a debug build: its speed, CPU and RSS are not "
+                                "representative of the release build")
     results["versions"] = versions(iscsi_nbd_bin)
     results["iscsi_nbd_binary"] = iscsi_nbd_bin
 
