@@ -723,9 +723,11 @@ def versions(iscsi_nbd: str | None) -> dict:
         "qemu-block-extra": dpkg_version("qemu-block-extra"),
     }
     if iscsi_nbd:
-        v["iscsi-nbd"] = first_line([iscsi_nbd, "--version"])
+        version = first_line([iscsi_nbd, "--version"])
+        if version != "unknown":
+            v["iscsi-nbd"] = version
     git = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True, text=True)
-    v["iscsi-nbd source"] = git.stdout.strip() if git.returncode == 0 else "unknown"
+    v["checkout running the harness (git describe)"] = git.stdout.strip() if git.returncode == 0 else "unknown"
     return v
 
 
