@@ -19,6 +19,7 @@ packages=(
     open-iscsi            # iscsiadm: node records are checked against it; the kernel initiator in VM benchmarks
     pkg-config
     e2fsprogs
+    python3-matplotlib    # the benchmark's chart
 )
 if [[ "${1:-}" == "--vm" ]]; then
     packages+=(qemu-system-x86 busybox-static kmod cpio)
