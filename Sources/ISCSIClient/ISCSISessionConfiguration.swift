@@ -27,6 +27,14 @@ public struct ISCSISessionConfiguration: Sendable {
     public var noopOutTimeout: TimeAmount
     /// Login redirects followed at most (RFC 7143 §11.13.5, Status-Class 1).
     public var maxRedirects: Int
+    /// Reconnect and re-issue unanswered commands when the connection is lost (session recovery,
+    /// RFC 7143 §7.1.4.4). Off: a lost connection fails everything outstanding and ends the session.
+    public var recoveryEnabled: Bool
+    /// How long commands wait for a recovering session before they fail (open-iscsi
+    /// node.session.timeo.replacement_timeout, default 120 s). Reconnecting goes on afterwards.
+    public var replacementTimeout: TimeAmount
+    /// Longest pause between reconnect attempts.
+    public var maxReconnectDelay: TimeAmount
 
     public init(
         host: String,
@@ -43,7 +51,10 @@ public struct ISCSISessionConfiguration: Sendable {
         logoutTimeout: TimeAmount = .seconds(15),
         noopOutInterval: TimeAmount? = .seconds(5),
         noopOutTimeout: TimeAmount = .seconds(5),
-        maxRedirects: Int = 5
+        maxRedirects: Int = 5,
+        recoveryEnabled: Bool = true,
+        replacementTimeout: TimeAmount = .seconds(120),
+        maxReconnectDelay: TimeAmount = .seconds(4)
     ) {
         self.host = host
         self.port = port
@@ -60,6 +71,9 @@ public struct ISCSISessionConfiguration: Sendable {
         self.noopOutInterval = noopOutInterval
         self.noopOutTimeout = noopOutTimeout
         self.maxRedirects = maxRedirects
+        self.recoveryEnabled = recoveryEnabled
+        self.replacementTimeout = replacementTimeout
+        self.maxReconnectDelay = maxReconnectDelay
     }
 
     /// RFC 7143 §11.12.5 "Random" format: T = 10b, A reserved, B and C a random 24-bit value, D a

@@ -51,6 +51,11 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .long, help: "Event loop threads.")
     var threads: Int = 1
 
+    @Option(name: .long, help: ArgumentHelp(
+        "Seconds NBD requests wait for a lost iSCSI session to come back before they fail with EIO (open-iscsi node.session.timeo.replacement_timeout).",
+        valueName: "SECONDS"))
+    var replacementTimeout: Int = 120
+
     @OptionGroup var logging: LoggingOptions
 
     func validate() throws {
@@ -60,6 +65,7 @@ struct Serve: AsyncParsableCommand {
         for l in listen { _ = try ListenAddress.parseTCP(l) }
         guard (1...4096).contains(queueDepth) else { throw ValidationError("--queue-depth must be 1 to 4096") }
         guard (1...64).contains(threads) else { throw ValidationError("--threads must be 1 to 64") }
+        guard (1...86400).contains(replacementTimeout) else { throw ValidationError("--replacement-timeout must be 1 to 86400 seconds") }
     }
 
     func run() async throws {
@@ -86,7 +92,7 @@ struct Serve: AsyncParsableCommand {
             sockets: socket, tcp: try listen.map(ListenAddress.parseTCP),
             exportName: exportName ?? "\(parsed.targetName)/lun-\(parsed.lun)",
             readOnly: readOnly, initiatorName: initiatorName, queueDepth: queueDepth, threads: threads,
-            logger: logger
+            replacementTimeout: replacementTimeout, logger: logger
         ).run()
     }
 }

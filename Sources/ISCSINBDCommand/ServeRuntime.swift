@@ -20,6 +20,8 @@ struct ServeRuntime {
     var initiatorName: String?
     var queueDepth: Int
     var threads: Int
+    /// Seconds requests wait for a recovering session (node.session.timeo.replacement_timeout).
+    var replacementTimeout: Int = 120
     var logger: Logger
 
     func run() async throws {
@@ -46,6 +48,7 @@ struct ServeRuntime {
             initiatorName: try initiatorName ?? InitiatorIdentity.defaultName(),
             queueDepth: queueDepth)
         configuration.chap = chap.map(\.credentials)
+        configuration.replacementTimeout = .seconds(Int64(replacementTimeout))
 
         let session: ISCSISession
         do {
@@ -60,6 +63,15 @@ struct ServeRuntime {
             let scsi = try await SCSIBlockDevice.open(
                 transport: session, lun: LogicalUnitNumber(url.lun), logger: logger).get()
             device = readOnly ? ReadOnlyBlockDevice(scsi, eventLoop: loop) : scsi
+            // After every reconnect, before queued I/O goes out: the same LUN (VPD 83h/80h, geometry) or stop.
+            session.setReloginCheck { transport in
+                scsi.verifyAfterRelogin(over: transport).map { _ in }.flatMapErrorThrowing { error in
+                    if let mismatch = error as? LUNIdentityMismatch {
+                        throw ISCSISessionError.identityMismatch(mismatch.description)
+                    }
+                    throw error
+                }
+            }
         } catch {
             try? await session.logout().get()
             throw CommandFailure("LUN \(url.lun) of \(url.targetName): \(error)")
@@ -82,8 +94,9 @@ struct ServeRuntime {
             "listen": "\(server.boundAddresses.map(\.description).joined(separator: ", "))",
         ])
 
-        // Serve until a signal or until the session dies under us.
-        session.closeFuture.whenComplete { _ in reasons.stop("the iSCSI connection closed") }
+        // Serve until a signal or until the session ends for good (a lost connection is recovered
+        // underneath; only a fail-stop such as a LUN identity change ends it).
+        session.closeFuture.whenComplete { _ in reasons.stop("the iSCSI session ended") }
         let stopReason = await reasons.first()
         logger.notice("stopping: \(stopReason); draining requests in flight")
         await server.shutdown()

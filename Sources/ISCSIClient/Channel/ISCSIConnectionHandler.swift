@@ -13,6 +13,10 @@ enum LoginOutcome: Sendable {
 struct SCSITask {
     var lun: UInt64
     var promise: EventLoopPromise<SCSICommandResult>
+    /// The command as submitted, kept for re-issue on a new connection after session recovery.
+    var original: PendingCommand
+    /// Submission order, so re-issued commands keep their original order.
+    var sequence: UInt64
     /// The write payload (slices of it go out as Data-Out; never copied).
     var dataOut: ByteBuffer?
     var expectedDataIn: Int
@@ -30,6 +34,11 @@ struct PendingCommand {
     var lun: LogicalUnitNumber
     var promise: EventLoopPromise<SCSICommandResult>
 }
+
+/// Called when a connection that has a session above it is lost: the commands the target has not
+/// answered (in submission order, queued ones last) go back to the session for re-issue, with the
+/// reason and the Time2Wait a target's Async Message asked for, if any.
+typealias ConnectionLostSink = (ISCSISessionError, [PendingCommand], TimeAmount?) -> Void
 
 /// The connection's protocol engine: login, then the full feature phase (RFC 7143 §4.2.2, §11).
 /// Lives on the channel's event loop; every method must be called there.
@@ -81,6 +90,14 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
     private var lastReceive = NIODeadline.now()
     private var pingSentAt: NIODeadline?
     private var pingTimer: Scheduled<Void>?
+    /// Set by the session once the connection is in use: a lost connection hands its unanswered
+    /// commands back instead of failing them (RFC 7143 §7.1.4.4 session recovery).
+    var connectionLostSink: ConnectionLostSink?
+    /// Commands submitted while a target-requested logout is in progress: they wait for the new connection.
+    private var held: [PendingCommand] = []
+    /// Time2Wait from an Async Message announcing a drop (RFC 7143 §11.9.1, Parameter2).
+    private var time2WaitHint: TimeAmount?
+    private var nextSequence: UInt64 = 0
 
     init(configuration: ISCSISessionConfiguration, logger: Logger) {
         self.configuration = configuration
@@ -289,6 +306,11 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
 
     /// Queues a command; it goes out when the CmdSN window and the queue depth allow.
     func submit(_ command: SCSICommand, lun: LogicalUnitNumber, promise: EventLoopPromise<SCSICommandResult>) {
+        if connectionLostSink != nil, closeError == .targetRequestedLogout, !isClosed {
+            // The target asked for a logout; the session reconnects and sends these on the new connection.
+            held.append(PendingCommand(command: command, lun: lun, promise: promise))
+            return
+        }
         guard case .fullFeature = state, logoutPromise == nil else {
             promise.fail(closeError ?? ISCSISessionError.sessionClosed)
             return
@@ -318,9 +340,12 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
         let lun = pendingCommand.lun.encoded
         let writeLength = command.dataOut?.readableBytes ?? 0
         let expectedIn = Int(command.expectedDataInLength)
+        let sequence = nextSequence
+        nextSequence &+= 1
         guard
             let itt = tasks.insert({ _ in
-                SCSITask(lun: lun, promise: pendingCommand.promise, dataOut: command.dataOut, expectedDataIn: expectedIn)
+                SCSITask(lun: lun, promise: pendingCommand.promise, original: pendingCommand, sequence: sequence,
+                         dataOut: command.dataOut, expectedDataIn: expectedIn)
             })
         else {
             preconditionFailure("drainPending checked for a free slot")
@@ -553,7 +578,11 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
                 beginLogout(promise: context.eventLoop.makePromise(of: Void.self))
             }
         case .connectionWillDrop, .sessionWillDrop:
-            logger.warning("target will drop the connection", metadata: ["iscsi.event": "\(message.event.rawValue)"])
+            // RFC 7143 §11.9.1: Parameter2 is Time2Wait, the seconds to wait before reconnecting.
+            logger.warning("target will drop the connection", metadata: [
+                "iscsi.event": "\(message.event.rawValue)", "iscsi.time2wait": "\(message.parameter2)",
+            ])
+            time2WaitHint = .seconds(Int64(min(message.parameter2, 3600)))
             closeError = .connectionClosed
         default:
             logger.info("async message", metadata: ["iscsi.event": "\(message.event.rawValue)"])
@@ -720,8 +749,8 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
         if !wasClosed { context?.close(promise: nil) }
     }
 
-    /// Fails every outstanding task, queued command, login and logout.
-    /// (Recovery would re-issue these on a new connection instead.)
+    /// Fails every outstanding task, queued command, login and logout; with a session above
+    /// (`connectionLostSink`), the commands go back to it for re-issue instead.
     private func connectionLost(_ error: ISCSISessionError) {
         let previous = state
         state = .closed
@@ -732,17 +761,34 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
         let failed = tasks.removeAll()
         let queued = pending
         pending.removeAll()
+        let heldCommands = held
+        held.removeAll()
         let logout = logoutPromise
         logoutPromise = nil
         let text = textExchange
         textExchange = nil
         text?.promise.fail(error)
+        if let sink = connectionLostSink {
+            connectionLostSink = nil
+            var reissue = failed.sorted { $0.sequence < $1.sequence }.map(\.original)
+            reissue.append(contentsOf: queued)
+            reissue.append(contentsOf: heldCommands)
+            // A target-requested logout that completed is not a failure of the logout itself.
+            if error == .targetRequestedLogout { logout?.succeed(()) } else { logout?.fail(error) }
+            sink(error, reissue, time2WaitHint)
+            return
+        }
         for task in failed { task.promise.fail(error) }
         for command in queued { command.promise.fail(error) }
+        for command in heldCommands { command.promise.fail(error) }
         logout?.fail(error)
     }
 
     var closeFailure: ISCSISessionError? { closeError }
+    var isInFullFeaturePhase: Bool {
+        if case .fullFeature = state { return logoutPromise == nil }
+        return false
+    }
     var testConfiguration: ISCSISessionConfiguration { configuration }
 }
 

@@ -1,0 +1,121 @@
+@testable import ISCSIClient
+import ISCSIProtocol
+import NIOCore
+import NIOEmbedded
+import SCSI
+import Testing
+
+/// The connection handler's part of recovery: on loss, unanswered commands go back to the session
+/// (in order, with their payload) instead of failing; answered ones are not re-issued.
+struct RecoveryHandlerTests {
+    final class Sink {
+        var calls: [(ISCSISessionError, [PendingCommand], TimeAmount?)] = []
+        /// Handed-back promises must be completed (NIO checks for leaked promises).
+        deinit { for call in calls { for command in call.1 { command.promise.fail(ISCSISessionError.sessionClosed) } } }
+    }
+
+    func install(_ h: FakeTargetHarness) -> Sink {
+        let sink = Sink()
+        h.handler.connectionLostSink = { error, commands, hint in sink.calls.append((error, commands, hint)) }
+        return sink
+    }
+
+    @Test func unansweredCommandsGoBackInOrderAnsweredOnesDoNot() throws {
+        let h = try FakeTargetHarness()
+        _ = try h.login()
+        let sink = install(h)
+        let payload = ByteBuffer(repeating: 0xAB, count: 4096)
+        let f1 = h.submit(SCSICommand(cdb: readCDB(blocks: 1), expectedDataInLength: 512))
+        let f2 = h.submit(SCSICommand(cdb: writeCDB(blocks: 8), dataOut: payload))
+        let f3 = h.submit(SCSICommand(cdb: readCDB(blocks: 2), expectedDataInLength: 1024))
+        let sent = try h.sent().filter { $0.header.opcode == .scsiCommand }.map { try ISCSIPDU.SCSICommand($0) }
+        #expect(sent.count == 3)
+        // The target answers the second only, then the connection drops.
+        try h.deliver(h.response(itt: sent[1].initiatorTaskTag))
+        #expect(try outcome(f2)?.get().status == .good)
+        h.channel.pipeline.fireChannelInactive()
+        #expect(outcome(f1) == nil && outcome(f3) == nil, "nothing failed: the session re-issues")
+        #expect(sink.calls.count == 1)
+        let (error, commands, hint) = try #require(sink.calls.first)
+        #expect(error == .connectionClosed)
+        #expect(hint == nil)
+        #expect(commands.map { $0.command.cdb.opcode } == [0x88, 0x88])
+        #expect(commands.map { $0.command.expectedDataInLength } == [512, 1024])
+        // Completing the handed-back promises completes the callers' futures.
+        commands[0].promise.succeed(SCSICommandResult(status: .good))
+        commands[1].promise.fail(ISCSISessionError.replacementTimeout(seconds: 1))
+        sink.calls.removeAll()
+        #expect(try outcome(f1)?.get().status == .good)
+        #expect(outcome(f3).map { if case .failure = $0 { true } else { false } } == true)
+    }
+
+    @Test func writesKeepTheirPayloadForReissue() throws {
+        let h = try FakeTargetHarness()
+        _ = try h.login()
+        let sink = install(h)
+        let payload = ByteBuffer(bytes: (0..<65536).map { UInt8(truncatingIfNeeded: $0 &* 13) })
+        _ = h.submit(SCSICommand(cdb: writeCDB(blocks: 128), dataOut: payload))
+        _ = try h.sent()
+        h.channel.pipeline.fireChannelInactive()
+        let commands = try #require(sink.calls.first).1
+        #expect(commands.count == 1)
+        #expect(commands[0].command.dataOut == payload)
+    }
+
+    @Test func queuedCommandsBeyondTheWindowFollowTheSentOnes() throws {
+        let h = try FakeTargetHarness(window: 2)
+        _ = try h.login()
+        let sink = install(h)
+        for blocks in 1...4 { _ = h.submit(SCSICommand(cdb: readCDB(blocks: UInt32(blocks)), expectedDataInLength: UInt32(blocks) * 512)) }
+        #expect(try h.sent().count == 2)
+        h.channel.pipeline.fireChannelInactive()
+        let commands = try #require(sink.calls.first).1
+        #expect(commands.map { $0.command.expectedDataInLength } == [512, 1024, 1536, 2048])
+    }
+
+    @Test func asyncDropAnnouncementPassesTime2Wait() throws {
+        let h = try FakeTargetHarness()
+        _ = try h.login()
+        let sink = install(h)
+        var message = ISCSIPDU.AsyncMessage()
+        message.event = .connectionWillDrop
+        message.parameter2 = 7
+        h.stamp(&message) { m, stat, exp, max in m.statSN = stat; m.expCmdSN = exp; m.maxCmdSN = max }
+        try h.deliver(.asyncMessage(message))
+        h.channel.pipeline.fireChannelInactive()
+        #expect(try #require(sink.calls.first).2 == .seconds(7))
+    }
+
+    @Test func targetRequestedLogoutHoldsNewCommandsForTheNextConnection() throws {
+        let h = try FakeTargetHarness()
+        _ = try h.login()
+        let sink = install(h)
+        var message = ISCSIPDU.AsyncMessage()
+        message.event = .logoutRequested
+        message.parameter3 = 5
+        h.stamp(&message) { m, stat, exp, max in m.statSN = stat; m.expCmdSN = exp; m.maxCmdSN = max }
+        try h.deliver(.asyncMessage(message))
+        let logout = try #require(try h.sent().first)
+        #expect(logout.header.opcode == .logoutRequest)
+        let held = h.submit(SCSICommand(cdb: readCDB(blocks: 1), expectedDataInLength: 512))
+        #expect(try h.sent().isEmpty, "nothing goes out on a connection that is logging out")
+        var response = ISCSIPDU.LogoutResponse()
+        response.initiatorTaskTag = logout.header.initiatorTaskTag
+        h.stamp(&response) { m, stat, exp, max in m.statSN = stat; m.expCmdSN = exp; m.maxCmdSN = max }
+        try h.deliver(.logoutResponse(response))
+        h.channel.pipeline.fireChannelInactive()
+        #expect(outcome(held) == nil)
+        let call = try #require(sink.calls.first)
+        #expect(call.0 == .targetRequestedLogout)
+        #expect(call.1.count == 1)
+    }
+
+    @Test func withoutASessionCommandsFailAsBefore() throws {
+        let h = try FakeTargetHarness()
+        _ = try h.login()
+        let f = h.submit(SCSICommand(cdb: readCDB(blocks: 1), expectedDataInLength: 512))
+        _ = try h.sent()
+        h.channel.pipeline.fireChannelInactive()
+        #expect(outcome(f).map { if case .failure = $0 { true } else { false } } == true)
+    }
+}
