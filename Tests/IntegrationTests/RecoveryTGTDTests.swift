@@ -3,8 +3,8 @@ import ISCSITestSupport
 import Testing
 
 /// Session recovery against a real tgtd that is killed with SIGKILL and started again under a running
-/// `iscsi-nbd serve`, while NBD clients (fio verify, nbdsh) keep working through the socket.
-@Suite(.serialized, .enabled(if: peersAvailable("tgtd", "tgtadm", "nbdinfo", "nbdsh", "fio")))
+/// `iscsi-nbd serve`, while NBD clients (fio verify, libnbd from Python) keep working through the socket.
+@Suite(.serialized, .enabled(if: peersAvailable("tgtd", "tgtadm", "nbdinfo", "fio")))
 struct RecoveryTGTDTests {
     static let iqn = "iqn.2026-11.org.iscsi-nbd.test:recovery"
 
@@ -22,6 +22,13 @@ struct RecoveryTGTDTests {
 
     func uri(_ sock: String) -> String { "nbd+unix:///?socket=\(sock)" }
 
+    /// Runs Python `code` with `h` connected to the socket (libnbd's Python binding, the system python).
+    @discardableResult
+    func nbd(_ sock: String, _ code: String, allowFailure: Bool = false) throws -> (status: Int32, stdout: String, stderr: String) {
+        let script = "import nbd, sys\nh = nbd.NBD()\nh.connect_unix(sys.argv[1])\n" + code + "\n"
+        return try run("/usr/bin/python3", ["-c", script, sock], allowFailure: allowFailure)
+    }
+
     func occurrences(_ needle: String, in text: String) -> Int { text.components(separatedBy: needle).count - 1 }
 
     /// fio random writes with crc32c verify at a bounded rate; tgtd is killed -9 and restarted three times
@@ -37,7 +44,7 @@ struct RecoveryTGTDTests {
         fio.executableURL = URL(fileURLWithPath: findExecutable("fio") ?? "fio")
         fio.arguments = [
             "--name=verify", "--ioengine=nbd", "--uri=\(uri(sock))", "--rw=randwrite", "--bs=4k", "--iodepth=16",
-            "--size=24m", "--rate_iops=1500", "--verify=crc32c", "--do_verify=1", "--verify_fatal=1",
+            "--size=32m", "--rate_iops=1000", "--verify=crc32c", "--do_verify=1", "--verify_fatal=1",
             "--output-format=json",
         ]
         let out = Pipe()
@@ -45,6 +52,7 @@ struct RecoveryTGTDTests {
         let errPath = server.directory.appendingPathComponent("fio.err").path
         FileManager.default.createFile(atPath: errPath, contents: nil)
         fio.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: errPath))
+        let started = Date()
         try fio.run()
         let reader = LockedBox<Data>(Data())
         let thread = Thread { reader.set(out.fileHandleForReading.readDataToEndOfFile()) }
@@ -70,10 +78,13 @@ struct RecoveryTGTDTests {
         let obj = try? JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any]
         let job = (obj?["jobs"] as? [[String: Any]])?.first
         #expect(job?["error"] as? Int == 0)
-        #expect((job?["write"] as? [String: Any])?["io_bytes"] as? Int == 24 << 20)
-        #expect((job?["read"] as? [String: Any])?["io_bytes"] as? Int == 24 << 20, "verify read everything back")
+        #expect((job?["write"] as? [String: Any])?["io_bytes"] as? Int == 32 << 20)
+        #expect((job?["read"] as? [String: Any])?["io_bytes"] as? Int == 32 << 20, "verify read everything back")
         let log = server.output
-        #expect(occurrences("iSCSI session recovered", in: log) >= kills, "\(log)")
+        let recovered = occurrences("iSCSI session recovered", in: log)
+        print("tgtd kill -9 + restart: \(kills) kills, \(recovered) recoveries, fio write+verify \(32 << 20) bytes, exit \(fio.terminationStatus), elapsed \(Date().timeIntervalSince(started)) s")
+        for line in log.split(separator: "\n") where line.contains("recovered") { print(line) }
+        #expect(recovered >= kills, "\(log)")
         #expect(!log.contains("replacement timeout:"), "\(log)")
         #expect(server.process.isRunning)
         #expect(try server.terminate() == 0)
@@ -87,11 +98,11 @@ struct RecoveryTGTDTests {
         let backing = try tgt.makeBackingFile(name: "lun1.img", size: 16 << 20)
         try tgt.configure(iqn: Self.iqn, backingFile: backing, serial: "RECOV0002")
         let (server, sock) = try serve(tgt, replacementTimeout: 3)
-        try run("nbdsh", ["-u", uri(sock), "-c", "h.pwrite(b'\\x5a' * 4096, 0)"])
+        try nbd(sock, "h.pwrite(b'\\x5a' * 4096, 0)")
 
         tgt.kill9()
         let start = Date()
-        let failed = try run("nbdsh", ["-u", uri(sock), "-c", "h.pread(4096, 8192)"], allowFailure: true)
+        let failed = try nbd(sock, "h.pread(4096, 8192)", allowFailure: true)
         let elapsed = Date().timeIntervalSince(start)
         #expect(failed.status != 0)
         #expect(failed.stderr.contains("Input/output error") || failed.stderr.contains("EIO"), "\(failed.stderr)")
@@ -99,7 +110,7 @@ struct RecoveryTGTDTests {
         #expect(occurrences("not recovered within the replacement timeout", in: server.output) == 1, "\(server.output)")
         // New requests fail at once while the target stays away.
         let quick = Date()
-        let again = try run("nbdsh", ["-u", uri(sock), "-c", "h.pread(4096, 0)"], allowFailure: true)
+        let again = try nbd(sock, "h.pread(4096, 0)", allowFailure: true)
         #expect(again.status != 0)
         #expect(Date().timeIntervalSince(quick) < 2)
 
@@ -107,8 +118,7 @@ struct RecoveryTGTDTests {
         try tgt.configure(iqn: Self.iqn, backingFile: backing, serial: "RECOV0002")
         var resumed = false
         for _ in 0..<100 where !resumed {
-            let r = try run(
-                "nbdsh", ["-u", uri(sock), "-c", "assert h.pread(4096, 0) == b'\\x5a' * 4096"], allowFailure: true)
+            let r = try nbd(sock, "assert h.pread(4096, 0) == b'\\x5a' * 4096", allowFailure: true)
             resumed = r.status == 0
             if !resumed { usleep(200_000) }
         }
@@ -125,13 +135,13 @@ struct RecoveryTGTDTests {
         let other = try tgt.makeBackingFile(name: "other.img", size: 16 << 20)
         try tgt.configure(iqn: Self.iqn, backingFile: first, serial: "RECOV0003")
         let (server, sock) = try serve(tgt, replacementTimeout: 30)
-        try run("nbdsh", ["-u", uri(sock), "-c", "h.pwrite(b'\\x11' * 65536, 0)"])
+        try nbd(sock, "h.pwrite(b'\\x11' * 65536, 0)")
 
         tgt.kill9()
         try tgt.launch()
         try tgt.configure(iqn: Self.iqn, backingFile: other, serial: "OTHER0003")
         // A write queued while the session recovers must not reach the other LUN.
-        let write = try run("nbdsh", ["-u", uri(sock), "-c", "h.pwrite(b'\\x22' * 65536, 0)"], allowFailure: true)
+        let write = try nbd(sock, "h.pwrite(b'\\x22' * 65536, 0)", allowFailure: true)
         #expect(write.status != 0)
         let status = try server.waitForExit(timeout: 30)
         #expect(status != 0)
@@ -154,7 +164,7 @@ struct RecoveryTGTDTests {
         try tgt.launch()
         try tgt.configure(iqn: Self.iqn, backingFile: backing, serial: "RECOV0004")
         // The first request waits for the recovery; then the size is the new one.
-        try run("nbdsh", ["-u", uri(sock), "-c", "h.pread(512, 0)"])
+        try nbd(sock, "h.pread(512, 0)")
         #expect(try run("nbdinfo", ["--size", uri(sock)]).stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "\(32 << 20)")
         #expect(server.output.contains("LUN grew"), "\(server.output)")
         #expect(try server.terminate() == 0)
