@@ -23,7 +23,7 @@ public final class FaultProxy: Sendable {
         case blackhole
         /// Forward each chunk after this delay.
         case delay(TimeAmount)
-        /// Forward this many more bytes, then cut the connection.
+        /// Forward this many more bytes, then cut the connection (once; later connections are not affected).
         case truncate(afterBytes: Int)
         /// Flip the bits of the byte this many bytes further on, once.
         case corrupt(afterBytes: Int)
@@ -151,7 +151,7 @@ public final class FaultProxy: Sendable {
                 switch fault {
                 case .truncate(let n):
                     let remaining = n - buffer.readableBytes
-                    s.faults[direction] = remaining > 0 ? .truncate(afterBytes: remaining) : .blackhole
+                    s.faults[direction] = remaining > 0 ? .truncate(afterBytes: remaining) : Fault.none
                     return (fault, remaining > 0 ? nil : n)
                 case .corrupt(let n):
                     if n < buffer.readableBytes {

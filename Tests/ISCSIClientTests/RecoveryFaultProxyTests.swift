@@ -47,10 +47,11 @@ struct RecoveryFaultProxyTests {
     func exec(_ session: ISCSISession, _ command: SCSICommand) async throws -> SCSICommandResult {
         for _ in 0..<5 {
             let result = try await session.execute(command, lun: Self.lun).get()
-            if result.status == .checkCondition, let sense = result.senseData, sense.readableBytes > 4,
-                sense.getInteger(at: sense.readerIndex + 2 + 2, as: UInt8.self).map({ $0 & 0x0F }) == 0x06
-            {
-                continue
+            if result.status == .checkCondition, let sense = result.senseData, sense.readableBytes > 3 {
+                // Fixed format (70h/71h): key in byte 2; descriptor format (72h/73h): byte 1.
+                let bytes = Array(sense.readableBytesView.prefix(4))
+                let key = (bytes[0] & 0x7F) >= 0x72 ? bytes[1] & 0x0F : bytes[2] & 0x0F
+                if key == 0x06 { continue }
             }
             return result
         }
