@@ -11,13 +11,21 @@ public final class KillableTGTD: @unchecked Sendable {
     public let controlPort: Int
     public let directory: URL
     private var process: Process?
-    public var portal: String { "127.0.0.1:\(port)" }
+    /// The portal address tgtd listens on.
+    public let host: String
+    /// Runs tgtd under this command (e.g. `["ip", "netns", "exec", NS]`); empty: directly.
+    public let prefix: [String]
+    public var portal: String { "\(host):\(port)" }
     public private(set) var starts = 0
 
-    public init() throws {
+    /// `host` 127.0.0.1 picks a free port; another host (inside a network namespace given by `prefix`)
+    /// uses `port`.
+    public init(host: String = "127.0.0.1", port: Int? = nil, prefix: [String] = []) throws {
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("ktgtd-\(UUID().uuidString.prefix(8))")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        port = try freeLoopbackPort()
+        self.host = host
+        self.prefix = prefix
+        self.port = try port ?? freeLoopbackPort()
         controlPort = Int.random(in: 20000..<32768)
         try launch()
     }
@@ -34,8 +42,14 @@ public final class KillableTGTD: @unchecked Sendable {
         // The previous instance's portal may linger in TIME_WAIT for a moment: retry the start.
         for _ in 0..<40 {
             let p = Process()
-            p.executableURL = URL(fileURLWithPath: tgtd)
-            p.arguments = ["-f", "-C", String(controlPort), "--iscsi", "portal=127.0.0.1:\(port)"]
+            let arguments = ["-f", "-C", String(controlPort), "--iscsi", "portal=\(host):\(port)"]
+            if let first = prefix.first {
+                p.executableURL = URL(fileURLWithPath: findExecutable(first) ?? first)
+                p.arguments = Array(prefix.dropFirst()) + [tgtd] + arguments
+            } else {
+                p.executableURL = URL(fileURLWithPath: tgtd)
+                p.arguments = arguments
+            }
             p.standardOutput = handle
             p.standardError = handle
             p.standardInput = FileHandle.nullDevice
@@ -71,6 +85,9 @@ public final class KillableTGTD: @unchecked Sendable {
     }
 
     private func portalAccepts() -> Bool {
+        // Inside another network namespace the portal is not reachable from here; tgtd listens once
+        // its control channel answers.
+        if !prefix.isEmpty { return true }
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { return false }
         defer { close(fd) }
