@@ -35,6 +35,12 @@ public struct ISCSISessionConfiguration: Sendable {
     public var replacementTimeout: TimeAmount
     /// Longest pause between reconnect attempts.
     public var maxReconnectDelay: TimeAmount
+    /// A command unanswered this long starts the escalation ABORT TASK → LOGICAL UNIT RESET → session
+    /// recovery (`TimeoutEscalation`); nil: never (the replacement timeout still bounds a dead session).
+    public var commandTimeout: TimeAmount?
+    /// How long each task management function may take before the next step (open-iscsi
+    /// node.session.err_timeo.abort_timeout / lu_reset_timeout).
+    public var taskManagementTimeout: TimeAmount
 
     public init(
         host: String,
@@ -54,7 +60,9 @@ public struct ISCSISessionConfiguration: Sendable {
         maxRedirects: Int = 5,
         recoveryEnabled: Bool = true,
         replacementTimeout: TimeAmount = .seconds(120),
-        maxReconnectDelay: TimeAmount = .seconds(4)
+        maxReconnectDelay: TimeAmount = .seconds(4),
+        commandTimeout: TimeAmount? = .seconds(30),
+        taskManagementTimeout: TimeAmount = .seconds(15)
     ) {
         self.host = host
         self.port = port
@@ -74,6 +82,8 @@ public struct ISCSISessionConfiguration: Sendable {
         self.recoveryEnabled = recoveryEnabled
         self.replacementTimeout = replacementTimeout
         self.maxReconnectDelay = maxReconnectDelay
+        self.commandTimeout = commandTimeout
+        self.taskManagementTimeout = taskManagementTimeout
     }
 
     /// RFC 7143 §11.12.5 "Random" format: T = 10b, A reserved, B and C a random 24-bit value, D a

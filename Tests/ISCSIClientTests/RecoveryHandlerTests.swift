@@ -119,3 +119,76 @@ struct RecoveryHandlerTests {
         #expect(outcome(f).map { if case .failure = $0 { true } else { false } } == true)
     }
 }
+
+/// Per-command timeouts: ABORT TASK, then LOGICAL UNIT RESET, then dropping the connection.
+struct CommandTimeoutTests {
+    func tmfResponse(_ h: FakeTargetHarness, _ response: UInt8) -> ISCSIMessage {
+        var r = ISCSIPDU.TaskManagementResponse()
+        r.response = response
+        r.initiatorTaskTag = ISCSIConnectionHandler.taskManagementITT
+        h.stamp(&r) { m, stat, exp, max in m.statSN = stat; m.expCmdSN = exp; m.maxCmdSN = max }
+        h.statSN += 1
+        return .taskManagementResponse(r)
+    }
+
+    @Test func timedOutCommandIsAbortedAndReissued() throws {
+        let h = try FakeTargetHarness(commandTimeout: .seconds(5))
+        _ = try h.login()
+        let f = h.submit(SCSICommand(cdb: readCDB(blocks: 1), expectedDataInLength: 512))
+        let first = try ISCSIPDU.SCSICommand(try #require(try h.sent().first))
+        h.channel.embeddedEventLoop.advanceTime(by: .seconds(4))
+        #expect(try h.sent().isEmpty, "nothing before the timeout")
+        h.channel.embeddedEventLoop.advanceTime(by: .seconds(2))
+        let abort = try ISCSIPDU.TaskManagementRequest(try #require(try h.sent().first))
+        #expect(abort.function == .abortTask)
+        #expect(abort.referencedTaskTag == first.initiatorTaskTag)
+        #expect(abort.refCmdSN == first.cmdSN)
+        #expect(abort.immediate)
+        try h.deliver(tmfResponse(h, 0))
+        let again = try ISCSIPDU.SCSICommand(try #require(try h.sent().first))
+        #expect(again.cdb.bytes == first.cdb.bytes)
+        #expect(again.initiatorTaskTag != first.initiatorTaskTag)
+        try h.deliver(h.dataIn(itt: again.initiatorTaskTag, dataSN: 0, offset: 0, data: ByteBuffer(repeating: 9, count: 512), status: 0))
+        #expect(try outcome(f)?.get().dataIn == ByteBuffer(repeating: 9, count: 512))
+    }
+
+    @Test func unansweredAbortEscalatesToLUResetThenToTheConnection() throws {
+        let h = try FakeTargetHarness(commandTimeout: .seconds(5))
+        _ = try h.login()
+        var calls: [[PendingCommand]] = []
+        h.handler.connectionLostSink = { _, commands, _ in calls.append(commands) }
+        defer { for c in calls.joined() { c.promise.fail(ISCSISessionError.sessionClosed) } }
+        let f = h.submit(SCSICommand(cdb: readCDB(blocks: 1), expectedDataInLength: 512))
+        _ = try h.sent()
+        h.channel.embeddedEventLoop.advanceTime(by: .seconds(6))
+        #expect(try ISCSIPDU.TaskManagementRequest(try #require(try h.sent().first)).function == .abortTask)
+        h.channel.embeddedEventLoop.advanceTime(by: .seconds(3))
+        let reset = try ISCSIPDU.TaskManagementRequest(try #require(try h.sent().first))
+        #expect(reset.function == .logicalUnitReset)
+        #expect(reset.lun == LogicalUnitNumber(1).encoded)
+        #expect(h.channel.isActive)
+        h.channel.embeddedEventLoop.advanceTime(by: .seconds(3))
+        #expect(!h.channel.isActive, "connection dropped after the LU reset timed out")
+        #expect(outcome(f) == nil)
+        #expect(calls.first?.count == 1, "the command goes to session recovery")
+    }
+
+    @Test func refusedAbortEscalatesAtOnceAndResetReissuesTheLUsTasks() throws {
+        let h = try FakeTargetHarness(commandTimeout: .seconds(5))
+        _ = try h.login()
+        let f1 = h.submit(SCSICommand(cdb: readCDB(blocks: 1), expectedDataInLength: 512))
+        let f2 = h.submit(SCSICommand(cdb: readCDB(blocks: 2), expectedDataInLength: 1024))
+        #expect(try h.sent().count == 2)
+        h.channel.embeddedEventLoop.advanceTime(by: .seconds(6))
+        _ = try h.sent()
+        try h.deliver(tmfResponse(h, 5))  // TMF not supported
+        let reset = try ISCSIPDU.TaskManagementRequest(try #require(try h.sent().first))
+        #expect(reset.function == .logicalUnitReset)
+        try h.deliver(tmfResponse(h, 0))
+        let reissued = try h.sent().map { try ISCSIPDU.SCSICommand($0) }
+        #expect(reissued.map(\.expectedDataTransferLength) == [512, 1024])
+        for command in reissued { try h.deliver(h.response(itt: command.initiatorTaskTag)) }
+        #expect(try outcome(f1)?.get().status == .good)
+        #expect(try outcome(f2)?.get().status == .good)
+    }
+}

@@ -17,6 +17,9 @@ struct SCSITask {
     var original: PendingCommand
     /// Submission order, so re-issued commands keep their original order.
     var sequence: UInt64
+    /// For ABORT TASK's RefCmdSN (RFC 7143 §11.5.3) and the command timeout.
+    var cmdSN = SerialNumber(0)
+    var sentAt = NIODeadline.uptimeNanoseconds(0)
     /// The write payload (slices of it go out as Data-Out; never copied).
     var dataOut: ByteBuffer?
     var expectedDataIn: Int
@@ -51,6 +54,7 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
     static let pingITT: UInt32 = 0x0000_FFF2
     static let logoutITT: UInt32 = 0x0000_FFF3
     static let textITT: UInt32 = 0x0000_FFF4
+    static let taskManagementITT: UInt32 = 0x0000_FFF5
 
     private enum State {
         /// Connected, login not started.
@@ -98,6 +102,10 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
     /// Time2Wait from an Async Message announcing a drop (RFC 7143 §11.9.1, Parameter2).
     private var time2WaitHint: TimeAmount?
     private var nextSequence: UInt64 = 0
+    /// The command-timeout ladder on this connection and the task management function in flight.
+    private var escalation = TimeoutEscalation()
+    private var taskManagement: (step: TimeoutEscalation.Step, sentAt: NIODeadline, victim: UInt32, lun: UInt64)?
+    private var commandTimer: Scheduled<Void>?
 
     init(configuration: ISCSISessionConfiguration, logger: Logger) {
         self.configuration = configuration
@@ -241,6 +249,7 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
             state = .fullFeature
             lastReceive = context?.eventLoop.now ?? .now()
             schedulePingTimer()
+            scheduleCommandTimer()
             logger.debug("iSCSI login complete", metadata: ["iscsi.tsih": "\(tsih)", "iscsi.parameters": "\(negotiated)"])
             promise.succeed(.loggedIn(operational, tsih: tsih))
         case .redirect(let address, _):
@@ -361,6 +370,13 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
         pdu.lun = lun
         pdu.initiatorTaskTag = itt
         pdu.cmdSN = window.assignCmdSN()
+        let now = context?.eventLoop.now ?? .now()
+        if let slot = tasks.slot(for: itt) {
+            tasks.modify(slot: slot) { task in
+                task.cmdSN = pdu.cmdSN
+                task.sentAt = now
+            }
+        }
         pdu.expStatSN = window.expStatSN
         var cdb = ISCSIPDU.CDBField()
         var high: UInt64 = 0
@@ -438,11 +454,7 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
         case .asyncMessage: try receiveAsyncMessage(ISCSIPDU.AsyncMessage(pdu))
         case .reject: try receiveReject(ISCSIPDU.Reject(pdu))
         case .logoutResponse: try receiveLogoutResponse(ISCSIPDU.LogoutResponse(pdu))
-        case .taskManagementResponse:
-            let response = try ISCSIPDU.TaskManagementResponse(pdu)
-            window.update(expCmdSN: response.expCmdSN, maxCmdSN: response.maxCmdSN)
-            window.receiveStatSN(response.statSN)
-            logger.debug("unsolicited task management response ignored")
+        case .taskManagementResponse: try receiveTaskManagementResponse(ISCSIPDU.TaskManagementResponse(pdu))
         case .textResponse: try receiveTextResponse(ISCSIPDU.TextResponse(pdu))
         default:
             throw ISCSISessionError.protocolViolation("unexpected \(pdu.header.opcode) in full feature phase")
@@ -624,6 +636,7 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
     }
 
     private func taskFinished() {
+        if taskManagement == nil { escalation.reset() }
         if logoutPromise != nil, tasks.isEmpty, pending.isEmpty, case .fullFeature = state { sendLogout() }
     }
 
@@ -692,6 +705,106 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
         schedulePingTimer()
     }
 
+    // MARK: - Command timeouts (RFC 7143 §7.11; §11.5 task management)
+
+    private func scheduleCommandTimer() {
+        guard let timeout = configuration.commandTimeout, let context else { return }
+        let tick = TimeAmount.nanoseconds(max(min(timeout.nanoseconds, configuration.taskManagementTimeout.nanoseconds) / 4, 10_000_000))
+        commandTimer = context.eventLoop.assumeIsolated().scheduleTask(in: tick) { [self] in
+            self.commandTimerTick(timeout: timeout)
+        }
+    }
+
+    private func commandTimerTick(timeout: TimeAmount) {
+        guard case .fullFeature = state, let context else { return }
+        let now = context.eventLoop.now
+        if let tmf = taskManagement {
+            if now - tmf.sentAt > configuration.taskManagementTimeout {
+                logger.warning("task management function timed out", metadata: ["iscsi.tmf": "\(tmf.step)"])
+                escalate(victim: tmf.victim, lun: tmf.lun)
+            }
+        } else if let (itt, task) = oldestTask(), now - task.sentAt > timeout {
+            logger.warning(
+                "command timed out",
+                metadata: ["iscsi.itt": "0x\(String(itt, radix: 16))", "scsi.cdb": "\(task.original.command.cdb)"])
+            escalate(victim: itt, lun: task.lun)
+        }
+        if !isClosed { scheduleCommandTimer() }
+    }
+
+    private func oldestTask() -> (UInt32, SCSITask)? {
+        var oldest: (UInt32, SCSITask)?
+        tasks.forEach { itt, task in
+            if oldest == nil || task.sentAt < oldest!.1.sentAt { oldest = (itt, task) }
+        }
+        return oldest
+    }
+
+    /// Takes the ladder's next step for the command `victim`: ABORT TASK, LOGICAL UNIT RESET, then dropping
+    /// the connection (session recovery re-issues everything).
+    private func escalate(victim: UInt32, lun: UInt64) {
+        let step = escalation.escalate()
+        guard let context else { return }
+        let function: ISCSIPDU.TaskManagementFunction
+        switch step {
+        case .abortTask: function = .abortTask
+        case .logicalUnitReset: function = .logicalUnitReset
+        case .connectionRecovery:
+            taskManagement = nil
+            logger.error("command still unanswered after ABORT TASK and LOGICAL UNIT RESET, dropping the connection")
+            fail(.timeout("command (after ABORT TASK and LOGICAL UNIT RESET)"))
+            return
+        }
+        var request = ISCSIPDU.TaskManagementRequest()
+        request.immediate = true
+        request.function = function
+        request.lun = lun
+        request.initiatorTaskTag = Self.taskManagementITT
+        request.cmdSN = window.immediateCmdSN
+        request.expStatSN = window.expStatSN
+        if step == .abortTask, let slot = tasks.slot(for: victim), let task = tasks[slot: slot] {
+            // RFC 7143 §11.5.2, §11.5.3: the task's ITT and CmdSN.
+            request.referencedTaskTag = victim
+            request.refCmdSN = task.cmdSN
+        }
+        taskManagement = (step, context.eventLoop.now, victim, lun)
+        logger.warning("sending task management function", metadata: ["iscsi.tmf": "\(step)", "scsi.lun": "\(lun)"])
+        send(request.pdu.header, data: nil)
+        flushIfNeeded()
+    }
+
+    /// RFC 7143 §11.6.1: 0 function complete, 1 task does not exist: the aborted (or reset) tasks are gone
+    /// at the target and are re-issued here; anything else escalates at once.
+    private func receiveTaskManagementResponse(_ response: ISCSIPDU.TaskManagementResponse) throws {
+        window.update(expCmdSN: response.expCmdSN, maxCmdSN: response.maxCmdSN)
+        window.receiveStatSN(response.statSN)
+        guard response.initiatorTaskTag == Self.taskManagementITT, let tmf = taskManagement else {
+            logger.debug("unsolicited task management response ignored")
+            return
+        }
+        taskManagement = nil
+        guard response.response == 0 || response.response == 1 else {
+            logger.warning("task management function refused", metadata: ["iscsi.tmf": "\(tmf.step)", "iscsi.response": "\(response.response)"])
+            escalate(victim: tmf.victim, lun: tmf.lun)
+            return
+        }
+        var reissue: [SCSITask] = []
+        switch tmf.step {
+        case .abortTask:
+            if let slot = tasks.slot(for: tmf.victim), let task = tasks.remove(slot: slot) { reissue.append(task) }
+        case .logicalUnitReset:
+            // RFC 7143 §11.5.1 / SAM: a LU reset aborts every task of the LU.
+            reissue = tasks.removeAll { $0.lun == tmf.lun }
+        case .connectionRecovery:
+            break
+        }
+        reissue.sort { $0.sequence < $1.sequence }
+        for task in reissue.reversed() { pending.prepend(task.original) }
+        if !reissue.isEmpty {
+            logger.notice("re-issuing commands after \(tmf.step)", metadata: ["count": "\(reissue.count)"])
+        }
+    }
+
     // MARK: - Output
 
     /// Header (and small payloads) in one buffer; large payloads go as their own write (a slice of the
@@ -757,6 +870,7 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
         loginTimeout?.cancel()
         logoutTimeout?.cancel()
         pingTimer?.cancel()
+        commandTimer?.cancel()
         if case .loggingIn(_, let promise) = previous { promise.fail(error) }
         let failed = tasks.removeAll()
         let queued = pending
