@@ -192,3 +192,31 @@ struct CommandTimeoutTests {
         #expect(try outcome(f2)?.get().status == .good)
     }
 }
+
+struct QueueDepthHandlerTests {
+    @Test func taskSetFullLowersCommandsInFlight() throws {
+        let h = try FakeTargetHarness()  // queue depth 8
+        _ = try h.login()
+        var futures: [EventLoopFuture<SCSICommandResult>] = []
+        for _ in 0..<8 { futures.append(h.submit(SCSICommand(cdb: readCDB(blocks: 1), expectedDataInLength: 512))) }
+        let first = try h.sent().map { try ISCSIPDU.SCSICommand($0) }
+        #expect(first.count == 8)
+        try h.deliver(h.response(itt: first[0].initiatorTaskTag, status: SCSIStatus.taskSetFull.rawValue))
+        // Depth 4 now, 7 in flight: new commands wait until fewer than 4 are outstanding.
+        for _ in 0..<4 { futures.append(h.submit(SCSICommand(cdb: readCDB(blocks: 1), expectedDataInLength: 512))) }
+        #expect(try h.sent().isEmpty)
+        for command in first.dropFirst().prefix(4) { try h.deliver(h.response(itt: command.initiatorTaskTag)) }
+        let more = try h.sent().map { try ISCSIPDU.SCSICommand($0).initiatorTaskTag }
+        #expect(more.count == 1, "3 outstanding, depth 4: one more goes out")
+        // Let every outstanding and queued command complete.
+        var outstanding = first.dropFirst(5).map(\.initiatorTaskTag) + more
+        for _ in 0..<50 {
+            outstanding += try h.sent().map { try ISCSIPDU.SCSICommand($0).initiatorTaskTag }
+            guard let next = outstanding.first else { break }
+            outstanding.removeFirst()
+            try h.deliver(h.response(itt: next))
+        }
+        let done = futures.filter { outcome($0) != nil }.count
+        #expect(done == futures.count, "\(done) of \(futures.count) completed")
+    }
+}

@@ -1,6 +1,7 @@
 @testable import ISCSIClient
 import ISCSIProtocol
 import NIOCore
+import SCSI
 import Testing
 
 /// Pure recovery pieces: reconnect schedule, reinstatement decision, login retry classification, timeout ladder.
@@ -61,5 +62,30 @@ struct RecoveryPolicyTests {
         #expect("\(ISCSISessionError.replacementTimeout(seconds: 120))".contains("120 s"))
         #expect("\(ISCSISessionError.identityMismatch("serial A → B"))".contains("serial A → B"))
         #expect(TimeAmount.milliseconds(1500).seconds == 2)
+    }
+}
+
+struct AdaptiveQueueDepthTests {
+    func step(_ d: inout AdaptiveQueueDepth, _ status: SCSIStatus) -> Bool { d.record(status) }
+
+    @Test func taskSetFullHalvesAndGoodGrowsBackSlowly() {
+        var d = AdaptiveQueueDepth(maximum: 32, growAfter: 4)
+        #expect(d.current == 32)
+        #expect(step(&d, .taskSetFull))
+        #expect(d.current == 16)
+        #expect(step(&d, .busy))
+        #expect(d.current == 8)
+        for _ in 0..<3 { let changed = step(&d, .good); #expect(!changed) }
+        #expect(step(&d, .good))
+        #expect(d.current == 9)
+        // A CHECK CONDITION neither lowers nor counts as GOOD.
+        for _ in 0..<3 { _ = d.record(.good) }
+        _ = d.record(.checkCondition)
+        #expect(d.current == 9)
+        for _ in 0..<10 { _ = d.record(.taskSetFull) }
+        #expect(d.current == 1)
+        #expect(!step(&d, .taskSetFull))
+        for _ in 0..<1000 { _ = d.record(.good) }
+        #expect(d.current == 32)
     }
 }

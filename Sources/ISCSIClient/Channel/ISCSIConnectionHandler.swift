@@ -106,11 +106,14 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
     private var escalation = TimeoutEscalation()
     private var taskManagement: (step: TimeoutEscalation.Step, sentAt: NIODeadline, victim: UInt32, lun: UInt64)?
     private var commandTimer: Scheduled<Void>?
+    /// Lowered on TASK SET FULL / BUSY, grown back slowly.
+    private var depth: AdaptiveQueueDepth
 
     init(configuration: ISCSISessionConfiguration, logger: Logger) {
         self.configuration = configuration
         self.logger = logger
         self.tasks = TaskTable(capacity: max(1, min(configuration.queueDepth, 0xFF00)))
+        self.depth = AdaptiveQueueDepth(maximum: max(1, min(configuration.queueDepth, 0xFF00)))
         self.parser = PDUParser(
             digests: .none,
             maxDataSegmentLength: max(8192, configuration.proposal.maxRecvDataSegmentLength),
@@ -337,7 +340,7 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
     /// Sends queued commands while the window is open and task slots are free (RFC 7143 §4.2.2.1).
     private func drainPending() {
         guard case .fullFeature = state else { return }
-        while !pending.isEmpty, window.isOpen, !tasks.isFull {
+        while !pending.isEmpty, window.isOpen, !tasks.isFull, tasks.count < depth.current {
             let next = pending.removeFirst()
             sendCommand(next)
         }
@@ -504,6 +507,9 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
         if dataIn.statusPresent {
             window.receiveStatSN(dataIn.statSN)
             guard let task = tasks.remove(slot: slot) else { return }
+            if depth.record(SCSIStatus(rawValue: dataIn.status)) {
+                logger.debug("queue depth now \(depth.current)")
+            }
             let result = SCSICommandResult(
                 status: SCSIStatus(rawValue: dataIn.status), senseData: nil, dataIn: task.dataIn,
                 residual: dataIn.signedResidual
@@ -522,6 +528,10 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
         if response.response != 0 {
             task.promise.fail(ISCSISessionError.targetFailure(response: response.response))
         } else {
+            let status = SCSIStatus(rawValue: response.status)
+            if depth.record(status) {
+                logger.notice("queue depth now \(depth.current)", metadata: ["scsi.status": "\(status)"])
+            }
             task.promise.succeed(
                 SCSICommandResult(
                     status: SCSIStatus(rawValue: response.status), senseData: response.senseData,

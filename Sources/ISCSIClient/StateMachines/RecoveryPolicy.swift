@@ -1,3 +1,4 @@
+import SCSI
 import NIOCore
 
 /// When to try reconnecting after a lost connection (pure; tested on its own).
@@ -123,4 +124,38 @@ public struct TimeoutEscalation: Sendable, Hashable {
     /// The TMF answered "function complete" / "task does not exist": the command is settled; a later timeout
     /// starts over at ABORT TASK.
     public mutating func reset() { next = .abortTask }
+}
+
+/// The queue depth actually used: halved on TASK SET FULL or BUSY (SAM-5: the target's task set is full
+/// or it is busy; the command itself is retried by the block layer after a back-off), grown back by one
+/// after `growAfter` GOOD completions in a row, never above the configured depth nor below 1. Pure.
+public struct AdaptiveQueueDepth: Sendable, Hashable {
+    public let maximum: Int
+    public private(set) var current: Int
+    public let growAfter: Int
+    private var goodInARow = 0
+
+    public init(maximum: Int, growAfter: Int = 64) {
+        self.maximum = max(1, maximum)
+        self.current = self.maximum
+        self.growAfter = max(1, growAfter)
+    }
+
+    /// Records a completion's SCSI status; returns true when `current` changed.
+    public mutating func record(_ status: SCSIStatus) -> Bool {
+        if status == .taskSetFull || status == .busy {
+            goodInARow = 0
+            let lowered = max(1, current / 2)
+            defer { current = lowered }
+            return lowered != current
+        }
+        guard status == .good, current < maximum else { return false }
+        goodInARow += 1
+        if goodInARow >= growAfter {
+            goodInARow = 0
+            current += 1
+            return true
+        }
+        return false
+    }
 }
