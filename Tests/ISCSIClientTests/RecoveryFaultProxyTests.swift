@@ -188,3 +188,57 @@ struct RecoveryFaultProxyTests {
         await s.stop()
     }
 }
+
+/// Initial login retries (open-iscsi initial_login_retry_max) and background retrying for automatic nodes.
+@Suite(.serialized, .enabled(if: peersAvailable("tgtd", "tgtadm")), .timeLimit(.minutes(2)))
+struct LoginRetryTests {
+    @Test func boundedRetriesGiveUpAfterTheLastAttempt() async throws {
+        let fixture = try TGTFixture()
+        defer { fixture.stop() }
+        let proxy = try FaultProxy(upstreamPort: fixture.tgt.port)
+        defer { proxy.stop() }
+        proxy.refuseNewConnections()
+        var configuration = fixture.configuration()
+        configuration.port = proxy.port
+        let retry = LoginRetryPolicy(retries: 2, backoff: ReconnectBackoff(time2Wait: .milliseconds(50), step: .milliseconds(50)))
+        await #expect(throws: (any Error).self) {
+            _ = try await ISCSISession.connect(configuration, on: fixture.group.next(), logger: Logger(label: "test.retry"), retry: retry)
+        }
+        #expect(proxy.acceptedConnections == 3, "one attempt and two retries")
+    }
+
+    @Test func backgroundRetriesSucceedWhenTheTargetComesBack() async throws {
+        let fixture = try TGTFixture()
+        defer { fixture.stop() }
+        let proxy = try FaultProxy(upstreamPort: fixture.tgt.port)
+        defer { proxy.stop() }
+        proxy.refuseNewConnections()
+        var configuration = fixture.configuration()
+        configuration.port = proxy.port
+        let retry = LoginRetryPolicy(retries: nil, backoff: ReconnectBackoff(time2Wait: .milliseconds(100), step: .milliseconds(100), maximum: .milliseconds(200)))
+        let pending: EventLoopFuture<ISCSISession> = ISCSISession.connect(
+            configuration, on: fixture.group.next(), logger: Logger(label: "test.retry"), retry: retry)
+        try await Task.sleep(for: .milliseconds(800))
+        #expect(proxy.acceptedConnections >= 3)
+        proxy.heal()
+        let session = try await pending.get()
+        #expect(session.status.state == .connected)
+        try await session.logout().get()
+    }
+
+    @Test func authenticationFailureIsNotRetriedWhenBounded() async throws {
+        let fixture = try TGTFixture()
+        defer { fixture.stop() }
+        try fixture.tgt.addAccount(tid: 1, user: "alice", password: "alicesecret12")
+        let proxy = try FaultProxy(upstreamPort: fixture.tgt.port)
+        defer { proxy.stop() }
+        var configuration = fixture.configuration()
+        configuration.port = proxy.port
+        configuration.chap = CHAPCredentials(username: "alice", secret: "wrongsecret123")
+        let retry = LoginRetryPolicy(retries: 5, backoff: ReconnectBackoff(time2Wait: .milliseconds(50)))
+        await #expect(throws: (any Error).self) {
+            _ = try await ISCSISession.connect(configuration, on: fixture.group.next(), logger: Logger(label: "test.retry"), retry: retry)
+        }
+        #expect(proxy.acceptedConnections == 1)
+    }
+}
