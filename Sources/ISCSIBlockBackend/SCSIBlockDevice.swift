@@ -27,9 +27,9 @@ public final class SCSIBlockDevice: BlockDevice {
     public var info: BlockDeviceInfo { current.withLockedValue { $0.info } }
     public var properties: SCSIDeviceProperties { current.withLockedValue { $0.properties } }
     public var strategy: SCSIBlockStrategy { current.withLockedValue { $0.strategy } }
-    public var lunIdentity: LUNIdentity { Self.identity(current.withLockedValue { $0.properties }) }
+    public var lunIdentity: LUNIdentity { Self.identity(of: current.withLockedValue { $0.properties }) }
 
-    static func identity(_ p: SCSIDeviceProperties) -> LUNIdentity {
+    static func identity(of p: SCSIDeviceProperties) -> LUNIdentity {
         let lu = p.deviceIdentification?.designators.filter { $0.association == .logicalUnit } ?? []
         return LUNIdentity(
             designator: p.deviceIdentification?.preferredLogicalUnitDesignator, designators: lu,
@@ -169,7 +169,7 @@ public final class SCSIBlockDevice: BlockDevice {
                 }
             }
             let before = self.lunIdentity
-            let after = Self.identity(p)
+            let after = Self.identity(of: p)
             guard before.isSameLogicalUnit(as: after) else {
                 let message = "LUN \(runner.lun) now names another logical unit (was \(before), now \(after))"
                 logger.critical("fencing device: \(message)")
@@ -189,6 +189,42 @@ public final class SCSIBlockDevice: BlockDevice {
                 self.flags.withLockedValue { $0.infoChanged }?(info)
             }
             return info
+        }
+    }
+
+    // MARK: - Re-login
+
+    /// Probes the LUN again over `transport` (the new connection after a session recovery, before queued
+    /// I/O is released) and compares it with the first login (`LUNIdentity.verdictAfterRelogin`). Fails with
+    /// `LUNIdentityMismatch` when another LUN answers (the caller must stop: never write to a different
+    /// LUN); other failures (LUN not configured yet, connection lost) are worth retrying. A grown LUN
+    /// updates `info` and calls the `onInfoChange` handler.
+    public func verifyAfterRelogin(over transport: any SCSITransport) -> EventLoopFuture<ReloginIdentityVerdict> {
+        let runner = CommandRunner(transport: transport, lun: lun, policy: self.runner.policy, logger: logger)
+        let logger = self.logger
+        let before = self.lunIdentity
+        return transport.eventLoop.makeFutureWithTask {
+            let p: SCSIDeviceProperties
+            do {
+                p = try await Self.probe(runner: runner, logger: logger)
+            } catch let error as SCSIProbeError where error.kind == .notDirectAccess {
+                throw LUNIdentityMismatch("\(error)")
+            }
+            let verdict = before.verdictAfterRelogin(Self.identity(of: p))
+            switch verdict {
+            case .same:
+                break
+            case .different(let why):
+                throw LUNIdentityMismatch("LUN \(runner.lun): \(why)")
+            case .grown(let from, let to):
+                logger.notice("LUN grew while the session was down", metadata: ["blocks.before": "\(from)", "blocks.now": "\(to)"])
+                let info = self.current.withLockedValue { g -> BlockDeviceInfo in
+                    g = Geometry(p)
+                    return g.info
+                }
+                self.flags.withLockedValue { $0.infoChanged }?(info)
+            }
+            return verdict
         }
     }
 

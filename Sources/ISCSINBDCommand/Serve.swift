@@ -65,6 +65,11 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .long, help: "Event loop threads.")
     var threads: Int = 1
 
+    @Option(name: .long, help: ArgumentHelp(
+        "Seconds NBD requests wait for a lost iSCSI session to come back before they fail with EIO (open-iscsi node.session.timeo.replacement_timeout).",
+        valueName: "SECONDS"))
+    var replacementTimeout: Int?
+
     @OptionGroup var logging: LoggingOptions
 
     func validate() throws {
@@ -81,6 +86,7 @@ struct Serve: AsyncParsableCommand {
         default: break
         }
         guard (1...64).contains(threads) else { throw ValidationError("--threads must be 1 to 64") }
+        if let replacementTimeout, !(1...86400).contains(replacementTimeout) { throw ValidationError("--replacement-timeout must be 1 to 86400 seconds") }
     }
 
     func run() async throws {
@@ -90,7 +96,7 @@ struct Serve: AsyncParsableCommand {
             session: plan.session, lun: plan.lun,
             sockets: socket, tcp: try listen.map(ListenAddress.parseTCP),
             exportName: exportName ?? "\(plan.session.targetName ?? "")/lun-\(plan.lun.map(String.init) ?? "auto")",
-            readOnly: readOnly, threads: threads, logger: logger
+            readOnly: readOnly, threads: threads, replacementTimeout: replacementTimeout, logger: logger
         ).run()
     }
 

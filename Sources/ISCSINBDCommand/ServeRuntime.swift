@@ -20,6 +20,8 @@ struct ServeRuntime {
     var exportName: String
     var readOnly: Bool
     var threads: Int
+    /// Seconds requests wait for a recovering session; nil keeps node.session.timeo.replacement_timeout.
+    var replacementTimeout: Int?
     var logger: Logger
 
     func run() async throws {
@@ -41,8 +43,9 @@ struct ServeRuntime {
         // The session, the device and (by the server's placement) every NBD connection share this loop.
         let loop = group.next()
 
-        let configuration = self.session
+        var configuration = self.session
         let target = configuration.targetName ?? ""
+        if let replacementTimeout { configuration.replacementTimeout = .seconds(Int64(replacementTimeout)) }
         let session: ISCSISession
         do {
             session = try await ISCSISession.connect(configuration, on: loop, logger: logger).get()
@@ -55,6 +58,15 @@ struct ServeRuntime {
         do {
             let scsi = try await openLUN(session: session)
             device = readOnly ? ReadOnlyBlockDevice(scsi, eventLoop: loop) : scsi
+            // After every reconnect, before queued I/O goes out: the same LUN (VPD 83h/80h, geometry) or stop.
+            session.setReloginCheck { transport in
+                scsi.verifyAfterRelogin(over: transport).map { _ in }.flatMapErrorThrowing { error in
+                    if let mismatch = error as? LUNIdentityMismatch {
+                        throw ISCSISessionError.identityMismatch(mismatch.description)
+                    }
+                    throw error
+                }
+            }
         } catch {
             try? await session.logout().get()
             throw CommandFailure("\(lun.map { "LUN \($0)" } ?? "no usable LUN") of \(target): \(error)")
@@ -77,8 +89,9 @@ struct ServeRuntime {
             "listen": "\(server.boundAddresses.map(\.description).joined(separator: ", "))",
         ])
 
-        // Serve until a signal or until the session dies under us.
-        session.closeFuture.whenComplete { _ in reasons.stop("the iSCSI connection closed") }
+        // Serve until a signal or until the session ends for good (a lost connection is recovered
+        // underneath; only a fail-stop such as a LUN identity change ends it).
+        session.closeFuture.whenComplete { _ in reasons.stop("the iSCSI session ended") }
         let stopReason = await reasons.first()
         logger.notice("stopping: \(stopReason); draining requests in flight")
         await server.shutdown()
