@@ -21,6 +21,7 @@ packages=(
     nftables              # nft: packet loss in that test where the kernel has no netem
     pkg-config
     e2fsprogs
+    python3-matplotlib    # the benchmark's chart
 )
 if [[ "${1:-}" == "--vm" ]]; then
     packages+=(qemu-system-x86 busybox-static kmod cpio)

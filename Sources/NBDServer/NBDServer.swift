@@ -37,14 +37,18 @@ public struct NBDServerConfiguration: Sendable, Hashable {
     public var listen: [ListenAddress]
     /// Requests executing at once per connection; beyond this the connection stops reading.
     public var maxInFlightPerConnection: Int
+    /// READ and WRITE bytes executing at once per connection; beyond this the connection stops reading.
+    public var maxInFlightBytesPerConnection: Int
     /// Largest option data accepted during the handshake (larger → hard disconnect).
     public var maxOptionLength: UInt32
 
     public init(
         exportName: String, description: String? = nil,
         listen: [ListenAddress] = [.tcp(host: "127.0.0.1", port: 10809)],
-        maxInFlightPerConnection: Int = 256, maxOptionLength: UInt32 = 64 * 1024
+        maxInFlightPerConnection: Int = 256, maxInFlightBytesPerConnection: Int = 64 << 20,
+        maxOptionLength: UInt32 = 64 * 1024
     ) {
+        self.maxInFlightBytesPerConnection = maxInFlightBytesPerConnection
         self.exportName = exportName
         self.description = description
         self.listen = listen
@@ -171,6 +175,7 @@ public final class NBDServer: Sendable {
         let loop = device.preferredEventLoop ?? group.next()
         let channel = try await ClientBootstrap(group: loop)
             .channelOption(.recvAllocator, value: Self.recvAllocator)
+            .channelOption(.writeBufferWaterMark, value: Self.waterMark)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture { try self.install(on: channel, transmissionOnly: transmissionOnly) }
             }
@@ -180,6 +185,8 @@ public final class NBDServer: Sendable {
 
     // MARK: - Internals
 
+    /// Replies queued beyond what the socket takes: above `high` the connection stops taking requests.
+    private static let waterMark = ChannelOptions.Types.WriteBufferWaterMark(low: 512 * 1024, high: 2 << 20)
     private static let recvAllocator = AdaptiveRecvByteBufferAllocator(minimum: 4096, initial: 64 * 1024, maximum: 1024 * 1024)
 
     private func makeServerBootstrap(tcp: Bool) -> ServerBootstrap {
@@ -189,6 +196,7 @@ public final class NBDServer: Sendable {
             .serverChannelOption(.backlog, value: 128)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.recvAllocator, value: Self.recvAllocator)
+            .childChannelOption(.writeBufferWaterMark, value: Self.waterMark)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture { try self.install(on: channel, transmissionOnly: false) }
             }
@@ -215,9 +223,12 @@ public final class NBDServer: Sendable {
         let export = currentExport()
         let handler =
             transmissionOnly
-            ? NBDConnectionHandler(device: device, transmissionOnly: export, maxInFlight: configuration.maxInFlightPerConnection, logger: logger)
+            ? NBDConnectionHandler(
+                device: device, transmissionOnly: export, maxInFlight: configuration.maxInFlightPerConnection,
+                maxInFlightBytes: configuration.maxInFlightBytesPerConnection, logger: logger)
             : NBDConnectionHandler(
                 device: device, export: export, maxInFlight: configuration.maxInFlightPerConnection,
+                maxInFlightBytes: configuration.maxInFlightBytesPerConnection,
                 maxOptionLength: configuration.maxOptionLength, logger: logger)
         try channel.pipeline.syncOperations.addHandler(handler)
         logger.debug("connection accepted", metadata: ["nbd.transmissionOnly": "\(transmissionOnly)"])
@@ -237,7 +248,18 @@ public final class NBDServer: Sendable {
             unlink(path)
         }
         let directory = path.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
-        var template = Array(((directory.isEmpty ? "." : directory) + "/.nbd-XXXXXX").utf8CString)
+        let templatePath = (directory.isEmpty ? "." : directory) + "/.XXXXXX"
+        // sun_path holds 107 bytes; if the temporary path would not fit, bind in place and chmod at once.
+        guard templatePath.utf8.count + 2 <= 107 else {
+            let channel = try await makeServerBootstrap(tcp: false).bind(unixDomainSocketPath: path).get()
+            guard chmod(path, 0o600) == 0 else {
+                let e = errno
+                try? await channel.close().get()
+                throw NBDServerError("cannot chmod \(path) (errno \(e))")
+            }
+            return channel
+        }
+        var template = Array(templatePath.utf8CString)
         guard let tmp = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }).map({ String(cString: $0) }) else {
             throw NBDServerError("cannot create a temporary directory next to \(path) (errno \(errno))")
         }

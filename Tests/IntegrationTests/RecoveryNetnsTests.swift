@@ -97,7 +97,7 @@ struct RecoveryNetnsTests {
         fio.executableURL = URL(fileURLWithPath: findExecutable("fio") ?? "fio")
         fio.arguments = [
             "--name=verify", "--ioengine=nbd", "--uri=nbd+unix:///?socket=\(sock)", "--rw=randwrite", "--bs=16k",
-            "--iodepth=16", "--size=16m", "--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--output-format=json",
+            "--iodepth=16", "--size=16m", "--verify=crc32c", "--verify_state_save=0", "--do_verify=1", "--verify_fatal=1", "--output-format=json",
         ]
         let outPath = dir.appendingPathComponent("fio.json").path
         FileManager.default.createFile(atPath: outPath, contents: nil)

@@ -53,7 +53,7 @@ struct RecoveryTGTDTests {
         fio.executableURL = URL(fileURLWithPath: findExecutable("fio") ?? "fio")
         fio.arguments = [
             "--name=verify", "--ioengine=nbd", "--uri=\(uri(sock))", "--rw=randwrite", "--size=\(size)",
-            "--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--output-format=json",
+            "--verify=crc32c", "--verify_state_save=0", "--do_verify=1", "--verify_fatal=1", "--output-format=json",
         ] + extra
         let out = Pipe()
         fio.standardOutput = out
