@@ -64,7 +64,7 @@ let package = Package(
         // MARK: Tests
         .target(
             name: "ISCSITestSupport",
-            dependencies: ["SCSI", "BlockBackend", nioCore, nioPosix, .product(name: "NIOConcurrencyHelpers", package: "swift-nio")]
+            dependencies: ["SCSI", "BlockBackend", "ISCSIProtocol", nioCore, nioPosix, .product(name: "NIOConcurrencyHelpers", package: "swift-nio")]
         ),
         .systemLibrary(name: "CLibNBD", pkgConfig: "libnbd", providers: [.apt(["libnbd-dev"])]),
         .testTarget(name: "SCSITests", dependencies: ["ISCSITestSupport", "SCSI"]),

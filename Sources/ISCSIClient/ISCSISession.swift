@@ -380,8 +380,9 @@ final class SessionCore {
         lostAt = eventLoop.now
         attempt = 0
         replacementExpired = false
-        logger.warning(
-            "iSCSI connection lost, recovering the session",
+        logger.log(
+            level: error == .targetRequestedLogout ? .notice : .warning,
+            error == .targetRequestedLogout ? "logged out at the target's request, reconnecting" : "iSCSI connection lost, recovering the session",
             metadata: [
                 "error": "\(error)", "reissue": "\(commands.count)",
                 "replacement_timeout_s": "\(configuration.replacementTimeout.seconds)",

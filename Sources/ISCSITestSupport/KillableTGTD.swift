@@ -109,14 +109,24 @@ public final class KillableTGTD: @unchecked Sendable {
 
     /// Target `tid` = `iqn` open to all initiators, LUN `lun` backed by `backingFile`, with a fixed SCSI
     /// serial and identifier so the LUN's VPD 80h/83h come out the same after every restart.
-    public func configure(tid: Int = 1, iqn: String, lun: Int = 1, backingFile: String, serial: String) throws {
+    /// With `account`, that CHAP account is bound before initiators are allowed in.
+    public func configure(
+        tid: Int = 1, iqn: String, lun: Int = 1, backingFile: String, serial: String, account: (user: String, password: String)? = nil
+    ) throws {
         try tgtadm(["--op", "new", "--mode", "target", "--tid", String(tid), "-T", iqn])
         try tgtadm(["--op", "new", "--mode", "logicalunit", "--tid", String(tid), "--lun", String(lun), "-b", backingFile])
         try tgtadm([
             "--op", "update", "--mode", "logicalunit", "--tid", String(tid), "--lun", String(lun),
             "--params", "scsi_sn=\(serial),scsi_id=\(serial)",
         ])
+        if let account { try addAccount(tid: tid, user: account.user, password: account.password) }
         try tgtadm(["--op", "bind", "--mode", "target", "--tid", String(tid), "-I", "ALL"])
+    }
+
+    /// Adds a CHAP account bound to target `tid` (call after `configure`, again after every restart).
+    public func addAccount(tid: Int = 1, user: String, password: String) throws {
+        try tgtadm(["--op", "new", "--mode", "account", "--user", user, "--password", password])
+        try tgtadm(["--op", "bind", "--mode", "account", "--tid", String(tid), "--user", user])
     }
 
     /// A sparse file of `size` bytes in this instance's directory (kept across restarts).

@@ -242,3 +242,80 @@ struct LoginRetryTests {
         #expect(proxy.acceptedConnections == 1)
     }
 }
+
+/// Session recovery against the scripted `FakeTarget`: what tgtd cannot be made to do on demand.
+@Suite(.serialized, .timeLimit(.minutes(2)))
+struct RecoveryFakeTargetTests {
+    func connect(_ target: FakeTarget, replacement: TimeAmount = .seconds(30)) async throws -> ISCSISession {
+        let group = MultiThreadedEventLoopGroup.singleton
+        var configuration = ISCSISessionConfiguration(
+            host: "127.0.0.1", port: target.port, targetName: "iqn.2026-11.test:fake", initiatorName: "iqn.2026-11.test:init")
+        configuration.replacementTimeout = replacement
+        configuration.noopOutInterval = nil
+        var logger = Logger(label: "test.fake-target")
+        logger.logLevel = .notice
+        return try await ISCSISession.connect(configuration, on: group.next(), logger: logger)
+    }
+
+    func write(_ session: ISCSISession, lba: UInt64, _ data: ByteBuffer) -> EventLoopFuture<SCSICommandResult> {
+        session.execute(SCSICommand(cdb: TestCDB.write16(lba: lba, blocks: UInt32(data.readableBytes / 512)), dataOut: data), lun: LogicalUnitNumber(1))
+    }
+
+    func read(_ session: ISCSISession, lba: UInt64, length: Int) -> EventLoopFuture<SCSICommandResult> {
+        session.execute(SCSICommand(cdb: TestCDB.read16(lba: lba, blocks: UInt32(length / 512)), expectedDataInLength: UInt32(length)), lun: LogicalUnitNumber(1))
+    }
+
+    @Test func reinstatementUsesTheSameISIDAndTSIHZeroAndReissuesUnansweredCommands() async throws {
+        let target = try FakeTarget()
+        defer { target.stop() }
+        let session = try await connect(target)
+        let firstTSIH = session.tsih
+        #expect(firstTSIH != 0)
+        target.holdCommands(true)
+        let writes = (0..<8).map { i in write(session, lba: UInt64(i * 16), pattern(length: 8192, seed: UInt8(i + 1))) }
+        try await Task.sleep(for: .milliseconds(200))
+        #expect(target.commandsSeen == 8)
+        target.holdCommands(false)
+        target.dropAll()
+        for w in writes { #expect(try await w.get().status == .good) }
+        let logins = target.logins
+        #expect(logins.count == 2)
+        #expect(logins[0].isid == logins[1].isid, "RFC 7143 §6.3.5: same ISID")
+        #expect(logins[1].tsih == 0, "RFC 7143 §6.3.5: TSIH 0 reinstates the session")
+        #expect(session.tsih != firstTSIH)
+        #expect(target.commandsSeen == 16, "every unanswered write re-issued once")
+        for i in 0..<8 {
+            #expect(target.read(offset: i * 8192, length: 8192) == Array(pattern(length: 8192, seed: UInt8(i + 1)).readableBytesView))
+        }
+        try await session.logout().get()
+    }
+
+    @Test func asyncLogoutRequestLogsOutAndReconnects() async throws {
+        let target = try FakeTarget()
+        defer { target.stop() }
+        let session = try await connect(target)
+        #expect(try await write(session, lba: 0, pattern(length: 4096, seed: 7)).get().status == .good)
+        target.requestLogout()
+        // Commands submitted around the logout wait for the new connection.
+        let during = (0..<4).map { _ in read(session, lba: 0, length: 4096) }
+        for r in during { #expect(try await r.get().dataIn == pattern(length: 4096, seed: 7)) }
+        #expect(target.logins.count == 2)
+        #expect(session.status.recoveries == 1)
+        #expect(session.status.state == .connected)
+        try await session.logout().get()
+    }
+
+    @Test func announcedDropWaitsTime2WaitThenReconnects() async throws {
+        let target = try FakeTarget()
+        defer { target.stop() }
+        let session = try await connect(target)
+        let start = ContinuousClock.now
+        target.announceDropAndDisconnect(time2Wait: 1)
+        try await Task.sleep(for: .milliseconds(100))
+        let r = try await read(session, lba: 0, length: 512).get()
+        #expect(r.status == .good)
+        #expect(ContinuousClock.now - start >= .milliseconds(900), "Time2Wait honoured")
+        #expect(target.logins.count == 2)
+        try await session.logout().get()
+    }
+}

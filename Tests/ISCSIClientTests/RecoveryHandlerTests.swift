@@ -220,3 +220,39 @@ struct QueueDepthHandlerTests {
         #expect(done == futures.count, "\(done) of \(futures.count) completed")
     }
 }
+
+/// Liveness: any PDU received counts as proof of life, also while a ping is outstanding.
+struct LivenessTests {
+    @Test func trafficAfterAnUnansweredPingKeepsTheConnection() throws {
+        let h = try FakeTargetHarness(noopOutInterval: .seconds(5))
+        _ = try h.login()
+        let f = h.submit(SCSICommand(cdb: readCDB(blocks: 8), expectedDataInLength: 4096))
+        let command = try ISCSIPDU.SCSICommand(try #require(try h.sent().first))
+        // Nothing received for 6 s: a ping goes out.
+        h.channel.embeddedEventLoop.advanceTime(by: .seconds(6))
+        #expect(try h.sent().first?.header.opcode == .nopOut)
+        // The target never answers the ping but keeps sending data for the read.
+        for i in 0..<7 {
+            h.channel.embeddedEventLoop.advanceTime(by: .seconds(1))
+            let last = i == 6
+            try h.deliver(h.dataIn(itt: command.initiatorTaskTag, dataSN: UInt32(i), offset: UInt32(i * 512),
+                                   data: ByteBuffer(repeating: UInt8(i), count: last ? 1024 : 512), status: last ? 0 : nil))
+        }
+        #expect(h.channel.isActive, "a busy link is not declared dead for a late NOP-In")
+        #expect(try outcome(f)?.get().dataIn?.readableBytes == 4096)
+    }
+
+    @Test func noPingWhileDataFlows() throws {
+        let h = try FakeTargetHarness(noopOutInterval: .seconds(2))
+        _ = try h.login()
+        let f = h.submit(SCSICommand(cdb: readCDB(blocks: 16), expectedDataInLength: 8192))
+        let command = try ISCSIPDU.SCSICommand(try #require(try h.sent().first))
+        for i in 0..<16 {
+            h.channel.embeddedEventLoop.advanceTime(by: .seconds(1))
+            try h.deliver(h.dataIn(itt: command.initiatorTaskTag, dataSN: UInt32(i), offset: UInt32(i * 512),
+                                   data: ByteBuffer(repeating: 1, count: 512), status: i == 15 ? 0 : nil))
+            #expect(try h.sent().isEmpty, "no NOP-Out at second \(i + 1)")
+        }
+        #expect(try outcome(f)?.get().status == .good)
+    }
+}

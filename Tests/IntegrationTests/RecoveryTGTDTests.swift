@@ -34,19 +34,27 @@ struct RecoveryTGTDTests {
     /// fio random writes with crc32c verify at a bounded rate; tgtd is killed -9 and restarted three times
     /// during the write and the verify phase. Zero I/O errors, zero verify errors, three recoveries.
     @Test(.timeLimit(.minutes(3))) func killAndRestartTGTDDuringFioVerify() throws {
+        try killDuringFio(size: 48 << 20, extra: ["--bs=4k", "--iodepth=16", "--rate_iops=1000"], kills: 3, every: 2.0, serial: "RECOV0001")
+    }
+
+    /// The same without a rate limit at iodepth 32: many commands in flight at each kill are re-issued.
+    @Test(.timeLimit(.minutes(3))) func killAndRestartTGTDDuringUnthrottledFio() throws {
+        try killDuringFio(size: 96 << 20, extra: ["--bs=4k", "--iodepth=32"], kills: 2, every: 1.0, serial: "RECOV0006")
+    }
+
+    func killDuringFio(size: Int, extra: [String], kills maxKills: Int, every interval: Double, serial: String) throws {
         let tgt = try KillableTGTD()
         defer { tgt.stop() }
         let backing = try tgt.makeBackingFile(name: "lun1.img", size: 128 << 20)
-        try tgt.configure(iqn: Self.iqn, backingFile: backing, serial: "RECOV0001")
+        try tgt.configure(iqn: Self.iqn, backingFile: backing, serial: serial)
         let (server, sock) = try serve(tgt, replacementTimeout: 60)
 
         let fio = Process()
         fio.executableURL = URL(fileURLWithPath: findExecutable("fio") ?? "fio")
         fio.arguments = [
-            "--name=verify", "--ioengine=nbd", "--uri=\(uri(sock))", "--rw=randwrite", "--bs=4k", "--iodepth=16",
-            "--size=32m", "--rate_iops=1000", "--verify=crc32c", "--verify_state_save=0", "--do_verify=1", "--verify_fatal=1",
-            "--output-format=json",
-        ]
+            "--name=verify", "--ioengine=nbd", "--uri=\(uri(sock))", "--rw=randwrite", "--size=\(size)",
+            "--verify=crc32c", "--verify_state_save=0", "--do_verify=1", "--verify_fatal=1", "--output-format=json",
+        ] + extra
         let out = Pipe()
         fio.standardOutput = out
         let errPath = server.directory.appendingPathComponent("fio.err").path
@@ -59,30 +67,39 @@ struct RecoveryTGTDTests {
         thread.start()
 
         var kills = 0
-        while fio.isRunning && kills < 3 {
-            usleep(2_000_000)
+        while fio.isRunning && kills < maxKills {
+            // Each kill hits a recovered session: wait for the previous recovery first.
+            for _ in 0..<200 where fio.isRunning && occurrences("iSCSI session recovered", in: server.output) < kills {
+                usleep(50_000)
+            }
+            usleep(UInt32(interval * 1_000_000))
             guard fio.isRunning else { break }
             tgt.kill9()
             kills += 1
             usleep(500_000)
             try tgt.launch()
-            try tgt.configure(iqn: Self.iqn, backingFile: backing, serial: "RECOV0001")
+            try tgt.configure(iqn: Self.iqn, backingFile: backing, serial: serial)
         }
         fio.waitUntilExit()
         while !reader.isSet { usleep(10_000) }
         let stdout = String(decoding: reader.value, as: UTF8.self)
         let stderr = (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? ""
-        #expect(kills >= 2, "fio finished before tgtd could be killed twice")
+        #expect(kills >= min(2, maxKills), "fio finished before tgtd could be killed enough times")
         #expect(fio.terminationStatus == 0, "fio: \(stderr)\n\(server.output)")
         let json = stdout.firstIndex(of: "{").map { String(stdout[$0...]) } ?? stdout
         let obj = try? JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any]
         let job = (obj?["jobs"] as? [[String: Any]])?.first
         #expect(job?["error"] as? Int == 0)
-        #expect((job?["write"] as? [String: Any])?["io_bytes"] as? Int == 32 << 20)
-        #expect((job?["read"] as? [String: Any])?["io_bytes"] as? Int == 32 << 20, "verify read everything back")
+        #expect((job?["write"] as? [String: Any])?["io_bytes"] as? Int == size)
+        #expect((job?["read"] as? [String: Any])?["io_bytes"] as? Int == size, "verify read everything back")
+        // A kill near the end of the run may still be recovering when fio exits.
+        for _ in 0..<100 where occurrences("iSCSI session recovered", in: server.output) < kills { usleep(100_000) }
         let log = server.output
         let recovered = occurrences("iSCSI session recovered", in: log)
-        print("tgtd kill -9 + restart: \(kills) kills, \(recovered) recoveries, fio write+verify \(32 << 20) bytes, exit \(fio.terminationStatus), elapsed \(Date().timeIntervalSince(started)) s")
+        let reissued = log.split(separator: "\n").filter { $0.contains("connection lost") }.compactMap { line in
+            line.split(separator: " ").first { $0.hasPrefix("reissue=") }.flatMap { Int($0.dropFirst(8)) }
+        }
+        print("tgtd kill -9 + restart \(extra): \(kills) kills, \(recovered) recoveries, re-issued \(reissued), fio write+verify \(size) bytes, exit \(fio.terminationStatus), elapsed \(Date().timeIntervalSince(started)) s")
         for line in log.split(separator: "\n") where line.contains("recovered") { print(line) }
         #expect(recovered >= kills, "\(log)")
         #expect(!log.contains("replacement timeout:"), "\(log)")
@@ -123,6 +140,29 @@ struct RecoveryTGTDTests {
             if !resumed { usleep(200_000) }
         }
         #expect(resumed, "\(server.output)")
+        #expect(try server.terminate() == 0)
+    }
+
+    /// The re-login after a restart authenticates with CHAP again; the secret never shows in the output.
+    @Test(.timeLimit(.minutes(2))) func chapSessionRecoversAfterRestart() throws {
+        let tgt = try KillableTGTD()
+        defer { tgt.stop() }
+        let backing = try tgt.makeBackingFile(name: "lun1.img", size: 16 << 20)
+        try tgt.configure(iqn: Self.iqn, backingFile: backing, serial: "RECOV0005", account: ("bob", "bobsecret12345"))
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("csock-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let sock = dir.appendingPathComponent("nbd.sock").path
+        let server = try ISCSINBDProcess(
+            ["serve", "iscsi://bob@\(tgt.portal)/\(Self.iqn)/1", "--socket", sock, "--replacement-timeout", "30"],
+            environment: ["ISCSI_NBD_CHAP_SECRET": "bobsecret12345"])
+        try server.waitForSocket(sock)
+        try nbd(sock, "h.pwrite(b'\\x77' * 8192, 4096)")
+        tgt.kill9()
+        try tgt.launch()
+        try tgt.configure(iqn: Self.iqn, backingFile: backing, serial: "RECOV0005", account: ("bob", "bobsecret12345"))
+        try nbd(sock, "assert h.pread(8192, 4096) == b'\\x77' * 8192")
+        #expect(server.output.contains("iSCSI session recovered"), "\(server.output)")
+        #expect(!server.output.contains("bobsecret12345"))
         #expect(try server.terminate() == 0)
     }
 

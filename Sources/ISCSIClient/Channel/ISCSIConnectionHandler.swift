@@ -695,7 +695,11 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
     private func pingTick(interval: TimeAmount) {
         guard case .fullFeature = state, let context else { return }
         let now = context.eventLoop.now
-        if let sent = pingSentAt {
+        if let sent = pingSentAt, lastReceive > sent {
+            // Any PDU received after the ping proves the connection alive (a busy target may answer the
+            // NOP-Out late; open-iscsi #97): the ping is settled.
+            pingSentAt = nil
+        } else if let sent = pingSentAt {
             if now - sent > configuration.noopOutTimeout {
                 logger.error("NOP-Out ping timed out, dropping connection")
                 fail(.timeout("NOP-Out ping"))
