@@ -47,22 +47,13 @@ struct ServeRuntime {
             queueDepth: queueDepth)
         configuration.chap = chap.map(\.credentials)
 
-        let session: ISCSISession
-        do {
-            session = try await ISCSISession.connect(configuration, on: loop, logger: logger).get()
-        } catch {
-            throw CommandFailure("cannot log in to \(url.targetName) at \(portalText): \(error)")
-        }
-        logger.info("logged in", metadata: ["target": "\(url.targetName)", "portal": "\(portalText)"])
-
+        let session = try await SessionWiring.login(configuration, on: loop, logger: logger)
         let device: any BlockDevice
         do {
-            let scsi = try await SCSIBlockDevice.open(
-                transport: session, lun: LogicalUnitNumber(url.lun), logger: logger).get()
-            device = readOnly ? ReadOnlyBlockDevice(scsi, eventLoop: loop) : scsi
+            device = try await SessionWiring.openLUN(session: session, lun: url.lun, readOnly: readOnly, logger: logger).device
         } catch {
             try? await session.logout().get()
-            throw CommandFailure("LUN \(url.lun) of \(url.targetName): \(error)")
+            throw error
         }
 
         let server = NBDServer(
@@ -96,7 +87,6 @@ struct ServeRuntime {
         if stopReason.hasPrefix("the iSCSI") { throw CommandFailure("\(stopReason) while serving") }
     }
 
-    private var portalText: String { url.host.contains(":") ? "[\(url.host)]:\(url.port)" : "\(url.host):\(url.port)" }
 }
 
 /// A failure the user sees as one clear line (ArgumentParser prints `Error: ...` and exits non-zero).
