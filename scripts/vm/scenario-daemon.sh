@@ -4,11 +4,11 @@
 #   -> -m session -P 3 -> ext4 round trip through logout + login (by-path name) -> fio libaio direct verify
 #   -> fio numbers -> logout while fio runs (clean errors, no hang) -> daemon SIGTERM while fio runs.
 #   LIO (configfs, LUN 0): manual login through a new daemon -> ext4 round trip through logout + login.
-#   attach/detach without the daemon (chosen index, by-path link, data from the tgtd round trip).
+#   attach/detach without the daemon (chosen index, by-path link, O_DIRECT data lands in the LUN file).
 # Run (as root, from the project checkout, after `swift build --build-tests`):
 #   scripts/vm/run-in-vm.sh -t 420 -r /tmp/vm-daemon scripts/vm/scenario-daemon.sh
-# Knobs (-e VAR=VAL): ISCSI_NBD (binary, default .build/debug/iscsi-nbd), SIZE_MB (LUN size, 512),
-#   FIO_RUNTIME (seconds per fio numbers job, 5), NBD_CONNECTIONS (daemon --connections, 1).
+# Knobs (-e VAR=VAL): ISCSI_NBD (binary, default .build/debug/iscsi-nbd), SIZE_MB (LUN size, 256),
+#   FS_BIG_MB (8), FIO_RUNTIME (seconds per fio numbers job, 3), NBD_CONNECTIONS (daemon --connections, 1).
 # vm-apt: tgt fio e2fsprogs python3
 set -u
 . "$(dirname "${VM_SCRIPT:-$0}")/lib.sh"
@@ -16,8 +16,9 @@ trap cleanup_bg EXIT
 
 ROOT=$(cd "$(dirname "${VM_SCRIPT:-$0}")/../.." && pwd)
 BIN=${ISCSI_NBD:-$ROOT/.build/debug/iscsi-nbd}
-SIZE_MB=${SIZE_MB:-512}
-FIO_RUNTIME=${FIO_RUNTIME:-5}
+SIZE_MB=${SIZE_MB:-256}
+export FS_BIG_MB=${FS_BIG_MB:-8}
+FIO_RUNTIME=${FIO_RUNTIME:-3}
 CONNS=${NBD_CONNECTIONS:-1}
 export ISCSI_NBD_CONFIG_DIR=/tmp/iscsi-conf
 export ISCSI_NBD_CONTROL_SOCKET=/run/iscsi-nbd/control.sock
@@ -95,9 +96,9 @@ t_recover() {
   return $rc
 }
 no_sessions() { "$BIN" -m session; [ $? = 21 ]; }
-fio_verify() {  # write + read back with checksums, libaio, O_DIRECT
+fio_verify() {  # fio_verify DEV SIZE : write + read back with checksums, libaio, O_DIRECT
   fio --name=verify --filename="$1" --ioengine=libaio --direct=1 --rw=randwrite --bs=4k --iodepth=16 \
-      --size=64M --verify=crc32c --do_verify=1 --verify_fatal=1 --randrepeat=0 \
+      --size="$2" --verify=crc32c --do_verify=1 --verify_fatal=1 --randrepeat=0 \
       --output="$VM_RESULTS/fio-verify.txt"
 }
 # fio_interrupted LABEL ACTION... : fio runs on $DEV, ACTION happens, fio must end (with errors) within 30 s
@@ -136,7 +137,7 @@ fs_roundtrip "$T_LINK" "$MNT" "tgtd" t_logout t_login
 cp "$VM_RESULTS/sums.txt" "$VM_RESULTS/sums-tgtd.txt"
 step "target restart under a mounted fs: recovery" t_recover
 DEV=$(readlink -f "$T_LINK")
-step "tgtd fio verify (libaio, direct, crc32c)" fio_verify "$DEV"
+step "tgtd fio verify 4MiB (libaio, direct, crc32c)" fio_verify "$DEV" 4M
 fio_suite "$DEV" "tgtd-iscsi-nbd" "$FIO_RUNTIME"
 step "logout while fio runs" fio_interrupted logout t_logout
 step "no sessions after logout" no_sessions
@@ -151,8 +152,7 @@ step "daemon answers" wait_for 30 daemon_answers
 step "LIO login" l_login
 fs_roundtrip "$L_LINK" "$MNT" "LIO" l_logout l_login
 DEV=$(readlink -f "$L_LINK")
-step "LIO fio verify (libaio, direct, crc32c)" fio_verify "$DEV"
-fio_suite "$DEV" "lio-iscsi-nbd" "$FIO_RUNTIME"
+step "LIO fio verify 2MiB (libaio, direct, crc32c)" fio_verify "$DEV" 2M
 step "LIO logout" l_logout
 step "daemon stop (idle)" stop_daemon
 step "LIO teardown" lio_teardown $L_IQN $L_PORT
@@ -161,11 +161,11 @@ step "LIO teardown" lio_teardown $L_IQN $L_PORT
 attach_up() { [ -n "$(cat "$VM_RESULTS/attach.log" 2>/dev/null | grep -x /dev/nbd5)" ] && connected /dev/nbd5; }
 step "attach (foreground, --device /dev/nbd5)" eval 'bg_start attach "$BIN" attach "iscsi://127.0.0.1:$T_PORT/$T_IQN/1" --device /dev/nbd5; ATTACH_PID=$BG_PID; wait_for 30 attach_up'
 step "attach by-path link" wait_for 10 linked "$T_LINK"
-step "attached: mkfs + write + verify" eval 'mkfs.ext4 -q -F /dev/nbd5 && mount /dev/nbd5 $MNT && FS_BIG_MB=8 fs_write $MNT && umount $MNT && mount -o ro $T_LINK $MNT && fs_verify $MNT && umount $MNT'
+step "attached: write 4MiB direct, read back" eval 'head -c 4M /dev/urandom > /tmp/att.bin && dd if=/tmp/att.bin of=/dev/nbd5 bs=1M oflag=direct status=none && cmp -n 4194304 /tmp/att.bin $T_LINK' 
 step "detach /dev/nbd5" "$BIN" detach /dev/nbd5
 step "attach process exits 0" eval 'wait_for 20 eval "! alive $ATTACH_PID" && wait $ATTACH_PID'
 step "nbd5 disconnected, link gone" eval 'disconnected /dev/nbd5 && gone "$T_LINK"'
-step "data on the tgtd LUN file" verify_image /tmp/tgt.img "$MNT"
+step "data on the tgtd LUN file" cmp -n 4194304 /tmp/att.bin /tmp/tgt.img
 step "tgtd stop" stop_tgtd
 log "scenario-daemon: all steps passed"
 cat "$SUMMARY" 2>/dev/null
