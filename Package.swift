@@ -52,7 +52,7 @@ let package = Package(
             name: "ISCSINBDCommand",
             dependencies: [
                 "ISCSIClient", "ISCSIBlockBackend", "NBDServer", "NBDKernel", "ISCSIConfig", "ISNS",
-                nioCore, nioPosix, logging,
+                nioCore, nioPosix, logging, .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
@@ -88,7 +88,7 @@ let package = Package(
         .testTarget(name: "ISCSIConfigTests", dependencies: ["ISCSITestSupport", "ISCSIConfig"], resources: [.copy("Fixtures")]),
         .testTarget(name: "ISNSTests", dependencies: ["ISCSITestSupport", "ISNS", nioCore, nioPosix]),
         .testTarget(name: "ISCSIClientTests", dependencies: ["ISCSITestSupport", "ISCSIClient", "ISCSIProtocol", "SCSI"]),
-        .testTarget(name: "ISCSINBDCommandTests", dependencies: ["ISCSITestSupport", "ISCSINBDCommand"]),
+        .testTarget(name: "ISCSINBDCommandTests", dependencies: ["ISCSITestSupport", "ISCSINBDCommand", nioPosix, logging]),
         .testTarget(
             name: "IntegrationTests",
             dependencies: ["ISCSITestSupport", "ISCSINBDCommand", "ISCSIClient", "ISCSIBlockBackend", "NBDServer", "ISNS", "CLibNBD"]

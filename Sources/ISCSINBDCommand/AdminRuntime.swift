@@ -52,13 +52,60 @@ struct AdminRuntime {
                 _ = try database.update(record.id, key: key, value: value)
             }
         case .nodeLogin(let target, let portal):
-            try await loginNodes(try records(target: target, portal: portal))
-        case .nodeLogout(let target, _):
-            _ = target
-            throw noObjects("No matching sessions found")
-        case .sessionList:
-            throw noObjects("No active sessions.")
+            let selected = try records(target: target, portal: portal)
+            if let response = try askDaemon(.login, target: target, portal: portal) {
+                try printDaemonLogin(response, records: selected)
+            } else {
+                try await loginNodes(selected)
+            }
+        case .nodeLogout(let target, let portal):
+            guard let response = try askDaemon(.logout, target: target, portal: portal) else {
+                throw noObjects("No matching sessions found")
+            }
+            for line in response.messages { print(line) }
+            try check(response)
+        case .sessionList(let level):
+            guard let response = try askDaemon(.sessions, target: nil, portal: nil) else {
+                throw noObjects("No active sessions.")
+            }
+            try check(response)
+            guard !response.sessions.isEmpty else { throw noObjects("No active sessions.") }
+            print(SessionPrinter.render(response.sessions, level: level), terminator: "")
         }
+    }
+
+    // MARK: - Daemon
+
+    /// The control socket: ISCSI_NBD_CONTROL_SOCKET or /run/iscsi-nbd/control.sock.
+    var controlSocket: String { ControlProtocol.socketPath() }
+
+    /// Sends a request to the daemon; nil when no daemon listens (then the caller falls back).
+    private func askDaemon(_ op: ControlRequest.Operation, target: String?, portal: PortalAddress?) throws -> ControlResponse? {
+        let request = ControlRequest(op: op, target: target, portal: portal?.description, configDir: directory)
+        return try ControlClient.send(request, path: controlSocket)
+    }
+
+    private func check(_ response: ControlResponse) throws {
+        guard response.ok else {
+            throw ExitCodeError(code: response.code ?? 1, message: response.error ?? "the daemon reported a failure")
+        }
+    }
+
+    private func printDaemonLogin(_ response: ControlResponse, records: [NodeRecord]) throws {
+        for record in records {
+            print("Logging in to [iface: default, target: \(record.id.target), portal: \(record.id.portal.host),\(record.id.portal.port)]")
+        }
+        for line in response.messages {
+            if line.hasPrefix("iscsi-nbd:") {
+                FileHandle.standardError.write(Data((line + "\n").utf8))
+            } else {
+                print(line)
+            }
+        }
+        for session in response.sessions {
+            for line in SessionPrinter.deviceLines(session) { print(line) }
+        }
+        try check(response)
     }
 
     // MARK: - Discovery

@@ -44,32 +44,16 @@ struct ServeRuntime {
         let loop = group.next()
 
         var configuration = self.session
-        let target = configuration.targetName ?? ""
         if let replacementTimeout { configuration.replacementTimeout = .seconds(Int64(replacementTimeout)) }
-        let session: ISCSISession
-        do {
-            session = try await ISCSISession.connect(configuration, on: loop, logger: logger).get()
-        } catch {
-            throw CommandFailure("cannot log in to \(target) at \(portalText): \(ErrorText.describe(error))")
-        }
-        logger.info("logged in", metadata: ["target": "\(target)", "portal": "\(portalText)"])
-
+        let session = try await SessionWiring.login(configuration, on: loop, logger: logger)
         let device: any BlockDevice
         do {
-            let scsi = try await openLUN(session: session)
-            device = readOnly ? ReadOnlyBlockDevice(scsi, eventLoop: loop) : scsi
-            // After every reconnect, before queued I/O goes out: the same LUN (VPD 83h/80h, geometry) or stop.
-            session.setReloginCheck { transport in
-                scsi.verifyAfterRelogin(over: transport).map { _ in }.flatMapErrorThrowing { error in
-                    if let mismatch = error as? LUNIdentityMismatch {
-                        throw ISCSISessionError.identityMismatch(mismatch.description)
-                    }
-                    throw error
-                }
-            }
+            let opened = try await SessionWiring.openLUN(session: session, lun: lun, readOnly: readOnly, logger: logger)
+            device = opened.device
+            SessionWiring.guardIdentity(session: session, devices: [opened.scsi])
         } catch {
             try? await session.logout().get()
-            throw CommandFailure("\(lun.map { "LUN \($0)" } ?? "no usable LUN") of \(target): \(error)")
+            throw error
         }
 
         let server = NBDServer(
@@ -104,27 +88,6 @@ struct ServeRuntime {
         if stopReason.hasPrefix("the iSCSI") { throw CommandFailure("\(stopReason) while serving") }
     }
 
-    private var portalText: String {
-        session.host.contains(":") ? "[\(session.host)]:\(session.port)" : "\(session.host):\(session.port)"
-    }
-
-    /// The LUN asked for, or the first one REPORT LUNS lists that is a direct-access block device
-    /// (tgt's LUN 0 is its controller; LIO's disks start at 0).
-    private func openLUN(session: ISCSISession) async throws -> SCSIBlockDevice {
-        if let lun {
-            return try await SCSIBlockDevice.open(transport: session, lun: LogicalUnitNumber(lun), logger: logger).get()
-        }
-        let luns = try await SCSIBlockDevice.reportLUNs(transport: session, logger: logger).get()
-        var problems: [String] = []
-        for candidate in luns {
-            do {
-                return try await SCSIBlockDevice.open(transport: session, lun: candidate, logger: logger).get()
-            } catch {
-                problems.append("LUN \(candidate): \(error)")
-            }
-        }
-        throw CommandFailure("the target has no direct-access LUN (\(problems.joined(separator: "; ")))")
-    }
 }
 
 /// A failure the user sees as one clear line (ArgumentParser prints `Error: ...` and exits non-zero).

@@ -1,0 +1,122 @@
+import ArgumentParser
+import Foundation
+import ISCSIConfig
+import Logging
+import NIOCore
+import NIOPosix
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `iscsi-nbd daemon`: holds every session and its /dev/nbdN devices (open-iscsi's iscsid).
+struct DaemonCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "daemon",
+        abstract: "Run the session daemon: logs in to node.startup = automatic records, serves -m node --login/--logout and -m session.",
+        discussion: """
+            Normally started by systemd (iscsi-nbd.service, Type=notify; iscsi-nbd.socket passes the control
+            socket). READY=1 is sent once every automatic login either succeeded or was handed to background
+            retry. SIGTERM flushes, detaches every /dev/nbdN and logs out.
+            """
+    )
+
+    @Option(name: .long, help: "Control socket path (default /run/iscsi-nbd/control.sock, or ISCSI_NBD_CONTROL_SOCKET).")
+    var controlSocket: String?
+
+    @Option(name: .long, help: "Configuration directory (default /etc/iscsi, or ISCSI_NBD_CONFIG_DIR).")
+    var configDir: String?
+
+    @Option(name: .long, help: "Directory for the stable links (default /dev/disk/by-path; empty = none).")
+    var byPathDir: String = DeviceNames.byPathDirectory
+
+    @Option(name: .long, help: "Sockets per /dev/nbdN (kernel multi-queue; used when the LUN allows multi-conn).")
+    var connections: Int = 1
+
+    @Option(name: .long, help: "Per-request timeout of the kernel device in seconds (NBD_ATTR_TIMEOUT; 0 = kernel default).")
+    var requestTimeout: Int = 30
+
+    @Flag(name: .long, help: "Do not log in to automatic node records at start.")
+    var noAutomatic = false
+
+    @Flag(name: .long, help: "Skip mlockall and the OOM score adjustment (tests as non-root).")
+    var noMemoryLock = false
+
+    @Option(name: .long, help: "Event loop threads.")
+    var threads: Int = 1
+
+    @OptionGroup var logging: LoggingOptions
+
+    func validate() throws {
+        guard (1...16).contains(connections) else { throw ValidationError("--connections must be 1 to 16") }
+        guard (0...3600).contains(requestTimeout) else { throw ValidationError("--request-timeout must be 0 to 3600") }
+        guard (1...64).contains(threads) else { throw ValidationError("--threads must be 1 to 64") }
+    }
+
+    func run() async throws {
+        let logger = logging.makeLogger(label: "iscsi-nbd.daemon")
+        if !noMemoryLock { DaemonProcess.protectMemory(logger: logger) }
+        let reasons = StopReasons()
+        let signals = SignalWatcher([SIGINT, SIGTERM]) { reasons.stop("signal \($0)") }
+        defer { signals.cancel() }
+
+        let environment = ProcessInfo.processInfo.environment
+        let activation = try SocketActivation.parse(environment: environment, pid: getpid())
+        for v in SocketActivation.variables { unsetenv(v) }
+        if let activation, activation.descriptors.count != 1 {
+            throw CommandFailure("socket activation passed \(activation.descriptors.count) sockets; iscsi-nbd.socket has one")
+        }
+        let settings = DaemonSettings(
+            configDir: ConfigDirectory.resolve(explicit: configDir),
+            byPathDirectory: byPathDir.isEmpty ? nil : byPathDir,
+            connectionsPerDevice: connections,
+            requestTimeout: requestTimeout == 0 ? nil : .seconds(requestTimeout))
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
+        let core = DaemonCore(settings: settings, group: group, logger: logger)
+        let path = controlSocket ?? ControlProtocol.socketPath(environment: environment)
+        let server: ControlServer
+        do {
+            server = try await ControlServer.start(
+                path: path, activated: activation?.descriptors.first, group: group, logger: logger
+            ) { request in await core.handle(request) }
+        } catch {
+            try? await group.shutdownGracefully()
+            throw CommandFailure("cannot open the control socket \(path): \(error)")
+        }
+
+        if !noAutomatic {
+            let (started, failed) = await core.loginAutomatic()
+            logger.notice("automatic logins: \(started) logged in, \(failed) retrying in the background")
+            SystemdNotify.send("READY=1\nSTATUS=\(started) automatic sessions, \(failed) retrying")
+        } else {
+            SystemdNotify.send("READY=1\nSTATUS=ready")
+        }
+        logger.notice("daemon ready", metadata: ["control": "\(path)", "pid": "\(getpid())"])
+
+        let reason = await reasons.first()
+        logger.notice("stopping: \(reason); flushing, detaching and logging out")
+        SystemdNotify.send("STOPPING=1\nSTATUS=logging out")
+        await core.shutdown()
+        await server.close()
+        try? await group.shutdownGracefully()
+        logger.notice("stopped")
+    }
+}
+
+enum DaemonProcess {
+    /// Pages of the daemon must never wait on I/O to a device it serves (swap or page-cache writeback on
+    /// /dev/nbdN would deadlock): lock memory, and keep the OOM killer away.
+    static func protectMemory(logger: Logger) {
+        if mlockall(Int32(MCL_CURRENT | MCL_FUTURE)) != 0 {
+            logger.warning("mlockall failed: \(String(cString: strerror(errno))) (set LimitMEMLOCK=infinity or run as root)")
+        }
+        if let fh = FileHandle(forWritingAtPath: "/proc/self/oom_score_adj") {
+            do {
+                try fh.write(contentsOf: Data("-1000\n".utf8))
+            } catch {
+                logger.warning("cannot set /proc/self/oom_score_adj: \(error)")
+            }
+            try? fh.close()
+        }
+    }
+}

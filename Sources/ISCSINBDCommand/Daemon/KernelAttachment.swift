@@ -1,0 +1,207 @@
+import BlockBackend
+import Foundation
+import Logging
+import NBDKernel
+import NBDServer
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// How to hand a LUN to the kernel.
+struct KernelAttachOptions: Sendable {
+    /// nbdN to use; nil = the first free one.
+    var index: Int?
+    /// Sockets (kernel multi-queue); more than one only when the export allows NBD_FLAG_CAN_MULTI_CONN.
+    var connections: Int = 1
+    /// NBD_ATTR_TIMEOUT: a request taking longer marks its connection dead (and is requeued while the
+    /// dead-connection timeout runs). nil = the kernel's default.
+    var requestTimeout: Duration? = .seconds(30)
+    /// NBD_ATTR_DEAD_CONN_TIMEOUT: how long I/O waits for fresh sockets (NBD_CMD_RECONFIGURE) when every
+    /// connection is dead. Tied to open-iscsi's node.session.timeo.replacement_timeout.
+    var deadConnectionTimeout: Duration? = .seconds(120)
+    var backendIdentifier: String
+    var exportName: String
+    /// Directory for the stable link (normally /dev/disk/by-path) and the link's name; nil = no link.
+    var byPathDirectory: String? = DeviceNames.byPathDirectory
+    var byPathName: String?
+}
+
+/// One LUN attached as /dev/nbdN: an NBD server with no listeners serves our ends of socketpairs in
+/// transmission-only mode; the kernel holds the other ends (NBD_CMD_CONNECT).
+final class KernelAttachment: Sendable {
+    let index: Int
+    let device: any BlockDevice
+    let backendIdentifier: String
+    let byPathLink: String?
+    let connectionCount: Int
+    let options: KernelAttachOptions
+    private let server: NBDServer
+    private let served: NIOLockedValueBox<[NBDServedConnection]>
+    private let logger: Logger
+
+    var devicePath: String { "/dev/nbd\(index)" }
+
+    /// Completes when the kernel has dropped every connection (after a disconnect, `iscsi-nbd detach`, or
+    /// dead connections).
+    func allConnectionsClosed(on loop: any EventLoop) -> EventLoopFuture<Void> {
+        let futures = served.withLockedValue { $0.map(\.closeFuture) }
+        return EventLoopFuture.andAllComplete(futures, on: loop)
+    }
+
+    private init(index: Int, device: any BlockDevice, options: KernelAttachOptions, byPathLink: String?,
+                 server: NBDServer, served: [NBDServedConnection], logger: Logger) {
+        self.options = options
+        let backendIdentifier = options.backendIdentifier
+        self.index = index
+        self.device = device
+        self.backendIdentifier = backendIdentifier
+        self.byPathLink = byPathLink
+        self.connectionCount = served.count
+        self.server = server
+        self.served = NIOLockedValueBox(served)
+        self.logger = logger
+    }
+
+    /// Serves `device` to the kernel. Blocking netlink calls run on the thread pool.
+    /// With `reconfigure`, the device /dev/nbd<reconfigure> already exists (its old connections died): the new
+    /// sockets replace them with NBD_CMD_RECONFIGURE, and I/O the kernel held back continues on them.
+    static func attach(
+        device: any BlockDevice, options: KernelAttachOptions, group: any EventLoopGroup, logger: Logger,
+        reconfigure: Int? = nil
+    ) async throws -> KernelAttachment {
+        let info = device.info
+        let export = NBDServer.makeExport(info: info, name: options.exportName, description: nil)
+        let count = export.flags.contains(.canMultiConn) ? max(1, min(options.connections, 16)) : 1
+        let server = NBDServer(
+            device: device, configuration: NBDServerConfiguration(exportName: options.exportName, listen: []),
+            group: group, logger: logger)
+        var pairs: [(ours: Int32, kernels: Int32)] = []
+        var served: [NBDServedConnection] = []
+        func closeAll() async {
+            for p in pairs { close(p.kernels) }
+            for s in served { s.close() }
+            await server.shutdown()
+        }
+        do {
+            for _ in 0..<count {
+                var fds: [Int32] = [-1, -1]
+                guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0 else {
+                    throw CommandFailure("socketpair: \(String(cString: strerror(errno)))")
+                }
+                pairs.append((fds[0], fds[1]))
+                served.append(try await server.serveConnectedSocket(fd: fds[0], transmissionOnly: true))
+            }
+        } catch {
+            await closeAll()
+            throw error
+        }
+        let kernelFDs = pairs.map(\.kernels)
+        let request = NBDConnectRequest(
+            sockets: kernelFDs, size: info.size, blockSize: info.logicalBlockSize,
+            serverFlags: NBDKernel.NBDTransmissionFlags(rawValue: UInt64(export.flags.rawValue)),
+            clientFlags: [], timeoutSeconds: options.requestTimeout.map(Self.seconds),
+            deadConnectionTimeoutSeconds: options.deadConnectionTimeout.map(Self.seconds),
+            index: options.index.map { UInt32(clamping: $0) }, backendIdentifier: options.backendIdentifier)
+        let index: Int
+        do {
+            if let existing = reconfigure {
+                try await NIOThreadPool.singleton.runIfActive { () throws -> Void in
+                    try NBDKernelDevice().reconfigure(index: existing, sockets: kernelFDs, backendIdentifier: options.backendIdentifier)
+                }
+                index = existing
+            } else {
+                index = try await NIOThreadPool.singleton.runIfActive { () throws -> Int in
+                    try NBDKernelDevice().connect(request)
+                }
+            }
+        } catch {
+            await closeAll()
+            throw CommandFailure("cannot attach the LUN to the kernel: \(error)")
+        }
+        // The kernel holds its own references now.
+        for fd in kernelFDs { close(fd) }
+        var link: String?
+        if let dir = options.byPathDirectory, let name = options.byPathName {
+            let path = dir + "/" + name
+            do {
+                try installLink(path: path, target: "/dev/nbd\(index)")
+                link = path
+            } catch {
+                logger.warning("cannot create \(path): \(error)")
+            }
+        }
+        logger.notice(reconfigure == nil ? "attached" : "reconnected", metadata: [
+            "device": "/dev/nbd\(index)", "backend": "\(options.backendIdentifier)", "connections": "\(count)",
+            "size": "\(info.size)", "blockSize": "\(info.logicalBlockSize)",
+        ])
+        return KernelAttachment(index: index, device: device, options: options,
+                                byPathLink: link, server: server, served: served, logger: logger)
+    }
+
+    /// Flushes the block device (page cache + NBD_CMD_FLUSH), disconnects it (NBD_CMD_DISCONNECT: queued
+    /// I/O fails, the kernel sends NBD_CMD_DISC and drops the sockets), waits for our connections to finish
+    /// and removes the by-path link. Bounded: never waits more than `timeout` for the kernel.
+    func detach(flush: Bool, timeout: Duration = .seconds(30)) async {
+        let index = self.index
+        if flush {
+            let flushed = try? await NIOThreadPool.singleton.runIfActive { () -> Int32 in
+                let fd = open("/dev/nbd\(index)", O_RDWR | O_CLOEXEC | O_NONBLOCK)
+                guard fd >= 0 else { return errno }
+                defer { close(fd) }
+                return fsync(fd) == 0 ? 0 : errno
+            }
+            if let e = flushed, e != 0 { logger.warning("flush of /dev/nbd\(index) failed: \(String(cString: strerror(e)))") }
+        }
+        do {
+            try await NIOThreadPool.singleton.runIfActive { () throws -> Void in try NBDKernelDevice().disconnect(index: index) }
+        } catch {
+            logger.warning("NBD_CMD_DISCONNECT /dev/nbd\(index): \(error)")
+        }
+        let connections = served.withLockedValue { $0 }
+        let loop = device.preferredEventLoop ?? MultiThreadedEventLoopGroup.singleton.next()
+        let closed = allConnectionsClosed(on: loop)
+        let deadline = loop.scheduleTask(in: .seconds(Int64(timeout.components.seconds))) {
+            for c in connections { c.close() }
+        }
+        try? await closed.get()
+        deadline.cancel()
+        await server.shutdown()
+        if let link = byPathLink { Self.removeLink(path: link, ifPointingTo: devicePath) }
+        logger.notice("detached", metadata: ["device": "\(devicePath)"])
+    }
+
+    /// Drops our ends without telling the kernel: it sees dead connections and holds I/O back for the
+    /// dead-connection timeout, waiting for fresh sockets (`attach(..., reconfigure: index)`).
+    func abandon() async {
+        for c in served.withLockedValue({ $0 }) { c.close() }
+        await server.shutdown()
+    }
+
+    // MARK: - by-path links
+
+    static func installLink(path: String, target: String) throws {
+        let dir = (path as NSString).deletingLastPathComponent
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        var st = stat()
+        if lstat(path, &st) == 0 {
+            guard (st.st_mode & S_IFMT) == S_IFLNK else { throw CommandFailure("\(path) exists and is not a symlink") }
+            unlink(path)
+        }
+        guard symlink(target, path) == 0 else { throw CommandFailure("symlink: \(String(cString: strerror(errno)))") }
+    }
+
+    static func removeLink(path: String, ifPointingTo target: String) {
+        if let current = try? FileManager.default.destinationOfSymbolicLink(atPath: path), current == target {
+            unlink(path)
+        }
+    }
+
+    private static func seconds(_ d: Duration) -> UInt64 {
+        let (s, atto) = d.components
+        return s < 0 ? 0 : UInt64(s) + (atto > 0 ? 1 : 0)
+    }
+}

@@ -1,0 +1,20 @@
+#!/bin/bash
+# scenario-kernel-all.sh - every kernel scenario in one VM boot (CI: scripts/vm/test-kernel.sh).
+#   1. scenario-netlink.sh  (NBDKernel netlink codec against the real nbd driver, nbdkit server)
+#   2. scenario-daemon.sh   (daemon, login/logout, by-path, ext4, fio, tgtd + LIO, attach/detach)
+# Each writes its results under $VM_RESULTS/<name>/. Stops at the first failure.
+# vm-apt: nbdkit e2fsprogs python3 tgt fio
+set -u
+DIR=$(dirname "${VM_SCRIPT:-$0}")
+: "${VM_RESULTS:=/tmp/vm-results}"
+rc=0
+for s in netlink daemon; do
+  echo "==== scenario-$s ===="
+  t0=${EPOCHREALTIME/./}
+  VM_SCRIPT=$DIR/scenario-$s.sh VM_RESULTS=$VM_RESULTS/$s bash "$DIR/scenario-$s.sh"
+  rc=$?
+  t1=${EPOCHREALTIME/./}
+  printf 'scenario-%-10s rc=%s %ss\n' "$s" "$rc" "$(( (t1 - t0) / 1000000 ))" | tee -a "$VM_RESULTS/scenarios.txt"
+  [ $rc = 0 ] || break
+done
+exit $rc
