@@ -41,8 +41,10 @@ final class ControlServer: Sendable {
         var st = stat()
         if lstat(path, &st) == 0 {
             guard (st.st_mode & S_IFMT) == S_IFSOCK else { throw CommandFailure("\(path) exists and is not a socket") }
-            if (try? ControlClient.send(ControlRequest(op: .ping), path: path, timeoutSeconds: 5)) != nil {
-                throw CommandFailure("another daemon answers on \(path)")
+            // Stale only when nobody accepts connections on it: a busy daemon that is slow to answer a
+            // ping still owns the socket.
+            if ControlClient.someoneListens(path: path) {
+                throw CommandFailure("another daemon listens on \(path)")
             }
             unlink(path)
         }
@@ -134,6 +136,23 @@ private func answerLater(
 
 /// The CLI's end: blocking, one request per connection. `send` returns nil when no daemon listens.
 enum ControlClient {
+    /// Whether a process accepts connections on the socket (connect succeeds). ECONNREFUSED or a missing
+    /// file mean nobody does.
+    static func someoneListens(path: String) -> Bool {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else { return false }
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in for (i, b) in bytes.enumerated() { raw[i] = b } }
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        return rc == 0 || errno == EAGAIN  // EAGAIN: a listener whose backlog is full
+    }
+
     static func send(_ request: ControlRequest, path: String, timeoutSeconds: Int = 600) throws -> ControlResponse? {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw CommandFailure("socket: \(String(cString: strerror(errno)))") }
