@@ -23,7 +23,8 @@ public func fuzzOneInput(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
         return 0
     }
 
-    var handshake = NBDServerHandshake(export: export, maximumOptionLength: mode & 1 != 0 ? 256 : 64 * 1024)
+    var handshake = NBDServerHandshake(
+        export: export, maximumOptionLength: mode & 1 != 0 ? 256 : 64 * 1024, tlsRequired: mode & 8 != 0)
     var transmission: NBDTransmissionParameters?
     var pending = ByteBuffer()
     var offset = stream.startIndex
@@ -45,7 +46,7 @@ public func fuzzOneInput(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
                 guard let action else { break }
                 var out = ByteBuffer()
                 switch action {
-                case .send(let messages):
+                case .send(let messages), .sendAndStartTLS(let messages):
                     for m in messages { out.writeNBDHandshakeMessage(m) }
                 case .sendAndClose(let messages):
                     for m in messages { out.writeNBDHandshakeMessage(m) }

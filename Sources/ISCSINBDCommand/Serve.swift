@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import NBDServer
 
 /// `iscsi-nbd serve URL --socket PATH [--listen HOST:PORT]`
 struct Serve: AsyncParsableCommand {
@@ -51,7 +52,28 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .long, help: "Event loop threads.")
     var threads: Int = 1
 
+    @Option(name: .long, help: "TLS for --listen (PEM server certificate chain); clients must use NBD_OPT_STARTTLS.")
+    var tlsCertificate: String?
+
+    @Option(name: .long, help: "PEM private key for --tls-certificate.")
+    var tlsKey: String?
+
+    @Flag(name: .long, help: "Require a client certificate signed by --tls-ca.")
+    var tlsVerifyPeer = false
+
+    @Option(name: .long, help: "PEM CA certificates trusted for client certificates (with --tls-verify-peer).")
+    var tlsCa: String?
+
+    @Option(name: .long, help: "NBD connections served at once; more are closed on accept.")
+    var maxConnections: Int = 512
+
     @OptionGroup var logging: LoggingOptions
+
+    /// The TLS settings, or nil without --tls-certificate.
+    var tlsConfiguration: NBDTLSConfiguration? {
+        guard let tlsCertificate, let tlsKey else { return nil }
+        return NBDTLSConfiguration(certificateChainFile: tlsCertificate, privateKeyFile: tlsKey, verifyPeer: tlsVerifyPeer, trustRootsFile: tlsCa)
+    }
 
     func validate() throws {
         if socket.isEmpty && listen.isEmpty {
@@ -60,6 +82,17 @@ struct Serve: AsyncParsableCommand {
         for l in listen { _ = try ListenAddress.parseTCP(l) }
         guard (1...4096).contains(queueDepth) else { throw ValidationError("--queue-depth must be 1 to 4096") }
         guard (1...64).contains(threads) else { throw ValidationError("--threads must be 1 to 64") }
+        guard (1...65536).contains(maxConnections) else { throw ValidationError("--max-connections must be 1 to 65536") }
+        if (tlsCertificate == nil) != (tlsKey == nil) {
+            throw ValidationError("--tls-certificate and --tls-key go together")
+        }
+        if tlsCertificate == nil && (tlsVerifyPeer || tlsCa != nil) {
+            throw ValidationError("--tls-verify-peer and --tls-ca need --tls-certificate and --tls-key")
+        }
+        if tlsVerifyPeer && tlsCa == nil { throw ValidationError("--tls-verify-peer needs --tls-ca") }
+        if tlsCertificate != nil && listen.isEmpty {
+            throw ValidationError("TLS applies to --listen (TCP); unix sockets are protected by their 0600 mode")
+        }
     }
 
     func run() async throws {
@@ -71,6 +104,11 @@ struct Serve: AsyncParsableCommand {
         }
         if let password = parsed.password { ArgvScrubber.scrub(password) }
         let logger = logging.makeLogger(label: "iscsi-nbd")
+        let tls = tlsConfiguration
+        if let tls {
+            // Fail before logging in when a file is missing or unusable.
+            do { _ = try tls.makeContext() } catch { throw ValidationError(error.description) }
+        }
         let chap: ResolvedCHAP?
         do {
             chap = try SecretResolver.resolve(
@@ -86,7 +124,7 @@ struct Serve: AsyncParsableCommand {
             sockets: socket, tcp: try listen.map(ListenAddress.parseTCP),
             exportName: exportName ?? "\(parsed.targetName)/lun-\(parsed.lun)",
             readOnly: readOnly, initiatorName: initiatorName, queueDepth: queueDepth, threads: threads,
-            logger: logger
+            tls: tls, maxConnections: maxConnections, logger: logger
         ).run()
     }
 }

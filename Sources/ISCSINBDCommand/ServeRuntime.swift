@@ -20,6 +20,9 @@ struct ServeRuntime {
     var initiatorName: String?
     var queueDepth: Int
     var threads: Int
+    /// TLS for the TCP listeners (see `NBDTLSConfiguration`).
+    var tls: NBDTLSConfiguration? = nil
+    var maxConnections: Int = 512
     var logger: Logger
 
     func run() async throws {
@@ -69,7 +72,8 @@ struct ServeRuntime {
             device: device,
             configuration: NBDServerConfiguration(
                 exportName: exportName,
-                listen: sockets.map { .unix(path: $0) } + tcp.map { .tcp(host: $0.host, port: $0.port) }),
+                listen: sockets.map { .unix(path: $0) } + tcp.map { .tcp(host: $0.host, port: $0.port) },
+                tls: tls, maxConnections: maxConnections),
             group: group, logger: logger)
         do {
             try await server.start()

@@ -2,6 +2,7 @@ import BlockBackend
 import Logging
 import NBDProtocol
 import NIOCore
+import NIOSSL
 
 /// Asks a connection to finish: handshake connections close at once; transmission connections stop reading,
 /// let in-flight requests complete and send their replies, then close (nbd-proto.md "Terminating the
@@ -42,6 +43,8 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
 
     private let device: any BlockDevice
     private let maxInFlight: Int
+    /// FORCEDTLS: the context for the TLS handler installed after NBD_OPT_STARTTLS.
+    private let tlsContext: NIOSSLContext?
     private var logger: Logger
     private var phase: Phase
 
@@ -63,11 +66,16 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
     var bufferedInboundCapacity: Int { cumulation?.capacity ?? 0 }
 
     /// A connection that starts with the fixed newstyle handshake.
-    init(device: any BlockDevice, export: NBDExport, maxInFlight: Int, maxOptionLength: UInt32, logger: Logger) {
+    init(
+        device: any BlockDevice, export: NBDExport, maxInFlight: Int, maxOptionLength: UInt32,
+        tlsContext: NIOSSLContext? = nil, logger: Logger
+    ) {
         self.device = device
         self.maxInFlight = max(1, maxInFlight)
         self.logger = logger
-        self.phase = .handshake(NBDServerHandshake(export: export, maximumOptionLength: maxOptionLength))
+        self.tlsContext = tlsContext
+        self.phase = .handshake(
+            NBDServerHandshake(export: export, maximumOptionLength: maxOptionLength, tlsRequired: tlsContext != nil))
     }
 
     /// A connection that starts in the transmission phase with simple replies (the kernel's socket after
@@ -76,6 +84,7 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
         self.device = device
         self.maxInFlight = max(1, maxInFlight)
         self.logger = logger
+        self.tlsContext = nil
         let parameters = NBDTransmissionParameters(export: export, structuredReplies: false)
         self.phase = .transmission(Self.makeTransmission(parameters))
     }
@@ -205,7 +214,12 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
                     }
                     phase = .handshake(handshake)
                     guard let action else { return }
-                    perform(action, context: context)
+                    if case .sendAndStartTLS = action, buffer.readableBytes > 0 {
+                        // The client must wait for our ACK before its ClientHello (nbd-proto.md "TLS support").
+                        phase = .closed
+                        throw NBDProtocolError(.unexpectedData, "plain-text data after NBD_OPT_STARTTLS")
+                    }
+                    try perform(action, context: context)
                     // Loop: remaining bytes may hold more options or the first requests.
                 case .transmission(var transmission):
                     while !draining && inFlight < maxInFlight {
@@ -230,10 +244,10 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
         }
     }
 
-    private func perform(_ action: NBDHandshakeAction, context: ChannelHandlerContext) {
+    private func perform(_ action: NBDHandshakeAction, context: ChannelHandlerContext) throws {
         let messages: [NBDHandshakeMessage]
         switch action {
-        case .send(let m), .sendAndStartTransmission(let m, _), .sendAndClose(let m): messages = m
+        case .send(let m), .sendAndStartTransmission(let m, _), .sendAndClose(let m), .sendAndStartTLS(let m): messages = m
         }
         var out = context.channel.allocator.buffer(capacity: 64 * messages.count)
         for message in messages { out.writeNBDHandshakeMessage(message) }
@@ -246,6 +260,16 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
                 metadata: ["nbd.structured": "\(parameters.structuredReplies)", "nbd.flags": "0x\(String(parameters.transmissionFlags.rawValue, radix: 16))"])
             phase = .transmission(Self.makeTransmission(parameters))
             context.writeAndFlush(wrapOutboundOut(out), promise: nil)
+        case .sendAndStartTLS:
+            guard let tlsContext else {
+                phase = .closed
+                throw NBDProtocolError(.unexpectedData, "STARTTLS accepted without a TLS context")
+            }
+            // The ACK goes out in plain text (it is below the TLS handler once written); everything after it,
+            // in both directions, passes through TLS.
+            context.writeAndFlush(wrapOutboundOut(out), promise: nil)
+            try context.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tlsContext), position: .first)
+            logger.debug("NBD_OPT_STARTTLS: TLS handshake started")
         case .sendAndClose:
             phase = .closed
             context.writeAndFlush(wrapOutboundOut(out)).assumeIsolated().whenComplete { _ in context.close(promise: nil) }

@@ -4,6 +4,7 @@ import NBDProtocol
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import NIOSSL
 
 #if canImport(Glibc)
 import Glibc
@@ -39,12 +40,20 @@ public struct NBDServerConfiguration: Sendable, Hashable {
     public var maxInFlightPerConnection: Int
     /// Largest option data accepted during the handshake (larger → hard disconnect).
     public var maxOptionLength: UInt32
+    /// TLS for TCP listeners (FORCEDTLS); `nil`: no TLS (NBD_OPT_STARTTLS is refused by policy).
+    public var tls: NBDTLSConfiguration?
+    /// Connections served at once (all listeners together); further connections are accepted and closed at
+    /// once, so that a flood of idle or stalled clients cannot exhaust memory or file descriptors.
+    public var maxConnections: Int
 
     public init(
         exportName: String, description: String? = nil,
         listen: [ListenAddress] = [.tcp(host: "127.0.0.1", port: 10809)],
-        maxInFlightPerConnection: Int = 256, maxOptionLength: UInt32 = 64 * 1024
+        maxInFlightPerConnection: Int = 256, maxOptionLength: UInt32 = 64 * 1024,
+        tls: NBDTLSConfiguration? = nil, maxConnections: Int = 512
     ) {
+        self.tls = tls
+        self.maxConnections = maxConnections
         self.exportName = exportName
         self.description = description
         self.listen = listen
@@ -83,6 +92,7 @@ public final class NBDServer: Sendable {
         var unixPaths: [String] = []
         var nextConnectionID = 0
         var shuttingDown = false
+        var tlsContext: NIOSSLContext?
     }
     private let state = NIOLockedValueBox(State())
 
@@ -125,6 +135,10 @@ public final class NBDServer: Sendable {
 
     /// Binds every configured address; returns once all are listening. On failure, whatever was bound is closed.
     public func start() async throws {
+        if let tls = configuration.tls {
+            let context = try tls.makeContext()
+            state.withLockedValue { $0.tlsContext = context }
+        }
         do {
             for address in configuration.listen {
                 switch address {
@@ -172,7 +186,7 @@ public final class NBDServer: Sendable {
         let channel = try await ClientBootstrap(group: loop)
             .channelOption(.recvAllocator, value: Self.recvAllocator)
             .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture { try self.install(on: channel, transmissionOnly: transmissionOnly) }
+                channel.eventLoop.makeCompletedFuture { try self.install(on: channel, transmissionOnly: transmissionOnly, tls: false) }
             }
             .withConnectedSocket(fd).get()
         return NBDServedConnection(channel: channel)
@@ -190,19 +204,25 @@ public final class NBDServer: Sendable {
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.recvAllocator, value: Self.recvAllocator)
             .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture { try self.install(on: channel, transmissionOnly: false) }
+                channel.eventLoop.makeCompletedFuture { try self.install(on: channel, transmissionOnly: false, tls: tcp) }
             }
         if tcp { bootstrap = bootstrap.childChannelOption(.socketOption(.tcp_nodelay), value: 1) }
         return bootstrap
     }
 
-    private func install(on channel: any Channel, transmissionOnly: Bool) throws {
-        let (id, refuse) = state.withLockedValue { s -> (Int, Bool) in
+    private func install(on channel: any Channel, transmissionOnly: Bool, tls: Bool) throws {
+        let maxConnections = configuration.maxConnections
+        let (id, refuse, full, tlsContext) = state.withLockedValue { s -> (Int, Bool, Bool, NIOSSLContext?) in
             s.nextConnectionID += 1
-            if !s.shuttingDown { s.connections[ObjectIdentifier(channel)] = channel }
-            return (s.nextConnectionID, s.shuttingDown)
+            // Kernel sockets (transmissionOnly) are ours and always taken.
+            let full = !transmissionOnly && s.connections.count >= maxConnections
+            if !s.shuttingDown && !full { s.connections[ObjectIdentifier(channel)] = channel }
+            return (s.nextConnectionID, s.shuttingDown, full, tls ? s.tlsContext : nil)
         }
-        if refuse {
+        if refuse || full {
+            if full {
+                logger.warning("too many connections, refusing one", metadata: ["nbd.maxConnections": "\(maxConnections)"])
+            }
             channel.close(promise: nil)
             return
         }
@@ -218,7 +238,7 @@ public final class NBDServer: Sendable {
             ? NBDConnectionHandler(device: device, transmissionOnly: export, maxInFlight: configuration.maxInFlightPerConnection, logger: logger)
             : NBDConnectionHandler(
                 device: device, export: export, maxInFlight: configuration.maxInFlightPerConnection,
-                maxOptionLength: configuration.maxOptionLength, logger: logger)
+                maxOptionLength: configuration.maxOptionLength, tlsContext: tlsContext, logger: logger)
         try channel.pipeline.syncOperations.addHandler(handler)
         logger.debug("connection accepted", metadata: ["nbd.transmissionOnly": "\(transmissionOnly)"])
     }
