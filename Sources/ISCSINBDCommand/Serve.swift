@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import NIOCore
 import NBDServer
 
 /// `iscsi-nbd serve URL --socket PATH [--listen HOST:PORT]`
@@ -67,6 +68,9 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .long, help: "NBD connections served at once; more are closed on accept.")
     var maxConnections: Int = 512
 
+    @Option(name: .long, help: "Close a connection that stops sending in the middle of a message (or the handshake) for this many seconds (0: never).")
+    var stallTimeout: Int = 30
+
     @OptionGroup var logging: LoggingOptions
 
     /// The TLS settings, or nil without --tls-certificate.
@@ -83,6 +87,7 @@ struct Serve: AsyncParsableCommand {
         guard (1...4096).contains(queueDepth) else { throw ValidationError("--queue-depth must be 1 to 4096") }
         guard (1...64).contains(threads) else { throw ValidationError("--threads must be 1 to 64") }
         guard (1...65536).contains(maxConnections) else { throw ValidationError("--max-connections must be 1 to 65536") }
+        guard (0...86400).contains(stallTimeout) else { throw ValidationError("--stall-timeout must be 0 to 86400 seconds") }
         if (tlsCertificate == nil) != (tlsKey == nil) {
             throw ValidationError("--tls-certificate and --tls-key go together")
         }
@@ -124,7 +129,8 @@ struct Serve: AsyncParsableCommand {
             sockets: socket, tcp: try listen.map(ListenAddress.parseTCP),
             exportName: exportName ?? "\(parsed.targetName)/lun-\(parsed.lun)",
             readOnly: readOnly, initiatorName: initiatorName, queueDepth: queueDepth, threads: threads,
-            tls: tls, maxConnections: maxConnections, logger: logger
+            tls: tls, maxConnections: maxConnections,
+            stallTimeout: stallTimeout == 0 ? nil : .seconds(Int64(stallTimeout)), logger: logger
         ).run()
     }
 }

@@ -23,6 +23,7 @@ struct ServeRuntime {
     /// TLS for the TCP listeners (see `NBDTLSConfiguration`).
     var tls: NBDTLSConfiguration? = nil
     var maxConnections: Int = 512
+    var stallTimeout: TimeAmount? = .seconds(30)
     var logger: Logger
 
     func run() async throws {
@@ -73,7 +74,7 @@ struct ServeRuntime {
             configuration: NBDServerConfiguration(
                 exportName: exportName,
                 listen: sockets.map { .unix(path: $0) } + tcp.map { .tcp(host: $0.host, port: $0.port) },
-                tls: tls, maxConnections: maxConnections),
+                tls: tls, maxConnections: maxConnections, stallTimeout: stallTimeout),
             group: group, logger: logger)
         do {
             try await server.start()

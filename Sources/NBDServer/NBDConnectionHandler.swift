@@ -45,6 +45,11 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
     private let maxInFlight: Int
     /// FORCEDTLS: the context for the TLS handler installed after NBD_OPT_STARTTLS.
     private let tlsContext: NIOSSLContext?
+    /// A connection waiting for the rest of a message (or in the handshake) with no input for this long is
+    /// closed: a stalled client cannot pin its buffers or a connection slot for ever. `nil`: no limit.
+    private let stallTimeout: TimeAmount?
+    private var lastInput: NIODeadline = .uptimeNanoseconds(0)
+    private var stallCheck: RepeatedTask?
     private var logger: Logger
     private var phase: Phase
 
@@ -68,12 +73,13 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
     /// A connection that starts with the fixed newstyle handshake.
     init(
         device: any BlockDevice, export: NBDExport, maxInFlight: Int, maxOptionLength: UInt32,
-        tlsContext: NIOSSLContext? = nil, logger: Logger
+        tlsContext: NIOSSLContext? = nil, stallTimeout: TimeAmount? = nil, logger: Logger
     ) {
         self.device = device
         self.maxInFlight = max(1, maxInFlight)
         self.logger = logger
         self.tlsContext = tlsContext
+        self.stallTimeout = stallTimeout
         self.phase = .handshake(
             NBDServerHandshake(export: export, maximumOptionLength: maxOptionLength, tlsRequired: tlsContext != nil))
     }
@@ -85,6 +91,7 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
         self.maxInFlight = max(1, maxInFlight)
         self.logger = logger
         self.tlsContext = nil
+        self.stallTimeout = nil
         let parameters = NBDTransmissionParameters(export: export, structuredReplies: false)
         self.phase = .transmission(Self.makeTransmission(parameters))
     }
@@ -110,6 +117,15 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
     private func becomeActive(context: ChannelHandlerContext) {
         guard !isActive else { return }
         isActive = true
+        lastInput = context.eventLoop.now
+        if let stallTimeout, stallTimeout > .zero {
+            let period = TimeAmount.nanoseconds(max(stallTimeout.nanoseconds / 4, 10_000_000))
+            let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+            stallCheck = context.eventLoop.scheduleRepeatedTask(initialDelay: period, delay: period) { _ in
+                let (handler, context) = bound.value
+                handler.checkStall(context: context, timeout: stallTimeout)
+            }
+        }
         if case .handshake(let handshake) = phase {
             var greeting = context.channel.allocator.buffer(capacity: 18)
             greeting.writeNBDGreeting(flags: handshake.handshakeFlags)
@@ -120,6 +136,7 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var incoming = unwrapInboundIn(data)
         if case .closed = phase { return }
+        lastInput = context.eventLoop.now
         if var buffer = cumulation, buffer.readableBytes > 0 {
             cumulation = nil  // keep `buffer` uniquely referenced while appending
             if buffer.readerIndex > 0 || buffer.writableBytes < incoming.readableBytes {
@@ -160,7 +177,30 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
         }
         phase = .closed
         cumulation = nil
+        stallCheck?.cancel()
+        stallCheck = nil
         context.fireChannelInactive()
+    }
+
+    /// Closes the connection when the peer owes us the rest of a message (handshake, partial request or
+    /// WRITE payload) and sent nothing for `timeout`. Not while we withhold reads ourselves (backpressure).
+    private func checkStall(context: ChannelHandlerContext, timeout: TimeAmount) {
+        let waitingForPeer: Bool
+        switch phase {
+        case .handshake: waitingForPeer = true
+        case .transmission(let t):
+            waitingForPeer = (bufferedInboundBytes > 0 || !t.decoder.isIdle) && !draining && inFlight < maxInFlight
+        case .closed: waitingForPeer = false
+        }
+        guard waitingForPeer, context.eventLoop.now - lastInput >= timeout else { return }
+        logger.notice(
+            "closing a connection stalled in the middle of a message",
+            metadata: ["nbd.buffered": "\(bufferedInboundBytes)", "nbd.stallTimeout": "\(timeout)"])
+        phase = .closed
+        cumulation = nil
+        stallCheck?.cancel()
+        stallCheck = nil
+        context.close(promise: nil)
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {

@@ -45,13 +45,17 @@ public struct NBDServerConfiguration: Sendable, Hashable {
     /// Connections served at once (all listeners together); further connections are accepted and closed at
     /// once, so that a flood of idle or stalled clients cannot exhaust memory or file descriptors.
     public var maxConnections: Int
+    /// A connection that owes the rest of a message (handshake included) and sends nothing for this long is
+    /// closed; idle connections between requests are not affected. `nil`: never.
+    public var stallTimeout: TimeAmount?
 
     public init(
         exportName: String, description: String? = nil,
         listen: [ListenAddress] = [.tcp(host: "127.0.0.1", port: 10809)],
         maxInFlightPerConnection: Int = 256, maxOptionLength: UInt32 = 64 * 1024,
-        tls: NBDTLSConfiguration? = nil, maxConnections: Int = 512
+        tls: NBDTLSConfiguration? = nil, maxConnections: Int = 512, stallTimeout: TimeAmount? = .seconds(30)
     ) {
+        self.stallTimeout = stallTimeout
         self.tls = tls
         self.maxConnections = maxConnections
         self.exportName = exportName
@@ -238,7 +242,8 @@ public final class NBDServer: Sendable {
             ? NBDConnectionHandler(device: device, transmissionOnly: export, maxInFlight: configuration.maxInFlightPerConnection, logger: logger)
             : NBDConnectionHandler(
                 device: device, export: export, maxInFlight: configuration.maxInFlightPerConnection,
-                maxOptionLength: configuration.maxOptionLength, tlsContext: tlsContext, logger: logger)
+                maxOptionLength: configuration.maxOptionLength, tlsContext: tlsContext,
+                stallTimeout: configuration.stallTimeout, logger: logger)
         try channel.pipeline.syncOperations.addHandler(handler)
         logger.debug("connection accepted", metadata: ["nbd.transmissionOnly": "\(transmissionOnly)"])
     }

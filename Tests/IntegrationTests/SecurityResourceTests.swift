@@ -39,6 +39,14 @@ struct SecurityResourceTests {
             conns.append(s)
         print("stalled", len(conns), flush=True)
         sys.stdin.readline()
+        closed = 0
+        for s in conns:
+            s.settimeout(20)
+            try:
+                if s.recv(1) == b'': closed += 1
+            except ConnectionResetError:
+                closed += 1
+        print("closed", closed, flush=True)
         """
 
     @Test func stalledHugeWritesKeepMemoryBoundedAndOthersServed() throws {
@@ -54,6 +62,7 @@ struct SecurityResourceTests {
         let sock = ISCSINBDProcess.socketPath(in: dir)
         let server = try ISCSINBDProcess([
             "serve", "iscsi://\(tgt.portal)/\(Self.iqn)/1", "--socket", sock, "--listen", "127.0.0.1:\(port)",
+            "--stall-timeout", "5",
         ])
         try server.waitForSocket(sock)
         let pid = server.process.processIdentifier
@@ -71,9 +80,19 @@ struct SecurityResourceTests {
         try staller.run()
         defer {
             try? input.fileHandleForWriting.close()
+            if staller.isRunning { kill(staller.processIdentifier, SIGKILL) }
             staller.waitUntilExit()
         }
-        let line = String(decoding: output.fileHandleForReading.availableData, as: UTF8.self)
+        func readLine() -> String {
+            var data = Data()
+            while !data.contains(UInt8(ascii: "\n")) {
+                let chunk = output.fileHandleForReading.availableData
+                if chunk.isEmpty { break }
+                data.append(chunk)
+            }
+            return String(decoding: data, as: UTF8.self)
+        }
+        let line = readLine()
         #expect(line.hasPrefix("stalled 200"), "staller: \(line)")
         usleep(500_000)
         let during = try residentKiB(pid)
@@ -92,6 +111,11 @@ struct SecurityResourceTests {
         // 200 stalled connections, each holding a header and 64 KiB: well under 1 MiB each.
         #expect(growthKiB < 200 * 512, "VmRSS grew by \(growthKiB) KiB (\(before) → \(during)) for 200 stalled connections")
         print("SecurityResourceTests: VmRSS \(before) KiB → \(during) KiB with 200 stalled 32 MiB writes")
+        // The stalled connections are closed by the server once --stall-timeout passes without input.
+        input.fileHandleForWriting.write(Data("check\n".utf8))
+        let closed = readLine()
+        #expect(closed.hasPrefix("closed 200"), "staller: \(closed)")
+        #expect(server.output.contains("stalled in the middle of a message"))
         try input.fileHandleForWriting.close()
         staller.waitUntilExit()
         #expect(server.process.isRunning, "server died: \(server.output)")

@@ -90,12 +90,14 @@ struct SecurityTLSTests {
         // 3. A plain-text client is refused (libnbd without TLS).
         let plain = try run("/usr/bin/nbdinfo", ["--size", "nbd://127.0.0.1:\(port)/"], allowFailure: true)
         #expect(plain.status != 0, "plain-text client got in: \(plain.stdout)")
+        #expect(plain.stderr.contains("requires TLS"), "plain-text client refused for another reason: \(plain.stderr)")
 
         // 4. A TLS client without a certificate is refused when peer verification is on.
         let anonymous = try run(
             "/usr/bin/nbdinfo", ["--size", "nbds://127.0.0.1:\(port)/?tls-certificates=\(pki.appendingPathComponent("noclient").path)"],
             allowFailure: true)
         #expect(anonymous.status != 0, "client without a certificate got in: \(anonymous.stdout)")
+        #expect(anonymous.stderr.contains("TLS") || anonymous.stderr.contains("tls"), "refused for another reason: \(anonymous.stderr)")
 
         // 5. Raw plain-text protocol: GO → NBD_REP_ERR_TLS_REQD; EXPORT_NAME → connection closed.
         let raw = """
