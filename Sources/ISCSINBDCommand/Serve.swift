@@ -71,6 +71,9 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .long, help: "Close a connection that stops sending in the middle of a message (or the handshake) for this many seconds (0: never).")
     var stallTimeout: Int = 30
 
+    @Option(name: .long, help: "MiB of WRITE payload buffered or in flight over all connections; beyond it writes fail with ENOMEM.")
+    var maxBufferedWrites: Int = 256
+
     @OptionGroup var logging: LoggingOptions
 
     /// The TLS settings, or nil without --tls-certificate.
@@ -87,6 +90,7 @@ struct Serve: AsyncParsableCommand {
         guard (1...4096).contains(queueDepth) else { throw ValidationError("--queue-depth must be 1 to 4096") }
         guard (1...64).contains(threads) else { throw ValidationError("--threads must be 1 to 64") }
         guard (1...65536).contains(maxConnections) else { throw ValidationError("--max-connections must be 1 to 65536") }
+        guard (64...65536).contains(maxBufferedWrites) else { throw ValidationError("--max-buffered-writes must be 64 to 65536 MiB") }
         guard (0...86400).contains(stallTimeout) else { throw ValidationError("--stall-timeout must be 0 to 86400 seconds") }
         if (tlsCertificate == nil) != (tlsKey == nil) {
             throw ValidationError("--tls-certificate and --tls-key go together")
@@ -130,7 +134,8 @@ struct Serve: AsyncParsableCommand {
             exportName: exportName ?? "\(parsed.targetName)/lun-\(parsed.lun)",
             readOnly: readOnly, initiatorName: initiatorName, queueDepth: queueDepth, threads: threads,
             tls: tls, maxConnections: maxConnections,
-            stallTimeout: stallTimeout == 0 ? nil : .seconds(Int64(stallTimeout)), logger: logger
+            stallTimeout: stallTimeout == 0 ? nil : .seconds(Int64(stallTimeout)),
+            maxBufferedWriteBytes: maxBufferedWrites << 20, logger: logger
         ).run()
     }
 }

@@ -24,6 +24,7 @@ struct ServeRuntime {
     var tls: NBDTLSConfiguration? = nil
     var maxConnections: Int = 512
     var stallTimeout: TimeAmount? = .seconds(30)
+    var maxBufferedWriteBytes: Int = 256 << 20
     var logger: Logger
 
     func run() async throws {
@@ -74,7 +75,8 @@ struct ServeRuntime {
             configuration: NBDServerConfiguration(
                 exportName: exportName,
                 listen: sockets.map { .unix(path: $0) } + tcp.map { .tcp(host: $0.host, port: $0.port) },
-                tls: tls, maxConnections: maxConnections, stallTimeout: stallTimeout),
+                tls: tls, maxConnections: maxConnections, stallTimeout: stallTimeout,
+                maxBufferedWriteBytes: maxBufferedWriteBytes),
             group: group, logger: logger)
         do {
             try await server.start()

@@ -50,6 +50,10 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
     private let stallTimeout: TimeAmount?
     private var lastInput: NIODeadline = .uptimeNanoseconds(0)
     private var stallCheck: RepeatedTask?
+    /// Shared budget for WRITE payloads; `reservedPartial` is this connection's share for the payload being
+    /// received (payloads of dispatched writes are released when the write completes).
+    private let payloadBudget: NBDPayloadBudget?
+    private var reservedPartial = 0
     private var logger: Logger
     private var phase: Phase
 
@@ -73,8 +77,10 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
     /// A connection that starts with the fixed newstyle handshake.
     init(
         device: any BlockDevice, export: NBDExport, maxInFlight: Int, maxOptionLength: UInt32,
-        tlsContext: NIOSSLContext? = nil, stallTimeout: TimeAmount? = nil, logger: Logger
+        tlsContext: NIOSSLContext? = nil, stallTimeout: TimeAmount? = nil, payloadBudget: NBDPayloadBudget? = nil,
+        logger: Logger
     ) {
+        self.payloadBudget = payloadBudget
         self.device = device
         self.maxInFlight = max(1, maxInFlight)
         self.logger = logger
@@ -92,6 +98,7 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
         self.logger = logger
         self.tlsContext = nil
         self.stallTimeout = nil
+        self.payloadBudget = nil
         let parameters = NBDTransmissionParameters(export: export, structuredReplies: false)
         self.phase = .transmission(Self.makeTransmission(parameters))
     }
@@ -179,6 +186,7 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
         cumulation = nil
         stallCheck?.cancel()
         stallCheck = nil
+        releasePartial()
         context.fireChannelInactive()
     }
 
@@ -270,7 +278,14 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
                             phase = .closed
                             throw error
                         }
-                        guard let request else { break }
+                        guard var request else {
+                            reservePartialPayload(&transmission, &buffer)
+                            break
+                        }
+                        if let payload = request.payload, !admitPayload(payload.readableBytes) {
+                            request.payload = nil
+                            request.payloadDiscarded = true
+                        }
                         dispatch(request, transmission: transmission, context: context)
                     }
                     if case .transmission = phase { phase = .transmission(transmission) }
@@ -316,6 +331,46 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
         }
     }
 
+    // MARK: - Write payload budget
+
+    /// A complete payload arrived: turn the partial reservation into one for the whole payload (released when
+    /// the write completes). False: no memory for it, the write is failed with ENOMEM.
+    private func admitPayload(_ bytes: Int) -> Bool {
+        guard let payloadBudget else { return true }
+        let held = reservedPartial
+        reservedPartial = 0
+        if bytes <= held {
+            payloadBudget.release(held - bytes)
+            return true
+        }
+        if payloadBudget.tryReserve(bytes - held) { return true }
+        payloadBudget.release(held)
+        logger.notice("write payload refused: buffer budget exhausted", metadata: ["nbd.bytes": "\(bytes)", "nbd.budget": "\(payloadBudget.limit)"])
+        return false
+    }
+
+    /// A payload is arriving: reserve what is buffered so far, or give it up (discard the rest, ENOMEM).
+    private func reservePartialPayload(_ transmission: inout Transmission, _ buffer: inout ByteBuffer) {
+        guard let payloadBudget, let length = transmission.decoder.payloadInProgress else { return }
+        let have = min(buffer.readableBytes, Int(length))
+        guard have > reservedPartial else { return }
+        if payloadBudget.tryReserve(have - reservedPartial) {
+            reservedPartial = have
+            return
+        }
+        logger.notice(
+            "write payload dropped while arriving: buffer budget exhausted",
+            metadata: ["nbd.length": "\(length)", "nbd.budget": "\(payloadBudget.limit)"])
+        transmission.decoder.abandonPayload(buffered: have)
+        buffer.moveReaderIndex(forwardBy: have)
+        releasePartial()
+    }
+
+    private func releasePartial() {
+        if reservedPartial > 0 { payloadBudget?.release(reservedPartial) }
+        reservedPartial = 0
+    }
+
     // MARK: - Requests
 
     private func dispatch(_ request: NBDRequest, transmission: Transmission, context: ChannelHandlerContext) {
@@ -346,7 +401,9 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
         case .write:
             guard let payload = request.payload, !request.payloadDiscarded else {
                 // Validation refuses every discarded payload (length > maximum); zero length lands here.
-                if request.payloadDiscarded {
+                if request.payloadDiscarded && payloadBudget != nil && header.length <= transmission.validator.maximumPayload {
+                    replyError(header, .enomem, "server out of write buffer memory, retry later", structured: structured, context: context)
+                } else if request.payloadDiscarded {
                     replyError(header, .einval, "payload too large", structured: structured, context: context)
                 } else {
                     replySuccess(header, context: context)
@@ -354,7 +411,10 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
                 return
             }
             let flags: BlockWriteFlags = header.flags.contains(.fua) ? .fua : []
-            trackVoid(device.write(offset: header.offset, data: payload, flags: flags), header, structured, context)
+            let reserved = payloadBudget == nil ? 0 : payload.readableBytes
+            let write = device.write(offset: header.offset, data: payload, flags: flags)
+            if reserved > 0, let payloadBudget { write.whenComplete { _ in payloadBudget.release(reserved) } }
+            trackVoid(write, header, structured, context)
         case .flush:
             trackVoid(device.flush(), header, structured, context)
         case .trim:

@@ -48,13 +48,18 @@ public struct NBDServerConfiguration: Sendable, Hashable {
     /// A connection that owes the rest of a message (handshake included) and sends nothing for this long is
     /// closed; idle connections between requests are not affected. `nil`: never.
     public var stallTimeout: TimeAmount?
+    /// WRITE payload bytes buffered or in flight across all connections (see `NBDPayloadBudget`); beyond it
+    /// writes fail with NBD_ENOMEM. `nil`: no global limit (each connection is still bounded).
+    public var maxBufferedWriteBytes: Int?
 
     public init(
         exportName: String, description: String? = nil,
         listen: [ListenAddress] = [.tcp(host: "127.0.0.1", port: 10809)],
         maxInFlightPerConnection: Int = 256, maxOptionLength: UInt32 = 64 * 1024,
-        tls: NBDTLSConfiguration? = nil, maxConnections: Int = 512, stallTimeout: TimeAmount? = .seconds(30)
+        tls: NBDTLSConfiguration? = nil, maxConnections: Int = 512, stallTimeout: TimeAmount? = .seconds(30),
+        maxBufferedWriteBytes: Int? = 256 << 20
     ) {
+        self.maxBufferedWriteBytes = maxBufferedWriteBytes
         self.stallTimeout = stallTimeout
         self.tls = tls
         self.maxConnections = maxConnections
@@ -64,6 +69,29 @@ public struct NBDServerConfiguration: Sendable, Hashable {
         self.maxInFlightPerConnection = maxInFlightPerConnection
         self.maxOptionLength = maxOptionLength
     }
+}
+
+/// Memory shared by all connections of a server for WRITE payloads, from their first byte until the device
+/// write completes. A payload that does not fit is discarded as it arrives and failed with NBD_ENOMEM (the
+/// connection stays usable), so many clients sending large writes (or stalling in the middle of them) cannot
+/// exhaust memory together.
+final class NBDPayloadBudget: Sendable {
+    let limit: Int
+    private let used = NIOLockedValueBox(0)
+
+    init(limit: Int) { self.limit = limit }
+
+    func tryReserve(_ bytes: Int) -> Bool {
+        used.withLockedValue {
+            guard $0 + bytes <= limit else { return false }
+            $0 += bytes
+            return true
+        }
+    }
+
+    func release(_ bytes: Int) { used.withLockedValue { $0 -= bytes } }
+
+    var inUse: Int { used.withLockedValue { $0 } }
 }
 
 /// Errors from starting the server.
@@ -99,12 +127,14 @@ public final class NBDServer: Sendable {
         var tlsContext: NIOSSLContext?
     }
     private let state = NIOLockedValueBox(State())
+    private let payloadBudget: NBDPayloadBudget?
 
     public init(device: any BlockDevice, configuration: NBDServerConfiguration, group: any EventLoopGroup, logger: Logger) {
         self.device = device
         self.configuration = configuration
         self.group = group
         self.logger = logger
+        self.payloadBudget = configuration.maxBufferedWriteBytes.map { NBDPayloadBudget(limit: max($0, 0)) }
     }
 
     /// The addresses actually listened on (TCP port 0 resolved), once `start()` returned.
@@ -243,7 +273,7 @@ public final class NBDServer: Sendable {
             : NBDConnectionHandler(
                 device: device, export: export, maxInFlight: configuration.maxInFlightPerConnection,
                 maxOptionLength: configuration.maxOptionLength, tlsContext: tlsContext,
-                stallTimeout: configuration.stallTimeout, logger: logger)
+                stallTimeout: configuration.stallTimeout, payloadBudget: payloadBudget, logger: logger)
         try channel.pipeline.syncOperations.addHandler(handler)
         logger.debug("connection accepted", metadata: ["nbd.transmissionOnly": "\(transmissionOnly)"])
     }

@@ -124,6 +124,69 @@ struct SecurityResourceTests {
         #expect(try readFile(backing, offset: 0, length: 65536) == [UInt8](repeating: 0, count: 65536))
     }
 
+    /// 100 connections each send 2 MiB of a 32 MiB write (200 MiB in all) and stall: the 64 MiB write budget
+    /// bounds what the server holds; reads keep working, and writes work again once the stallers are gone.
+    @Test func writeBudgetBoundsPartialPayloads() throws {
+        let tgt = try TGTD.start()
+        defer { tgt.stop() }
+        let backing = try tgt.makeBackingFile(name: "lun1.img", size: 64 << 20)
+        try tgt.addTarget(tid: 1, iqn: Self.iqn)
+        try tgt.addLUN(tid: 1, lun: 1, backingFile: backing)
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("bud-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let port = try freeLoopbackPort()
+        let sock = ISCSINBDProcess.socketPath(in: dir)
+        let server = try ISCSINBDProcess([
+            "serve", "iscsi://\(tgt.portal)/\(Self.iqn)/1", "--socket", sock, "--listen", "127.0.0.1:\(port)",
+            "--max-buffered-writes", "64",
+        ])
+        try server.waitForSocket(sock)
+        let pid = server.process.processIdentifier
+        _ = try run("/usr/bin/nbdinfo", ["--size", "nbd+unix:///?socket=\(sock)"])
+        let before = try residentKiB(pid)
+        let staller = Process()
+        staller.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        staller.arguments = ["-c", Self.staller, "\(port)", "100", "\(2 << 20)"]
+        let input = Pipe()
+        let output = Pipe()
+        staller.standardInput = input
+        staller.standardOutput = output
+        try staller.run()
+        defer {
+            if staller.isRunning { kill(staller.processIdentifier, SIGKILL) }
+            staller.waitUntilExit()
+        }
+        var line = Data()
+        while !line.contains(UInt8(ascii: "\n")) {
+            let chunk = output.fileHandleForReading.availableData
+            if chunk.isEmpty { break }
+            line.append(chunk)
+        }
+        #expect(String(decoding: line, as: UTF8.self).hasPrefix("stalled 100"))
+        usleep(500_000)
+        let during = try residentKiB(pid)
+        let read = try run("/usr/bin/nbdinfo", ["--size", "nbd+unix:///?socket=\(sock)"], allowFailure: true)
+        #expect(read.status == 0, "\(read.stderr)")
+        print("SecurityResourceTests: VmRSS \(before) KiB → \(during) KiB with 100 × 2 MiB stalled partial writes, 64 MiB budget")
+        // Measured here: ~150 MiB with the 64 MiB budget (budget + receive buffers that malloc keeps), ~310 MiB
+        // without a budget.
+        #expect(during - before < 220 << 10, "VmRSS grew by \(during - before) KiB with a 64 MiB write budget")
+        #expect(server.output.contains("buffer budget exhausted"), "the budget was never hit: \(server.output)")
+        kill(staller.processIdentifier, SIGKILL)
+        staller.waitUntilExit()
+        usleep(500_000)
+        let script = """
+            import nbd, sys
+            h = nbd.NBD(); h.connect_unix(sys.argv[1])
+            h.pwrite(b'\\x3c' * 1048576, 4 << 20); assert h.pread(1048576, 4 << 20) == b'\\x3c' * 1048576
+            h.shutdown(); print("done")
+            """
+        let good = try run("/usr/bin/python3", ["-c", script, sock], allowFailure: true)
+        #expect(good.status == 0 && good.stdout.contains("done"), "\(good.stdout)\(good.stderr)")
+        #expect(try server.terminate() == 0)
+    }
+
     @Test func connectionLimitClosesTheExcessAndRecovers() throws {
         let tgt = try TGTD.start()
         defer { tgt.stop() }
