@@ -60,6 +60,8 @@ struct SecuritySecretTests {
             // The log at trace level covers the login and the NBD session: all of it is searched below.
             #expect(server.output.contains("iSCSI login complete") && server.output.contains("NBD_CMD_DISC"), "\(server.output)")
             expectNoSecret(server.output, "trace log (secret files)")
+            // Without --listen nothing listens on TCP.
+            #expect(server.output.contains("nbd.address=unix:") && !server.output.contains("nbd.address=tcp:"), "\(server.output)")
         }
 
         // 2. Secrets from the environment: the login works; argv and logs are clean.

@@ -68,6 +68,8 @@ struct SecurityTLSTests {
         ])
         try server.waitForSocket(sock)
         try waitForTCP(port: port, process: server)
+        var st = stat()
+        #expect(stat(sock, &st) == 0 && st.st_mode & 0o777 == 0o600, "socket mode \(String(st.st_mode & 0o777, radix: 8))")
 
         // 1. TLS with a client certificate: nbdinfo sees the export.
         let good = try run("/usr/bin/nbdinfo", ["--size", "nbds://127.0.0.1:\(port)/?tls-certificates=\(pki.path)"], allowFailure: true)
