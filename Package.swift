@@ -34,7 +34,10 @@ let package = Package(
         .target(name: "ISCSIConfig"),
 
         // MARK: IO targets
-        .target(name: "ISCSIClient", dependencies: ["ISCSIProtocol", "SCSI", nioCore, nioPosix, logging]),
+        .target(
+            name: "ISCSIClient",
+            dependencies: ["ISCSIProtocol", "SCSI", nioCore, nioPosix, logging, .product(name: "NIOConcurrencyHelpers", package: "swift-nio")]
+        ),
         .target(
             name: "ISCSIBlockBackend",
             dependencies: ["BlockBackend", "SCSI", nioCore, logging, .product(name: "NIOConcurrencyHelpers", package: "swift-nio")]

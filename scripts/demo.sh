@@ -10,11 +10,14 @@ keep=0
 [[ "${1:-}" == "--keep" ]] && keep=1
 
 scripts/install-deps.sh
-echo "== building (release)"
-swift build -c release --product iscsi-nbd >/dev/null
-bin=$(swift build -c release --show-bin-path)/iscsi-nbd
-
 work=$(mktemp -d /tmp/iscsi-nbd-demo.XXXXXX)
+echo "== building (release; the first build takes several minutes)"
+if ! swift build -c release --product iscsi-nbd >"$work/build.log" 2>&1; then
+    tail -n 40 "$work/build.log" >&2
+    echo "demo: the build failed (full log: $work/build.log)" >&2
+    exit 1
+fi
+bin=$(swift build -c release --show-bin-path)/iscsi-nbd
 iqn=iqn.2026-11.org.iscsi-nbd:demo
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 ctl=$((20000 + RANDOM % 20000))
@@ -27,7 +30,7 @@ cleanup() {
         tgtadm -C "$ctl" --op delete --mode system >/dev/null 2>&1 || true
         sleep 0.3; kill "$tgtd_pid" 2>/dev/null || true
     fi
-    rm -rf "$work"
+    [[ -n "$serve_pid$tgtd_pid" ]] && rm -rf "$work"
 }
 trap cleanup EXIT
 

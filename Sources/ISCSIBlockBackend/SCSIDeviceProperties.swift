@@ -16,6 +16,8 @@ public struct SCSIProbeError: Error, Hashable, Sendable, CustomStringConvertible
         public static let invalidData = Kind(rawValue: 4)
         /// Block length or capacity that cannot be served (not a power of two, zero size, overflow).
         public static let unsupportedGeometry = Kind(rawValue: 5)
+        /// After a unit attention, the LUN names a different logical unit (other designators or serial).
+        public static let identityChanged = Kind(rawValue: 6)
     }
     public var kind: Kind
     public var message: String

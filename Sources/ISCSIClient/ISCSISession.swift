@@ -1,56 +1,120 @@
 import ISCSIProtocol
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import SCSI
 
-/// An iSCSI session with one connection to a target (RFC 7143), usable as a `SCSITransport`.
+/// Run after every re-login on the new connection, before queued commands are released: the transport
+/// reaches only the new connection. Fail with `ISCSISessionError.identityMismatch` to stop the session for
+/// good (a different LUN answers); any other failure drops the connection and the session tries again.
+public typealias ReloginCheck = @Sendable (any SCSITransport) -> EventLoopFuture<Void>
+
+/// An iSCSI session to a target (RFC 7143), usable as a `SCSITransport`, that survives connection loss.
 ///
 /// All protocol state lives in the connection handler on `eventLoop`; calls from other threads hop
 /// there. Commands are pipelined: up to `queueDepth` in flight within the target's CmdSN window.
+///
+/// Recovery (ErrorRecoveryLevel 0, RFC 7143 §7.1.4.4 session recovery): when the connection drops (TCP,
+/// a NOP-Out ping that goes unanswered, a protocol violation, a target-requested logout), the commands
+/// the target has not answered go back to a queue, the session logs in again with the same ISID and TSIH 0
+/// (§6.3.5 session reinstatement), runs the `ReloginCheck` (LUN identity), and re-issues them. Callers see
+/// only a delay, up to `replacementTimeout`; after that queued and new commands fail with
+/// `.replacementTimeout` while reconnecting goes on, and the session resumes by itself when the target is
+/// back.
 public final class ISCSISession: SCSITransport, Sendable {
     public let eventLoop: any EventLoop
-    /// The negotiated operational parameters (RFC 7143 §13).
-    public let parameters: OperationalParameters
+    public let configuration: ISCSISessionConfiguration
+    private let core: NIOLoopBound<SessionCore>
+    private let published: NIOLockedValueBox<SessionStatus>
+    /// Completes when the session has ended for good: logout, close, a fail-stop after an identity
+    /// mismatch, or a lost connection with recovery disabled. Not on a recoverable connection loss.
+    public let closeFuture: EventLoopFuture<Void>
+
+    /// The negotiated operational parameters of the current (or last) connection (RFC 7143 §13).
+    public var parameters: OperationalParameters { published.withLockedValue { $0.parameters } }
     /// The subset the full feature phase uses.
     public var sessionParameters: SessionParameters { SessionParameters(parameters) }
-    /// The target-assigned session handle (RFC 7143 §11.13.3).
-    public let tsih: UInt16
-    public let configuration: ISCSISessionConfiguration
-    private let channel: any Channel
-    private let handler: NIOLoopBound<ISCSIConnectionHandler>
+    /// The target-assigned session handle (RFC 7143 §11.13.3) of the current (or last) login.
+    public var tsih: UInt16 { published.withLockedValue { $0.tsih } }
+    /// A snapshot of the session's recovery state.
+    public var status: SessionStatus { published.withLockedValue { $0 } }
 
-    private init(
-        channel: any Channel, handler: NIOLoopBound<ISCSIConnectionHandler>, parameters: OperationalParameters,
-        tsih: UInt16, configuration: ISCSISessionConfiguration
-    ) {
-        self.eventLoop = channel.eventLoop
-        self.channel = channel
-        self.handler = handler
-        self.parameters = parameters
-        self.tsih = tsih
+    private init(connection: LoggedInConnection, configuration: ISCSISessionConfiguration, logger: Logger) {
+        let loop = connection.channel.eventLoop
+        self.eventLoop = loop
         self.configuration = configuration
+        let published = NIOLockedValueBox(
+            SessionStatus(parameters: connection.parameters, tsih: connection.tsih, state: .connected, recoveries: 0))
+        self.published = published
+        let closePromise = loop.makePromise(of: Void.self)
+        self.closeFuture = closePromise.futureResult
+        let core = SessionCore(
+            configuration: configuration, eventLoop: loop, logger: logger, closePromise: closePromise,
+            published: published)
+        core.install(connection)
+        self.core = NIOLoopBound(core, eventLoop: loop)
     }
 
-    /// Connects and logs in (following redirects).
+    /// Connects and logs in (following redirects), once.
     public static func connect(
         _ configuration: ISCSISessionConfiguration, on eventLoop: any EventLoop, logger: Logger
     ) -> EventLoopFuture<ISCSISession> {
-        attempt(configuration, host: configuration.host, port: configuration.port,
-                redirectsLeft: configuration.maxRedirects, on: eventLoop, logger: logger)
+        connect(configuration, on: eventLoop, logger: logger, retry: .once)
+    }
+
+    /// Connects and logs in, retrying failed logins as `retry` says (open-iscsi
+    /// node.session.initial_login_retry_max; `LoginRetryPolicy(retries: nil)` keeps trying in the
+    /// background until `shouldContinue` returns false).
+    public static func connect(
+        _ configuration: ISCSISessionConfiguration, on eventLoop: any EventLoop, logger: Logger, retry: LoginRetryPolicy
+    ) -> EventLoopFuture<ISCSISession> {
+        loginRetrying(configuration, on: eventLoop, logger: logger, retry: retry, attempt: 0).map { connection in
+            ISCSISession(connection: connection, configuration: configuration, logger: logger)
+        }
     }
 
     /// Async convenience for `connect(_:on:logger:)`.
     public static func connect(
-        _ configuration: ISCSISessionConfiguration, on eventLoop: any EventLoop, logger: Logger
+        _ configuration: ISCSISessionConfiguration, on eventLoop: any EventLoop, logger: Logger,
+        retry: LoginRetryPolicy = .once
     ) async throws -> ISCSISession {
-        try await connect(configuration, on: eventLoop, logger: logger).get()
+        try await connect(configuration, on: eventLoop, logger: logger, retry: retry).get()
+    }
+
+    private static func loginRetrying(
+        _ configuration: ISCSISessionConfiguration, on eventLoop: any EventLoop, logger: Logger, retry: LoginRetryPolicy,
+        attempt: Int
+    ) -> EventLoopFuture<LoggedInConnection> {
+        login(configuration, on: eventLoop, logger: logger).flatMapError { error in
+            let more = retry.retries.map { attempt < $0 } ?? true
+            guard more, retry.shouldContinue(), retry.retries == nil || LoginRetryPolicy.isTransient(error) else {
+                return eventLoop.makeFailedFuture(error)
+            }
+            let delay = retry.backoff.delay(beforeAttempt: attempt)
+            logger.warning(
+                "login failed, retrying",
+                metadata: ["error": "\(error)", "attempt": "\(attempt + 1)", "delay_ms": "\(delay.nanoseconds / 1_000_000)"])
+            return eventLoop.scheduleTask(in: delay) {}.futureResult.flatMap {
+                loginRetrying(configuration, on: eventLoop, logger: logger, retry: retry, attempt: attempt + 1)
+            }
+        }
+    }
+
+    /// One login (with redirects and the CHAP algorithm fallback) on a new connection. The Login Request
+    /// carries `configuration.isid` and TSIH 0: a new session, or after a loss the reinstatement of the old
+    /// one (RFC 7143 §6.3.5).
+    static func login(
+        _ configuration: ISCSISessionConfiguration, on eventLoop: any EventLoop, logger: Logger
+    ) -> EventLoopFuture<LoggedInConnection> {
+        attempt(configuration, host: configuration.host, port: configuration.port,
+                redirectsLeft: configuration.maxRedirects, on: eventLoop, logger: logger)
     }
 
     private static func attempt(
         _ configuration: ISCSISessionConfiguration, host: String, port: Int, redirectsLeft: Int,
         on eventLoop: any EventLoop, logger: Logger
-    ) -> EventLoopFuture<ISCSISession> {
+    ) -> EventLoopFuture<LoggedInConnection> {
         var logger = logger
         logger[metadataKey: "iscsi.portal"] = "\(host):\(port)"
         let sessionLogger = logger
@@ -82,9 +146,7 @@ public final class ISCSISession: SCSITransport, Sendable {
                 switch outcome {
                 case .loggedIn(let parameters, let tsih):
                     return channel.eventLoop.makeSucceededFuture(
-                        ISCSISession(channel: channel, handler: bound, parameters: parameters, tsih: tsih,
-                                     configuration: configuration)
-                    )
+                        LoggedInConnection(channel: channel, handler: bound, parameters: parameters, tsih: tsih))
                 case .redirect(let portal):
                     channel.close(promise: nil)
                     guard redirectsLeft > 0 else { return channel.eventLoop.makeFailedFuture(ISCSISessionError.tooManyRedirects) }
@@ -114,28 +176,41 @@ public final class ISCSISession: SCSITransport, Sendable {
     public func execute(_ command: SCSICommand, lun: LogicalUnitNumber) -> EventLoopFuture<SCSICommandResult> {
         let promise = eventLoop.makePromise(of: SCSICommandResult.self)
         if eventLoop.inEventLoop {
-            handler.value.submit(command, lun: lun, promise: promise)
+            core.value.execute(PendingCommand(command: command, lun: lun, promise: promise))
         } else {
-            let handler = self.handler
-            eventLoop.execute { handler.value.submit(command, lun: lun, promise: promise) }
+            let core = self.core
+            eventLoop.execute { core.value.execute(PendingCommand(command: command, lun: lun, promise: promise)) }
         }
         return promise.futureResult
     }
 
+    /// Installs the check run after every re-login before queued commands go out (nil: none).
+    public func setReloginCheck(_ check: ReloginCheck?) {
+        let core = self.core
+        eventLoop.execute { core.value.reloginCheck = check }
+    }
+
     /// Waits for outstanding commands, then logs out (reason: close the session) and closes the connection.
+    /// A recovering session stops recovering; its queued commands fail with `.sessionClosed`.
     public func logout() -> EventLoopFuture<Void> {
         let promise = eventLoop.makePromise(of: Void.self)
-        let handler = self.handler
-        let channel = self.channel
-        eventLoop.execute { handler.value.beginLogout(promise: promise) }
-        return promise.futureResult.always { _ in channel.close(promise: nil) }
+        let core = self.core
+        eventLoop.execute { core.value.logout(promise: promise) }
+        return promise.futureResult
     }
 
     /// Closes the connection without logging out; outstanding commands fail with `connectionClosed`.
     public func close() -> EventLoopFuture<Void> {
         let promise = eventLoop.makePromise(of: Void.self)
-        channel.close(promise: promise)
-        return promise.futureResult.flatMapErrorThrowing { _ in () }
+        let core = self.core
+        eventLoop.execute { core.value.close(promise: promise) }
+        return promise.futureResult
+    }
+
+    /// Drops the current connection as if the network had failed (tests, and an operator's "recover now").
+    public func dropConnection() {
+        let core = self.core
+        eventLoop.execute { core.value.dropConnection() }
     }
 
     /// A discovery session (SessionType=Discovery, RFC 7143 Appendix C / §13.3): log in, send
@@ -147,10 +222,12 @@ public final class ISCSISession: SCSITransport, Sendable {
         var configuration = ISCSISessionConfiguration(host: host, port: port, targetName: nil, initiatorName: initiatorName)
         configuration.chap = chap
         configuration.noopOutInterval = nil
+        // RFC 7143 §7.4.1: discovery sessions need no recovery; a failed one is simply repeated.
+        configuration.recoveryEnabled = false
         return connect(configuration, on: eventLoop, logger: logger).flatMap { session in
             let promise = session.eventLoop.makePromise(of: ByteBuffer.self)
-            let handler = session.handler
-            session.eventLoop.execute { handler.value.sendText(SendTargets.requestKeys("All"), promise: promise) }
+            let core = session.core
+            session.eventLoop.execute { core.value.sendText(SendTargets.requestKeys("All"), promise: promise) }
             return promise.futureResult.flatMapThrowing { text -> [DiscoveredTarget] in
                 try SendTargets.parse(text)
             }.flatMap { targets in
@@ -160,7 +237,316 @@ public final class ISCSISession: SCSITransport, Sendable {
             }
         }
     }
+}
 
-    /// Completes when the connection has closed.
-    public var closeFuture: EventLoopFuture<Void> { channel.closeFuture }
+/// What the session is doing, for logs, status output and tests.
+public struct SessionStatus: Sendable {
+    public enum State: Sendable, Hashable {
+        case connected
+        /// Reconnecting; `expired` once the replacement timeout passed (commands fail meanwhile).
+        case recovering(expired: Bool)
+        case closed
+    }
+    public var parameters: OperationalParameters
+    public var tsih: UInt16
+    public var state: State
+    /// Successful recoveries so far.
+    public var recoveries: Int
+}
+
+/// A logged-in connection.
+struct LoggedInConnection: Sendable {
+    var channel: any Channel
+    var handler: NIOLoopBound<ISCSIConnectionHandler>
+    var parameters: OperationalParameters
+    var tsih: UInt16
+}
+
+/// A transport that reaches one connection only (the relogin check runs on it before the queue is released).
+final class ConnectionTransport: SCSITransport, Sendable {
+    let eventLoop: any EventLoop
+    private let handler: NIOLoopBound<ISCSIConnectionHandler>
+
+    init(_ connection: LoggedInConnection) {
+        eventLoop = connection.channel.eventLoop
+        handler = connection.handler
+    }
+
+    func execute(_ command: SCSICommand, lun: LogicalUnitNumber) -> EventLoopFuture<SCSICommandResult> {
+        let promise = eventLoop.makePromise(of: SCSICommandResult.self)
+        let handler = self.handler
+        eventLoop.execute { handler.value.submit(command, lun: lun, promise: promise) }
+        return promise.futureResult
+    }
+}
+
+/// The session's recovery engine; lives on the event loop.
+final class SessionCore {
+    private enum State {
+        case connected(LoggedInConnection)
+        case recovering
+        case closed
+    }
+
+    private let configuration: ISCSISessionConfiguration
+    private let eventLoop: any EventLoop
+    private let logger: Logger
+    private let closePromise: EventLoopPromise<Void>
+    private let published: NIOLockedValueBox<SessionStatus>
+    private var state: State = .recovering
+    /// Commands waiting for the session to come back, in submission order.
+    private var queue = CircularBuffer<PendingCommand>(initialCapacity: 16)
+    private var lostAt: NIODeadline?
+    private var replacementExpired = false
+    private var replacementTimer: Scheduled<Void>?
+    private var reconnectTimer: Scheduled<Void>?
+    private var attempt = 0
+    private var time2Wait: TimeAmount = .seconds(2)
+    private var errorRecoveryLevel = 0
+    private var tsih: UInt16 = 0
+    private var closeError: ISCSISessionError?
+    var reloginCheck: ReloginCheck?
+
+    init(
+        configuration: ISCSISessionConfiguration, eventLoop: any EventLoop, logger: Logger,
+        closePromise: EventLoopPromise<Void>, published: NIOLockedValueBox<SessionStatus>
+    ) {
+        self.configuration = configuration
+        self.eventLoop = eventLoop
+        self.logger = logger
+        self.closePromise = closePromise
+        self.published = published
+    }
+
+    /// Makes `connection` the session's connection; its loss comes back to `lost`.
+    func install(_ connection: LoggedInConnection) {
+        state = .connected(connection)
+        time2Wait = .seconds(Int64(max(0, min(connection.parameters.defaultTime2Wait, 3600))))
+        errorRecoveryLevel = connection.parameters.errorRecoveryLevel
+        tsih = connection.tsih
+        connection.handler.value.connectionLostSink = { [self] error, commands, hint in
+            self.lost(connection: connection, error: error, commands: commands, time2WaitHint: hint)
+        }
+        published.withLockedValue {
+            $0.parameters = connection.parameters
+            $0.tsih = connection.tsih
+            $0.state = .connected
+        }
+    }
+
+    func execute(_ command: PendingCommand) {
+        switch state {
+        case .connected(let connection):
+            connection.handler.value.submit(command.command, lun: command.lun, promise: command.promise)
+        case .recovering:
+            if replacementExpired {
+                command.promise.fail(ISCSISessionError.replacementTimeout(seconds: configuration.replacementTimeout.seconds))
+            } else {
+                queue.append(command)
+            }
+        case .closed:
+            command.promise.fail(closeError ?? ISCSISessionError.sessionClosed)
+        }
+    }
+
+    func sendText(_ keys: TextKeyValues, promise: EventLoopPromise<ByteBuffer>) {
+        guard case .connected(let connection) = state else {
+            promise.fail(closeError ?? ISCSISessionError.sessionClosed)
+            return
+        }
+        connection.handler.value.sendText(keys, promise: promise)
+    }
+
+    // MARK: - Recovery
+
+    private func lost(connection: LoggedInConnection, error: ISCSISessionError, commands: [PendingCommand], time2WaitHint: TimeAmount?) {
+        guard case .connected(let current) = state, current.channel === connection.channel else {
+            // Not the session's connection any more (closing): nothing to recover.
+            for command in commands { command.promise.fail(closeError ?? error) }
+            return
+        }
+        guard configuration.recoveryEnabled else {
+            for command in commands { command.promise.fail(error) }
+            finish(error)
+            return
+        }
+        state = .recovering
+        published.withLockedValue { $0.state = .recovering(expired: false) }
+        // Re-issued commands go first, in their original order; anything queued meanwhile follows.
+        var reissue = CircularBuffer<PendingCommand>(initialCapacity: commands.count + queue.count)
+        reissue.append(contentsOf: commands)
+        reissue.append(contentsOf: queue)
+        queue = reissue
+        lostAt = eventLoop.now
+        attempt = 0
+        replacementExpired = false
+        logger.warning(
+            "iSCSI connection lost, recovering the session",
+            metadata: [
+                "error": "\(error)", "reissue": "\(commands.count)",
+                "replacement_timeout_s": "\(configuration.replacementTimeout.seconds)",
+            ])
+        replacementTimer?.cancel()
+        replacementTimer = eventLoop.assumeIsolated().scheduleTask(in: configuration.replacementTimeout) { [self] in
+            self.replacementTimedOut()
+        }
+        scheduleReconnect(time2WaitHint: time2WaitHint)
+    }
+
+    private func scheduleReconnect(time2WaitHint: TimeAmount? = nil) {
+        let backoff = ReconnectBackoff(time2Wait: time2WaitHint ?? time2Wait, maximum: configuration.maxReconnectDelay)
+        let delay = backoff.delay(beforeAttempt: attempt)
+        reconnectTimer = eventLoop.assumeIsolated().scheduleTask(in: delay) { [self] in
+            self.reconnect()
+        }
+    }
+
+    private func reconnect() {
+        guard case .recovering = state else { return }
+        attempt += 1
+        // RFC 7143 §6.3.5: same ISID (the configuration's), TSIH 0.
+        let plan = SessionRecoveryLogin.decide(errorRecoveryLevel: errorRecoveryLevel, isid: configuration.isid, tsih: tsih)
+        logger.debug("reconnecting", metadata: ["attempt": "\(attempt)", "login": "\(plan)"])
+        ISCSISession.login(configuration, on: eventLoop, logger: logger).hop(to: eventLoop).assumeIsolated().whenComplete {
+            [self] result in
+            switch result {
+            case .success(let connection):
+                guard case .recovering = self.state else {
+                    connection.channel.close(promise: nil)
+                    return
+                }
+                self.verify(connection)
+            case .failure(let error):
+                guard case .recovering = self.state else { return }
+                // One line per attempt at most, quieter after the first few.
+                let level: Logger.Level = self.attempt <= 3 || self.attempt % 10 == 0 ? .warning : .debug
+                self.logger.log(level: level, "reconnect failed", metadata: ["error": "\(error)", "attempt": "\(self.attempt)"])
+                self.scheduleReconnect()
+            }
+        }
+    }
+
+    private func verify(_ connection: LoggedInConnection) {
+        guard let check = reloginCheck else {
+            resume(connection)
+            return
+        }
+        check(ConnectionTransport(connection)).hop(to: eventLoop).assumeIsolated().whenComplete { [self] result in
+            guard case .recovering = self.state else {
+                connection.channel.close(promise: nil)
+                return
+            }
+            switch result {
+            case .success:
+                if connection.handler.value.isInFullFeaturePhase {
+                    self.resume(connection)
+                } else {
+                    self.logger.warning("connection lost during the re-login check")
+                    connection.channel.close(promise: nil)
+                    self.scheduleReconnect()
+                }
+            case .failure(let error):
+                if let sessionError = error as? ISCSISessionError, case .identityMismatch = sessionError {
+                    connection.channel.close(promise: nil)
+                    self.logger.critical(
+                        "the LUN changed identity across the reconnect; stopping the session so nothing is written to a different LUN",
+                        metadata: ["error": "\(sessionError)"])
+                    self.finish(sessionError)
+                } else {
+                    self.logger.warning("re-login check failed, reconnecting", metadata: ["error": "\(error)"])
+                    connection.channel.close(promise: nil)
+                    self.scheduleReconnect()
+                }
+            }
+        }
+    }
+
+    private func resume(_ connection: LoggedInConnection) {
+        replacementTimer?.cancel()
+        replacementTimer = nil
+        let elapsed = lostAt.map { eventLoop.now - $0 } ?? .zero
+        let commands = queue
+        queue.removeAll()
+        logger.notice(
+            "iSCSI session recovered",
+            metadata: [
+                "after_ms": "\(elapsed.nanoseconds / 1_000_000)", "attempts": "\(attempt)",
+                "reissue": "\(commands.count)", "iscsi.tsih": "\(connection.tsih)",
+            ])
+        replacementExpired = false
+        lostAt = nil
+        published.withLockedValue { $0.recoveries += 1 }
+        install(connection)
+        // Through `execute`: should the new connection drop meanwhile, the rest queue again.
+        for command in commands { execute(command) }
+    }
+
+    private func replacementTimedOut() {
+        guard case .recovering = state, !replacementExpired else { return }
+        replacementExpired = true
+        published.withLockedValue { $0.state = .recovering(expired: true) }
+        let failed = queue
+        queue.removeAll()
+        logger.error(
+            "iSCSI session not recovered within the replacement timeout: failing \(failed.count) queued and all new requests with EIO until the target is back; still reconnecting",
+            metadata: ["replacement_timeout_s": "\(configuration.replacementTimeout.seconds)"])
+        let error = ISCSISessionError.replacementTimeout(seconds: configuration.replacementTimeout.seconds)
+        for command in failed { command.promise.fail(error) }
+    }
+
+    /// Ends the session for good: timers off, queue failed, `closeFuture` completed.
+    private func finish(_ error: ISCSISessionError) {
+        if closeError == nil { closeError = error }
+        if case .connected(let connection) = state { connection.handler.value.connectionLostSink = nil }
+        state = .closed
+        published.withLockedValue { $0.state = .closed }
+        replacementTimer?.cancel()
+        reconnectTimer?.cancel()
+        let failed = queue
+        queue.removeAll()
+        for command in failed { command.promise.fail(closeError ?? error) }
+        closePromise.succeed(())
+    }
+
+    // MARK: - Ending
+
+    func logout(promise: EventLoopPromise<Void>) {
+        switch state {
+        case .connected(let connection):
+            connection.handler.value.connectionLostSink = nil
+            let inner = eventLoop.makePromise(of: Void.self)
+            connection.handler.value.beginLogout(promise: inner)
+            let channel = connection.channel
+            finish(.sessionClosed)
+            inner.futureResult.always { _ in channel.close(promise: nil) }.cascade(to: promise)
+        case .recovering:
+            finish(.sessionClosed)
+            promise.succeed(())
+        case .closed:
+            promise.succeed(())
+        }
+    }
+
+    func close(promise: EventLoopPromise<Void>) {
+        if case .connected(let connection) = state {
+            connection.handler.value.connectionLostSink = nil
+            finish(.connectionClosed)
+            connection.channel.close().flatMapErrorThrowing { _ in () }.cascade(to: promise)
+            return
+        }
+        if case .recovering = state { finish(.sessionClosed) }
+        promise.succeed(())
+    }
+
+    func dropConnection() {
+        if case .connected(let connection) = state { connection.channel.close(promise: nil) }
+    }
+}
+
+@available(*, unavailable)
+extension SessionCore: Sendable {}
+
+extension TimeAmount {
+    /// Whole seconds, rounded up.
+    var seconds: Int64 { (nanoseconds + 999_999_999) / 1_000_000_000 }
 }

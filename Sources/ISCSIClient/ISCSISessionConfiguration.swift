@@ -27,6 +27,20 @@ public struct ISCSISessionConfiguration: Sendable {
     public var noopOutTimeout: TimeAmount
     /// Login redirects followed at most (RFC 7143 §11.13.5, Status-Class 1).
     public var maxRedirects: Int
+    /// Reconnect and re-issue unanswered commands when the connection is lost (session recovery,
+    /// RFC 7143 §7.1.4.4). Off: a lost connection fails everything outstanding and ends the session.
+    public var recoveryEnabled: Bool
+    /// How long commands wait for a recovering session before they fail (open-iscsi
+    /// node.session.timeo.replacement_timeout, default 120 s). Reconnecting goes on afterwards.
+    public var replacementTimeout: TimeAmount
+    /// Longest pause between reconnect attempts.
+    public var maxReconnectDelay: TimeAmount
+    /// A command unanswered this long starts the escalation ABORT TASK → LOGICAL UNIT RESET → session
+    /// recovery (`TimeoutEscalation`); nil: never (the replacement timeout still bounds a dead session).
+    public var commandTimeout: TimeAmount?
+    /// How long each task management function may take before the next step (open-iscsi
+    /// node.session.err_timeo.abort_timeout / lu_reset_timeout).
+    public var taskManagementTimeout: TimeAmount
 
     public init(
         host: String,
@@ -43,7 +57,12 @@ public struct ISCSISessionConfiguration: Sendable {
         logoutTimeout: TimeAmount = .seconds(15),
         noopOutInterval: TimeAmount? = .seconds(5),
         noopOutTimeout: TimeAmount = .seconds(5),
-        maxRedirects: Int = 5
+        maxRedirects: Int = 5,
+        recoveryEnabled: Bool = true,
+        replacementTimeout: TimeAmount = .seconds(120),
+        maxReconnectDelay: TimeAmount = .seconds(4),
+        commandTimeout: TimeAmount? = .seconds(30),
+        taskManagementTimeout: TimeAmount = .seconds(15)
     ) {
         self.host = host
         self.port = port
@@ -60,6 +79,11 @@ public struct ISCSISessionConfiguration: Sendable {
         self.noopOutInterval = noopOutInterval
         self.noopOutTimeout = noopOutTimeout
         self.maxRedirects = maxRedirects
+        self.recoveryEnabled = recoveryEnabled
+        self.replacementTimeout = replacementTimeout
+        self.maxReconnectDelay = maxReconnectDelay
+        self.commandTimeout = commandTimeout
+        self.taskManagementTimeout = taskManagementTimeout
     }
 
     /// RFC 7143 §11.12.5 "Random" format: T = 10b, A reserved, B and C a random 24-bit value, D a

@@ -25,6 +25,12 @@ public enum ISCSISessionError: Error, Hashable, Sendable, CustomStringConvertibl
     case invalidCommand(String)
     /// The target asked the session to end (Async Message).
     case targetRequestedLogout
+    /// The session could not be recovered within the replacement timeout (open-iscsi
+    /// node.session.timeo.replacement_timeout); queued and new commands fail until it comes back.
+    case replacementTimeout(seconds: Int64)
+    /// After a re-login the LUN is not the one first opened (VPD 83h/80h or geometry differ): the session
+    /// stopped for good so that nothing is written to a different LUN.
+    case identityMismatch(String)
 
     public var description: String {
         switch self {
@@ -39,6 +45,8 @@ public enum ISCSISessionError: Error, Hashable, Sendable, CustomStringConvertibl
         case .sessionClosed: "iSCSI session is closed"
         case .invalidCommand(let s): "invalid command: \(s)"
         case .targetRequestedLogout: "target requested logout"
+        case .replacementTimeout(let s): "iSCSI session not recovered within the replacement timeout (\(s) s)"
+        case .identityMismatch(let s): "LUN identity changed after re-login, session stopped: \(s)"
         }
     }
 }

@@ -42,7 +42,7 @@ struct AdminRuntime {
         case .nodeNew(let target, let portal):
             let id = NodeID(target: target, portal: Portal(host: portal.host, port: portal.port), tpgt: 1)
             try ISCSIName.validate(target)
-            let iscsid = try ISCSIDConf.load(configDirectory: directory)
+            let iscsid = try loadISCSIDConf()
             try database.create(NodeRecord.new(id: id, iscsid: iscsid, discovery: DiscoverySource(kind: .static, address: portal.host, port: portal.port)))
             print("New iSCSI node [tcp:[hw=,ip=,net_if=,iscsi_if=default] \(id.portal.host),\(id.portal.port),\(id.tpgt) \(id.target)] added")
         case .nodeDelete(let target, let portal):
@@ -63,13 +63,30 @@ struct AdminRuntime {
 
     // MARK: - Discovery
 
-    private func discoverSendTargets(_ portal: PortalAddress, login: Bool) async throws {
+    /// The discovery session's configuration: `discovery.sendtargets.auth.*` credentials, never the
+    /// node session's.
+    static func discoveryConfiguration(portal: PortalAddress, initiatorName: String,
+                                       iscsid: ConfigDocument) throws -> ISCSISessionConfiguration {
+        var configuration = ISCSISessionConfiguration(host: portal.host, port: portal.port, targetName: nil,
+                                                      initiatorName: initiatorName)
+        configuration.apply(auth: try EffectiveNodeSettings.resolveDiscoveryAuth(iscsid: iscsid))
+        return configuration
+    }
+
+    /// iscsid.conf, with the keys iscsi-nbd does not use logged at debug level.
+    private func loadISCSIDConf() throws -> ConfigDocument {
         let iscsid = try ISCSIDConf.load(configDirectory: directory)
+        let unknown = ConfigKeys.unknownKeys(in: iscsid)
+        if !unknown.isEmpty {
+            logger.debug("iscsid.conf keys kept but not used: \(unknown.joined(separator: ", "))")
+        }
+        return iscsid
+    }
+
+    private func discoverSendTargets(_ portal: PortalAddress, login: Bool) async throws {
+        let iscsid = try loadISCSIDConf()
         let initiator = try InitiatorNameFile.loadOrCreate(configDirectory: directory)
-        let auth = try EffectiveNodeSettings.resolveDiscoveryAuth(iscsid: iscsid)
-        var scratch = ISCSISessionConfiguration(host: portal.host, port: portal.port, targetName: nil,
-                                                initiatorName: initiator.name.rawValue)
-        scratch.apply(auth: auth)
+        let scratch = try Self.discoveryConfiguration(portal: portal, initiatorName: initiator.name.rawValue, iscsid: iscsid)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let targets: [DiscoveredTarget]
         do {
@@ -79,7 +96,7 @@ struct AdminRuntime {
             try await group.shutdownGracefully()
         } catch {
             try? await group.shutdownGracefully()
-            throw CommandFailure("discovery at \(portal) failed: \(error)")
+            throw CommandFailure("discovery at \(portal) failed: \(ErrorText.describe(error))")
         }
         let discoveryPortal = TargetPortalAddress(host: portal.host, port: portal.port, portalGroupTag: 1)
         let nodes = targets.flatMap { t in
@@ -92,7 +109,7 @@ struct AdminRuntime {
     }
 
     private func discoverISNS(_ portal: PortalAddress?, login: Bool) async throws {
-        let iscsid = try ISCSIDConf.load(configDirectory: directory)
+        let iscsid = try loadISCSIDConf()
         let server: PortalAddress
         if let portal {
             server = portal
@@ -113,7 +130,7 @@ struct AdminRuntime {
                 throw error
             }
         } catch {
-            throw CommandFailure("iSNS discovery at \(server) failed: \(error)")
+            throw CommandFailure("iSNS discovery at \(server) failed: \(ErrorText.describe(error))")
         }
         let nodes = found.flatMap { t in
             t.portals.map { DiscoveredNode(target: t.name, portal: Portal(host: $0.host, port: $0.port), tpgt: $0.tpgt) }
@@ -150,7 +167,7 @@ struct AdminRuntime {
     /// Without the daemon, a login is a verified round trip: log in, report the negotiated values and the
     /// LUNs (REPORT LUNS), log out. With the daemon running, the daemon logs in and keeps the session.
     private func loginNodes(_ records: [NodeRecord]) async throws {
-        let iscsid = try ISCSIDConf.load(configDirectory: directory)
+        let iscsid = try loadISCSIDConf()
         let initiator = try InitiatorNameFile.loadOrCreate(configDirectory: directory)
         var failures = 0
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
@@ -170,7 +187,7 @@ struct AdminRuntime {
                 printNegotiated(session.parameters, luns: luns)
             } catch {
                 failures += 1
-                FileHandle.standardError.write(Data("iscsi-nbd: Could not login to \(label).\niscsi-nbd: \(error)\n".utf8))
+                FileHandle.standardError.write(Data("iscsi-nbd: Could not login to \(label).\niscsi-nbd: \(ErrorText.describe(error))\n".utf8))
             }
         }
         if failures > 0 { throw ExitCodeError(code: 24, message: "\(failures) of \(records.count) logins failed") }

@@ -1,11 +1,12 @@
 import Foundation
+import ISCSIConfig
 import ISCSIProtocol
 
 /// Our initiator name when none is given: `InitiatorName=` in `<config dir>/initiatorname.iscsi`
 /// (open-iscsi's file), else a stable name derived from /etc/machine-id (nothing is written; `iscsi-nbd`
 /// creates the file itself only in the admin modes).
 enum InitiatorIdentity {
-    static func defaultName(configDir: String = ConfigLocation.directory()) throws -> String {
+    static func defaultName(configDir: String = ConfigDirectory.resolve()) throws -> String {
         let path = configDir + "/initiatorname.iscsi"
         if let text = try? String(contentsOfFile: path, encoding: .utf8) {
             for line in text.split(separator: "\n") {
@@ -23,20 +24,10 @@ enum InitiatorIdentity {
     }
 }
 
-/// Where configuration lives: `--config-dir`, else `ISCSI_NBD_CONFIG_DIR`, else /etc/iscsi.
-enum ConfigLocation {
-    static let variable = "ISCSI_NBD_CONFIG_DIR"
-
-    static func directory(_ explicit: String? = nil,
-                          environment: [String: String] = ProcessInfo.processInfo.environment) -> String {
-        explicit ?? environment[variable].flatMap { $0.isEmpty ? nil : $0 } ?? "/etc/iscsi"
-    }
-}
-
 extension ResolvedCHAP {
-    var credentials: CHAPCredentials {
-        CHAPCredentials(
+    var credentials: ISCSIProtocol.CHAPCredentials {
+        ISCSIProtocol.CHAPCredentials(
             username: username, secret: secret,
-            mutual: targetUsername.flatMap { user in targetSecret.map { CHAPCredentials.Identity(username: user, secret: $0) } })
+            mutual: targetUsername.flatMap { user in targetSecret.map { ISCSIProtocol.CHAPCredentials.Identity(username: user, secret: $0) } })
     }
 }

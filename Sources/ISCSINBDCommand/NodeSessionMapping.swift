@@ -23,6 +23,7 @@ extension ISCSISessionConfiguration {
         logoutTimeout = TimeAmount(s.logoutTimeout)
         noopOutInterval = s.noopOutInterval > .zero ? TimeAmount(s.noopOutInterval) : nil
         noopOutTimeout = TimeAmount(s.noopOutTimeout)
+        replacementTimeout = TimeAmount(s.replacementTimeout)
     }
 
     /// CHAP from resolved settings: `authmethod = None` means no CHAP even when credentials are set.

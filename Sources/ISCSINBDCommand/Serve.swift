@@ -1,5 +1,7 @@
 import ArgumentParser
 import Foundation
+import ISCSIClient
+import ISCSIConfig
 import Logging
 import NIOCore
 import NBDServer
@@ -17,8 +19,20 @@ struct Serve: AsyncParsableCommand {
             """
     )
 
-    @Argument(help: "iscsi://[USER[%SECRET]@]HOST[:PORT]/TARGET-IQN/LUN")
-    var url: String
+    @Argument(help: "iscsi://[USER[%SECRET]@]HOST[:PORT]/TARGET-IQN/LUN (or use -T with a node record)")
+    var url: String?
+
+    @Option(name: [.customShort("T"), .customLong("targetname")], help: "Serve a recorded node (see -m discovery) instead of a URL.")
+    var targetName: String?
+
+    @Option(name: [.customShort("p"), .customLong("portal")], help: "With -T: the record's portal HOST[:PORT] when it has several.")
+    var portal: String?
+
+    @Option(name: .long, help: "With -T: the LUN to serve (default: the first direct-access LUN).")
+    var lun: UInt16?
+
+    @Option(name: .long, help: "Configuration directory (default /etc/iscsi, or ISCSI_NBD_CONFIG_DIR).")
+    var configDir: String?
 
     @Option(name: .long, help: "Serve on this unix socket (mode 0600).")
     var socket: [String] = []
@@ -47,8 +61,8 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .long, help: "Initiator name (default: from /etc/iscsi/initiatorname.iscsi, or generated).")
     var initiatorName: String?
 
-    @Option(name: .long, help: "Commands in flight to the target at most.")
-    var queueDepth: Int = 128
+    @Option(name: .long, help: "Commands in flight to the target at most (default: node.session.queue_depth, 128 for URLs).")
+    var queueDepth: Int?
 
     @Option(name: .long, help: "Event loop threads.")
     var threads: Int = 1
@@ -73,6 +87,10 @@ struct Serve: AsyncParsableCommand {
 
     @Option(name: .long, help: "MiB of WRITE payload buffered or in flight over all connections; beyond it writes fail with ENOMEM.")
     var maxBufferedWrites: Int = 256
+    @Option(name: .long, help: ArgumentHelp(
+        "Seconds NBD requests wait for a lost iSCSI session to come back before they fail with EIO (open-iscsi node.session.timeo.replacement_timeout).",
+        valueName: "SECONDS"))
+    var replacementTimeout: Int?
 
     @OptionGroup var logging: LoggingOptions
 
@@ -87,7 +105,14 @@ struct Serve: AsyncParsableCommand {
             throw ValidationError("give --socket PATH or --listen HOST:PORT (or both)")
         }
         for l in listen { _ = try ListenAddress.parseTCP(l) }
-        guard (1...4096).contains(queueDepth) else { throw ValidationError("--queue-depth must be 1 to 4096") }
+        if let queueDepth, !(1...4096).contains(queueDepth) { throw ValidationError("--queue-depth must be 1 to 4096") }
+        switch (url, targetName) {
+        case (nil, nil): throw ValidationError("give an iscsi:// URL or -T TARGET-IQN (a recorded node)")
+        case (.some, .some): throw ValidationError("give either a URL or -T, not both")
+        case (.some, nil) where portal != nil || lun != nil:
+            throw ValidationError("-p and --lun go with -T; a URL names its portal and LUN itself")
+        default: break
+        }
         guard (1...64).contains(threads) else { throw ValidationError("--threads must be 1 to 64") }
         guard (1...65536).contains(maxConnections) else { throw ValidationError("--max-connections must be 1 to 65536") }
         guard (64...65536).contains(maxBufferedWrites) else { throw ValidationError("--max-buffered-writes must be 64 to 65536 MiB") }
@@ -102,41 +127,88 @@ struct Serve: AsyncParsableCommand {
         if tlsCertificate != nil && listen.isEmpty {
             throw ValidationError("TLS applies to --listen (TCP); unix sockets are protected by their 0600 mode")
         }
+        if let replacementTimeout, !(1...86400).contains(replacementTimeout) { throw ValidationError("--replacement-timeout must be 1 to 86400 seconds") }
     }
 
     func run() async throws {
-        let parsed: ISCSIURL
-        do {
-            parsed = try ISCSIURL(parsing: url)
-        } catch {
-            throw ValidationError(error.description)
-        }
-        if let password = parsed.password { ArgvScrubber.scrub(password) }
         let logger = logging.makeLogger(label: "iscsi-nbd")
         let tls = tlsConfiguration
         if let tls {
             // Fail before logging in when a file is missing or unusable.
             do { _ = try tls.makeContext() } catch { throw ValidationError(error.description) }
         }
-        let chap: ResolvedCHAP?
+        let plan = try url.map { try planFromURL($0) } ?? planFromNode(logger: logger)
+        try await ServeRuntime(
+            session: plan.session, lun: plan.lun,
+            sockets: socket, tcp: try listen.map(ListenAddress.parseTCP),
+            exportName: exportName ?? "\(plan.session.targetName ?? "")/lun-\(plan.lun.map(String.init) ?? "auto")",
+            readOnly: readOnly, threads: threads, replacementTimeout: replacementTimeout,
+            tls: tls, maxConnections: maxConnections,
+            stallTimeout: stallTimeout == 0 ? nil : .seconds(Int64(stallTimeout)),
+            maxBufferedWriteBytes: maxBufferedWrites << 20, logger: logger
+        ).run()
+    }
+
+    /// URL mode: built-in defaults < iscsid.conf (when there is one) < the URL and the command line.
+    private func planFromURL(_ text: String) throws -> (session: ISCSISessionConfiguration, lun: UInt16?) {
+        let parsed: ISCSIURL
         do {
-            chap = try SecretResolver.resolve(
-                urlUsername: parsed.username, urlPassword: parsed.password,
+            parsed = try ISCSIURL(parsing: text)
+        } catch {
+            throw ValidationError(error.description)
+        }
+        if let password = parsed.password { ArgvScrubber.scrub(password) }
+        let node = NodeID(target: parsed.targetName, portal: Portal(host: parsed.host, port: parsed.port), tpgt: 1)
+        var session = try sessionConfiguration(node: node, record: nil)
+        try applyCommandLineCHAP(to: &session, urlUsername: parsed.username, urlPassword: parsed.password)
+        return (session, parsed.lun)
+    }
+
+    /// Node mode: built-in defaults < iscsid.conf < the node record < the command line.
+    private func planFromNode(logger: Logger) throws -> (session: ISCSISessionConfiguration, lun: UInt16?) {
+        let directory = ConfigDirectory.resolve(explicit: configDir)
+        let wanted = try portal.map { p in
+            do { return try Portal(parsing: p) } catch { throw ValidationError("-p \(p): \(error)") }
+        }
+        let records = try NodeDatabase(configDirectory: directory).find(target: targetName, portal: wanted)
+        guard let record = records.first else {
+            throw CommandFailure("no node record for \(targetName ?? "")\(wanted.map { " at \($0)" } ?? "") in \(directory)/nodes (run -m discovery first, or --op new)")
+        }
+        if records.count > 1 {
+            throw CommandFailure("\(targetName ?? "") has \(records.count) portals: \(records.map { "\($0.id.portal)" }.joined(separator: ", ")); choose one with -p")
+        }
+        var session = try sessionConfiguration(node: record.id, record: record)
+        try applyCommandLineCHAP(to: &session, urlUsername: nil, urlPassword: nil)
+        return (session, lun)
+    }
+
+    private func sessionConfiguration(node: NodeID, record: NodeRecord?) throws -> ISCSISessionConfiguration {
+        let directory = ConfigDirectory.resolve(explicit: configDir)
+        let iscsid = try ISCSIDConf.load(configDirectory: directory)
+        var settings = try EffectiveNodeSettings.resolve(iscsid: iscsid, node: record)
+        // --queue-depth wins; without a node record the bridge's own default is 128 (open-iscsi's is 32).
+        if let depth = queueDepth ?? (record == nil ? 128 : nil) {
+            settings.queueDepth = depth
+            settings.cmdsMax = max(settings.cmdsMax, depth)
+        }
+        let name = try initiatorName ?? InitiatorIdentity.defaultName(configDir: directory)
+        return ISCSISessionConfiguration(node: node, settings: settings, initiatorName: name, initiatorAlias: nil)
+    }
+
+    /// Credentials given on the command line, in the environment or in the URL replace the configured ones.
+    private func applyCommandLineCHAP(to session: inout ISCSISessionConfiguration, urlUsername: String?,
+                                      urlPassword: String?) throws {
+        let resolved: ResolvedCHAP?
+        do {
+            resolved = try SecretResolver.resolve(
+                urlUsername: urlUsername, urlPassword: urlPassword,
                 username: chapUsername, secretFile: chapSecretFile,
                 targetUsername: targetChapUsername, targetSecretFile: targetChapSecretFile,
                 environment: ProcessInfo.processInfo.environment)
         } catch {
             throw ValidationError(error.description)
         }
-        try await ServeRuntime(
-            url: parsed, chap: chap,
-            sockets: socket, tcp: try listen.map(ListenAddress.parseTCP),
-            exportName: exportName ?? "\(parsed.targetName)/lun-\(parsed.lun)",
-            readOnly: readOnly, initiatorName: initiatorName, queueDepth: queueDepth, threads: threads,
-            tls: tls, maxConnections: maxConnections,
-            stallTimeout: stallTimeout == 0 ? nil : .seconds(Int64(stallTimeout)),
-            maxBufferedWriteBytes: maxBufferedWrites << 20, logger: logger
-        ).run()
+        if let resolved { session.chap = resolved.credentials }
     }
 }
 

@@ -11,15 +11,17 @@ import SCSI
 
 /// What `serve` does: log in, probe the LUN, serve it over NBD until a signal, then drain and log out.
 struct ServeRuntime {
-    var url: ISCSIURL
-    var chap: ResolvedCHAP?
+    /// Who to log in to, as what, with which credentials and proposals (from a URL or a node record).
+    var session: ISCSISessionConfiguration
+    /// The LUN to serve; nil serves the first direct-access LUN that REPORT LUNS lists.
+    var lun: UInt16?
     var sockets: [String]
     var tcp: [ListenAddress]
     var exportName: String
     var readOnly: Bool
-    var initiatorName: String?
-    var queueDepth: Int
     var threads: Int
+    /// Seconds requests wait for a recovering session; nil keeps node.session.timeo.replacement_timeout.
+    var replacementTimeout: Int?
     /// TLS for the TCP listeners (see `NBDTLSConfiguration`).
     var tls: NBDTLSConfiguration? = nil
     var maxConnections: Int = 512
@@ -46,28 +48,33 @@ struct ServeRuntime {
         // The session, the device and (by the server's placement) every NBD connection share this loop.
         let loop = group.next()
 
-        var configuration = ISCSISessionConfiguration(
-            host: url.host, port: url.port, targetName: url.targetName,
-            initiatorName: try initiatorName ?? InitiatorIdentity.defaultName(),
-            queueDepth: queueDepth)
-        configuration.chap = chap.map(\.credentials)
-
+        var configuration = self.session
+        let target = configuration.targetName ?? ""
+        if let replacementTimeout { configuration.replacementTimeout = .seconds(Int64(replacementTimeout)) }
         let session: ISCSISession
         do {
             session = try await ISCSISession.connect(configuration, on: loop, logger: logger).get()
         } catch {
-            throw CommandFailure("cannot log in to \(url.targetName) at \(portalText): \(error)")
+            throw CommandFailure("cannot log in to \(target) at \(portalText): \(ErrorText.describe(error))")
         }
-        logger.info("logged in", metadata: ["target": "\(url.targetName)", "portal": "\(portalText)"])
+        logger.info("logged in", metadata: ["target": "\(target)", "portal": "\(portalText)"])
 
         let device: any BlockDevice
         do {
-            let scsi = try await SCSIBlockDevice.open(
-                transport: session, lun: LogicalUnitNumber(url.lun), logger: logger).get()
+            let scsi = try await openLUN(session: session)
             device = readOnly ? ReadOnlyBlockDevice(scsi, eventLoop: loop) : scsi
+            // After every reconnect, before queued I/O goes out: the same LUN (VPD 83h/80h, geometry) or stop.
+            session.setReloginCheck { transport in
+                scsi.verifyAfterRelogin(over: transport).map { _ in }.flatMapErrorThrowing { error in
+                    if let mismatch = error as? LUNIdentityMismatch {
+                        throw ISCSISessionError.identityMismatch(mismatch.description)
+                    }
+                    throw error
+                }
+            }
         } catch {
             try? await session.logout().get()
-            throw CommandFailure("LUN \(url.lun) of \(url.targetName): \(error)")
+            throw CommandFailure("\(lun.map { "LUN \($0)" } ?? "no usable LUN") of \(target): \(error)")
         }
 
         let server = NBDServer(
@@ -89,8 +96,9 @@ struct ServeRuntime {
             "listen": "\(server.boundAddresses.map(\.description).joined(separator: ", "))",
         ])
 
-        // Serve until a signal or until the session dies under us.
-        session.closeFuture.whenComplete { _ in reasons.stop("the iSCSI connection closed") }
+        // Serve until a signal or until the session ends for good (a lost connection is recovered
+        // underneath; only a fail-stop such as a LUN identity change ends it).
+        session.closeFuture.whenComplete { _ in reasons.stop("the iSCSI session ended") }
         let stopReason = await reasons.first()
         logger.notice("stopping: \(stopReason); draining requests in flight")
         await server.shutdown()
@@ -103,7 +111,27 @@ struct ServeRuntime {
         if stopReason.hasPrefix("the iSCSI") { throw CommandFailure("\(stopReason) while serving") }
     }
 
-    private var portalText: String { url.host.contains(":") ? "[\(url.host)]:\(url.port)" : "\(url.host):\(url.port)" }
+    private var portalText: String {
+        session.host.contains(":") ? "[\(session.host)]:\(session.port)" : "\(session.host):\(session.port)"
+    }
+
+    /// The LUN asked for, or the first one REPORT LUNS lists that is a direct-access block device
+    /// (tgt's LUN 0 is its controller; LIO's disks start at 0).
+    private func openLUN(session: ISCSISession) async throws -> SCSIBlockDevice {
+        if let lun {
+            return try await SCSIBlockDevice.open(transport: session, lun: LogicalUnitNumber(lun), logger: logger).get()
+        }
+        let luns = try await SCSIBlockDevice.reportLUNs(transport: session, logger: logger).get()
+        var problems: [String] = []
+        for candidate in luns {
+            do {
+                return try await SCSIBlockDevice.open(transport: session, lun: candidate, logger: logger).get()
+            } catch {
+                problems.append("LUN \(candidate): \(error)")
+            }
+        }
+        throw CommandFailure("the target has no direct-access LUN (\(problems.joined(separator: "; ")))")
+    }
 }
 
 /// A failure the user sees as one clear line (ArgumentParser prints `Error: ...` and exits non-zero).

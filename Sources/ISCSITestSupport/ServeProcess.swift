@@ -20,15 +20,16 @@ public final class ISCSINBDProcess: @unchecked Sendable {
     public let outputPath: String
     public let directory: URL
 
-    /// Starts `iscsi-nbd ARGS`. `environment` is added to the test's own.
-    public init(_ arguments: [String], environment: [String: String] = [:]) throws {
+    /// Starts `iscsi-nbd ARGS` (or `executable ARGS`, e.g. `ip netns exec NS iscsi-nbd ...`).
+    /// `environment` is added to the test's own.
+    public init(_ arguments: [String], environment: [String: String] = [:], executable: String? = nil) throws {
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("iscsi-nbd-\(UUID().uuidString.prefix(8))")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         outputPath = directory.appendingPathComponent("output.log").path
         FileManager.default.createFile(atPath: outputPath, contents: nil)
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: outputPath))
         process = Process()
-        process.executableURL = URL(fileURLWithPath: try iscsiNBDBinary())
+        process.executableURL = URL(fileURLWithPath: try executable ?? iscsiNBDBinary())
         process.arguments = arguments
         var env = ProcessInfo.processInfo.environment
         env.merge(environment) { $1 }

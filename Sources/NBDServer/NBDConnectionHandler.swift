@@ -12,8 +12,10 @@ struct NBDDrainEvent: Sendable {}
 
 /// One NBD connection: handshake state machine, then the transmission phase against a `BlockDevice`.
 ///
-/// - Requests are dispatched as soon as they are decoded, up to `maxInFlight` at once; beyond that the handler
-///   stops decoding and withholds `read()` from the channel (backpressure), resuming as replies complete.
+/// - Requests are dispatched as soon as they are decoded, up to `maxInFlight` requests and `maxInFlightBytes`
+///   of READ/WRITE data at once, and only while the channel is writable (a peer that does not read its replies
+///   cannot make them pile up). Otherwise the handler stops decoding and withholds `read()` from the channel
+///   (backpressure), resuming as replies complete or the channel becomes writable again.
 /// - Replies are written as each request completes (out of order). Flushes are coalesced: one flush at the
 ///   end of each read burst (`channelReadComplete`), and for completions outside a read burst one flush per
 ///   event-loop tick.
@@ -54,11 +56,14 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
     /// received (payloads of dispatched writes are released when the write completes).
     private let payloadBudget: NBDPayloadBudget?
     private var reservedPartial = 0
+    private let maxInFlightBytes: Int
     private var logger: Logger
     private var phase: Phase
 
     private var cumulation: ByteBuffer?
     private var inFlight = 0
+    /// READ lengths and WRITE payload bytes of requests in flight.
+    private var inFlightBytes = 0
     private var readWithheld = false
     private var inReadBurst = false
     private var flushScheduled = false
@@ -76,13 +81,14 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
 
     /// A connection that starts with the fixed newstyle handshake.
     init(
-        device: any BlockDevice, export: NBDExport, maxInFlight: Int, maxOptionLength: UInt32,
-        tlsContext: NIOSSLContext? = nil, stallTimeout: TimeAmount? = nil, payloadBudget: NBDPayloadBudget? = nil,
-        logger: Logger
+        device: any BlockDevice, export: NBDExport, maxInFlight: Int, maxInFlightBytes: Int = 64 << 20,
+        maxOptionLength: UInt32, tlsContext: NIOSSLContext? = nil, stallTimeout: TimeAmount? = nil,
+        payloadBudget: NBDPayloadBudget? = nil, logger: Logger
     ) {
         self.payloadBudget = payloadBudget
         self.device = device
         self.maxInFlight = max(1, maxInFlight)
+        self.maxInFlightBytes = max(1, maxInFlightBytes)
         self.logger = logger
         self.tlsContext = tlsContext
         self.stallTimeout = stallTimeout
@@ -92,9 +98,13 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
 
     /// A connection that starts in the transmission phase with simple replies (the kernel's socket after
     /// netlink NBD_CMD_CONNECT, nbd-netlink-proto.md).
-    init(device: any BlockDevice, transmissionOnly export: NBDExport, maxInFlight: Int, logger: Logger) {
+    init(
+        device: any BlockDevice, transmissionOnly export: NBDExport, maxInFlight: Int, maxInFlightBytes: Int = 64 << 20,
+        logger: Logger
+    ) {
         self.device = device
         self.maxInFlight = max(1, maxInFlight)
+        self.maxInFlightBytes = max(1, maxInFlightBytes)
         self.logger = logger
         self.tlsContext = nil
         self.stallTimeout = nil
@@ -232,13 +242,34 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
         context.fireUserInboundEventTriggered(event)
     }
 
-    /// Backpressure: withhold reads while the in-flight window is full or the connection is draining.
+    /// Whether another request may be taken: the in-flight window (count and bytes) has room and the peer is
+    /// reading our replies (channel writable: replies the peer does not read must not pile up in memory).
+    private func canTakeRequest(context: ChannelHandlerContext) -> Bool {
+        !draining && inFlight < maxInFlight && inFlightBytes < maxInFlightBytes && context.channel.isWritable
+    }
+
+    /// Backpressure: withhold reads while no request may be taken.
     func read(context: ChannelHandlerContext) {
-        if draining || inFlight >= maxInFlight {
+        if !canTakeRequest(context: context) {
             readWithheld = true
             return
         }
         context.read()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable { resumeIfPossible(context: context) }
+        context.fireChannelWritabilityChanged()
+    }
+
+    /// Takes buffered requests and asks for more input once the window has room again.
+    private func resumeIfPossible(context: ChannelHandlerContext) {
+        guard case .transmission = phase, canTakeRequest(context: context) else { return }
+        if cumulation != nil { processInbound(context: context) }
+        if readWithheld && canTakeRequest(context: context) {
+            readWithheld = false
+            context.read()
+        }
     }
 
     // MARK: - Input
@@ -270,7 +301,7 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
                     try perform(action, context: context)
                     // Loop: remaining bytes may hold more options or the first requests.
                 case .transmission(var transmission):
-                    while !draining && inFlight < maxInFlight {
+                    while canTakeRequest(context: context) {
                         let request: NBDRequest?
                         do {
                             request = try transmission.decoder.decode(&buffer)
@@ -448,8 +479,11 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
         onSuccess: @escaping (NBDConnectionHandler, T) -> Void
     ) {
         inFlight += 1
+        let cost = header.command == .read || header.command == .write ? Int(header.length) : 0
+        inFlightBytes += cost
         future.hop(to: context.eventLoop).assumeIsolated().whenComplete { result in
             self.inFlight -= 1
+            self.inFlightBytes -= cost
             switch result {
             case .success(let value):
                 onSuccess(self, value)
@@ -473,13 +507,7 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
             closeIfDrained(context: context)
             return
         }
-        if inFlight < maxInFlight {
-            if cumulation != nil { processInbound(context: context) }
-            if readWithheld && inFlight < maxInFlight {
-                readWithheld = false
-                context.read()
-            }
-        }
+        resumeIfPossible(context: context)
     }
 
     // MARK: - Replies

@@ -38,6 +38,8 @@ public struct NBDServerConfiguration: Sendable, Hashable {
     public var listen: [ListenAddress]
     /// Requests executing at once per connection; beyond this the connection stops reading.
     public var maxInFlightPerConnection: Int
+    /// READ and WRITE bytes executing at once per connection; beyond this the connection stops reading.
+    public var maxInFlightBytesPerConnection: Int
     /// Largest option data accepted during the handshake (larger → hard disconnect).
     public var maxOptionLength: UInt32
     /// TLS for TCP listeners (FORCEDTLS); `nil`: no TLS (NBD_OPT_STARTTLS is refused by policy).
@@ -55,10 +57,12 @@ public struct NBDServerConfiguration: Sendable, Hashable {
     public init(
         exportName: String, description: String? = nil,
         listen: [ListenAddress] = [.tcp(host: "127.0.0.1", port: 10809)],
-        maxInFlightPerConnection: Int = 256, maxOptionLength: UInt32 = 64 * 1024,
+        maxInFlightPerConnection: Int = 256, maxInFlightBytesPerConnection: Int = 64 << 20,
+        maxOptionLength: UInt32 = 64 * 1024,
         tls: NBDTLSConfiguration? = nil, maxConnections: Int = 512, stallTimeout: TimeAmount? = .seconds(30),
         maxBufferedWriteBytes: Int? = 256 << 20
     ) {
+        self.maxInFlightBytesPerConnection = maxInFlightBytesPerConnection
         self.maxBufferedWriteBytes = maxBufferedWriteBytes
         self.stallTimeout = stallTimeout
         self.tls = tls
@@ -219,6 +223,7 @@ public final class NBDServer: Sendable {
         let loop = device.preferredEventLoop ?? group.next()
         let channel = try await ClientBootstrap(group: loop)
             .channelOption(.recvAllocator, value: Self.recvAllocator)
+            .channelOption(.writeBufferWaterMark, value: Self.waterMark)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture { try self.install(on: channel, transmissionOnly: transmissionOnly, tls: false) }
             }
@@ -228,6 +233,8 @@ public final class NBDServer: Sendable {
 
     // MARK: - Internals
 
+    /// Replies queued beyond what the socket takes: above `high` the connection stops taking requests.
+    private static let waterMark = ChannelOptions.Types.WriteBufferWaterMark(low: 512 * 1024, high: 2 << 20)
     private static let recvAllocator = AdaptiveRecvByteBufferAllocator(minimum: 4096, initial: 64 * 1024, maximum: 1024 * 1024)
 
     private func makeServerBootstrap(tcp: Bool) -> ServerBootstrap {
@@ -237,6 +244,7 @@ public final class NBDServer: Sendable {
             .serverChannelOption(.backlog, value: 128)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.recvAllocator, value: Self.recvAllocator)
+            .childChannelOption(.writeBufferWaterMark, value: Self.waterMark)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture { try self.install(on: channel, transmissionOnly: false, tls: tcp) }
             }
@@ -269,9 +277,12 @@ public final class NBDServer: Sendable {
         let export = currentExport()
         let handler =
             transmissionOnly
-            ? NBDConnectionHandler(device: device, transmissionOnly: export, maxInFlight: configuration.maxInFlightPerConnection, logger: logger)
+            ? NBDConnectionHandler(
+                device: device, transmissionOnly: export, maxInFlight: configuration.maxInFlightPerConnection,
+                maxInFlightBytes: configuration.maxInFlightBytesPerConnection, logger: logger)
             : NBDConnectionHandler(
                 device: device, export: export, maxInFlight: configuration.maxInFlightPerConnection,
+                maxInFlightBytes: configuration.maxInFlightBytesPerConnection,
                 maxOptionLength: configuration.maxOptionLength, tlsContext: tlsContext,
                 stallTimeout: configuration.stallTimeout, payloadBudget: payloadBudget, logger: logger)
         try channel.pipeline.syncOperations.addHandler(handler)
@@ -292,7 +303,18 @@ public final class NBDServer: Sendable {
             unlink(path)
         }
         let directory = path.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
-        var template = Array(((directory.isEmpty ? "." : directory) + "/.nbd-XXXXXX").utf8CString)
+        let templatePath = (directory.isEmpty ? "." : directory) + "/.XXXXXX"
+        // sun_path holds 107 bytes; if the temporary path would not fit, bind in place and chmod at once.
+        guard templatePath.utf8.count + 2 <= 107 else {
+            let channel = try await makeServerBootstrap(tcp: false).bind(unixDomainSocketPath: path).get()
+            guard chmod(path, 0o600) == 0 else {
+                let e = errno
+                try? await channel.close().get()
+                throw NBDServerError("cannot chmod \(path) (errno \(e))")
+            }
+            return channel
+        }
+        var template = Array(templatePath.utf8CString)
         guard let tmp = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }).map({ String(cString: $0) }) else {
             throw NBDServerError("cannot create a temporary directory next to \(path) (errno \(errno))")
         }

@@ -198,11 +198,21 @@ public struct SenseData: Hashable, Sendable, CustomStringConvertible {
         self.senseKeySpecific = senseKeySpecific
     }
 
+    /// For ILLEGAL REQUEST with SKSV set (scsi-commands.md §3, bytes 15–17): where the bad field is.
+    public var fieldPointer: (inCDB: Bool, byte: UInt16, bit: UInt8?)? {
+        guard key == .illegalRequest, let sks = senseKeySpecific else { return nil }
+        let flags = UInt8(truncatingIfNeeded: sks >> 16)
+        return (flags & 0x40 != 0, UInt16(truncatingIfNeeded: sks), flags & 0x08 != 0 ? flags & 0x07 : nil)
+    }
+
     /// e.g. "ILLEGAL REQUEST: LOGICAL BLOCK ADDRESS OUT OF RANGE (21/00)".
     public var description: String {
         var s = "\(key): \(code)"
         if deferred { s += " [deferred]" }
         if let information { s += " info=0x\(String(information, radix: 16))" }
+        if let f = fieldPointer {
+            s += " [\(f.inCDB ? "CDB" : "parameter list") byte \(f.byte)\(f.bit.map { " bit \($0)" } ?? "")]"
+        }
         return s
     }
 

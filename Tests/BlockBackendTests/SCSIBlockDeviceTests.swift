@@ -249,6 +249,17 @@ private func expectErrno<T: Sendable>(_ code: BlockDeviceError.Code, _ future: E
         #expect(disk.opcodes == [.reportLUNs])
     }
 
+    @Test func reportLUNsFailureIsAProbeError() async throws {
+        let disk = makeDisk()
+        disk.inject(.checkCondition(.illegalRequest, .invalidCommandOperationCode, opcodes: [0xA0]))
+        do {
+            _ = try await SCSIBlockDevice.reportLUNs(transport: disk, retryPolicy: fastRetries).get()
+            Issue.record("succeeded")
+        } catch let error as SCSIProbeError {
+            #expect(error.kind == .commandFailed && error.message.contains("INVALID COMMAND OPERATION CODE"))
+        }
+    }
+
     @Test func reportLUNsReissuesWithLargerAllocation() async throws {
         let many = (0..<600).map { LogicalUnitNumber(UInt16($0)) }
         let disk = makeDisk { $0.luns = many }
@@ -568,6 +579,17 @@ private func expectErrno<T: Sendable>(_ code: BlockDeviceError.Code, _ future: E
         await expectErrno(.eio, dev.read(offset: 0, length: 512))
     }
 
+    @Test func misalignedRequestsGetEINVALNotACrash() async throws {
+        let disk = makeDisk()
+        let dev = try await open(disk)
+        disk.clearCommandLog()
+        await expectErrno(.einval, dev.read(offset: 1, length: 512))
+        await expectErrno(.einval, dev.write(offset: 0, data: pattern(100, seed: 0), flags: []))
+        await expectErrno(.einval, dev.trim(offset: 512, length: 3, flags: []))
+        await expectErrno(.einval, dev.writeZeroes(offset: 7, length: 512, flags: []))
+        #expect(disk.opcodes.isEmpty)
+    }
+
     @Test func shortReadIsAnError() async throws {
         final class ShortReads: SCSITransport, @unchecked Sendable {
             // SAFETY: immutable after init.
@@ -631,6 +653,53 @@ private func expectErrno<T: Sendable>(_ code: BlockDeviceError.Code, _ future: E
         #expect(dev.info.logicalBlockSize == 512)
     }
 
+    @Test func anotherLogicalUnitBehindTheLUNFencesTheDevice() async throws {
+        let disk = makeDisk()
+        let dev = try await open(disk)
+        var c = disk.configuration
+        c.naa = [0x60, 0x01, 0x40, 0x5F, 0, 0, 0, 0x99]
+        disk.configuration = c
+        disk.queueUnitAttention(.deviceIdentifierChanged)
+        _ = try? await dev.read(offset: 0, length: 512).get()
+        for _ in 0..<200 {
+            do {
+                _ = try await dev.read(offset: 0, length: 512).get()
+                try await Task.sleep(nanoseconds: 5_000_000)
+            } catch { break }
+        }
+        disk.clearCommandLog()
+        await expectErrno(.eio, dev.read(offset: 0, length: 512))
+        await expectErrno(.eio, dev.write(offset: 0, data: pattern(512, seed: 0), flags: []))
+        await expectErrno(.eio, dev.flush())
+        #expect(disk.opcodes.isEmpty, "nothing reaches the other logical unit")
+    }
+
+    @Test func explicitRefreshDetectsANewSerial() async throws {
+        let disk = makeDisk()
+        let dev = try await open(disk)
+        var c = disk.configuration
+        c.serial = "SOMEONE-ELSE"
+        disk.configuration = c
+        do {
+            _ = try await dev.refresh().get()
+            Issue.record("refresh accepted another LU")
+        } catch let error as SCSIProbeError {
+            #expect(error.kind == .identityChanged)
+        }
+        await expectErrno(.eio, dev.read(offset: 0, length: 512))
+    }
+
+    @Test func refreshKeepsTheSameIdentity() async throws {
+        let disk = makeDisk()
+        let dev = try await open(disk)
+        _ = try await dev.refresh().get()
+        _ = try await dev.read(offset: 0, length: 512).get()
+        // VPD pages that fail during a refresh do not count as a new identity.
+        disk.inject(.checkCondition(.hardwareError, .internalTargetFailure, count: 2, opcodes: [0x12]))
+        _ = try await dev.refresh().get()
+        _ = try await dev.read(offset: 0, length: 512).get()
+    }
+
     @Test func unrelatedUnitAttentionDoesNotRefresh() async throws {
         let disk = makeDisk()
         let dev = try await open(disk)
@@ -639,5 +708,29 @@ private func expectErrno<T: Sendable>(_ code: BlockDeviceError.Code, _ future: E
         try await dev.flush().get()
         try await Task.sleep(nanoseconds: 20_000_000)
         #expect(disk.opcodes == [.synchronizeCache10, .synchronizeCache10])
+    }
+}
+
+@Suite struct LUNIdentityTests {
+    @Test func sameLogicalUnitIgnoresCapacity() async throws {
+        let a = try await open(makeDisk())
+        let b = try await open(makeDisk { $0.blockCount = 4096 })
+        let other = try await open(makeDisk { $0.naa = [0x60, 0, 0, 0, 0, 0, 0, 2] })
+        let reserial = try await open(makeDisk { $0.serial = "OTHER" })
+        #expect(a.lunIdentity.isSameLogicalUnit(as: b.lunIdentity))
+        #expect(a.lunIdentity != b.lunIdentity)
+        #expect(!a.lunIdentity.isSameLogicalUnit(as: other.lunIdentity))
+        #expect(!a.lunIdentity.isSameLogicalUnit(as: reserial.lunIdentity))
+        #expect("\(a.lunIdentity)" == "FAKE SCSI DISK naa.6001405fabcdef01 serial FAKE0001 2048×512")
+    }
+
+    @Test func zeroLengthRequestsIssueNothing() async throws {
+        let disk = makeDisk()
+        let dev = try await open(disk)
+        disk.clearCommandLog()
+        #expect(try await dev.read(offset: 512, length: 0).get().readableBytes == 0)
+        try await dev.write(offset: 512, data: ByteBuffer(), flags: []).get()
+        try await dev.writeZeroes(offset: 512, length: 0, flags: []).get()
+        #expect(disk.opcodes.isEmpty)
     }
 }

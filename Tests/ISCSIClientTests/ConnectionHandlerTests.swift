@@ -18,11 +18,13 @@ final class FakeTargetHarness {
     var parser = PDUParser(maxDataSegmentLength: 1 << 24, direction: .initiatorToTarget)
 
     init(window: UInt32 = 64, targetKeys: [(String, String)] = FakeTargetHarness.defaultKeys,
-         noopOutInterval: TimeAmount? = nil) throws {
+         noopOutInterval: TimeAmount? = nil, commandTimeout: TimeAmount? = nil) throws {
         var configuration = ISCSISessionConfiguration(
             host: "127.0.0.1", targetName: "iqn.2026-11.test:fake", initiatorName: "iqn.2026-11.test:init",
             queueDepth: 8, noopOutInterval: noopOutInterval
         )
+        configuration.commandTimeout = commandTimeout
+        configuration.taskManagementTimeout = .seconds(2)
         configuration.proposal.maxRecvDataSegmentLength = 65536
         handler = ISCSIConnectionHandler(configuration: configuration, logger: Logger(label: "test.fake"))
         maxCmdSN = SerialNumber(window)

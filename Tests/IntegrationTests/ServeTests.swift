@@ -113,7 +113,7 @@ struct ServeTests {
         let (server, sock) = try serve(tgt)
         let r = try run("fio", [
             "--name=verify", "--ioengine=nbd", "--uri=\(uri(sock))", "--rw=randwrite", "--bs=4k",
-            "--iodepth=32", "--size=64m", "--verify=crc32c", "--do_verify=1", "--verify_fatal=1",
+            "--iodepth=32", "--size=64m", "--verify=crc32c", "--verify_state_save=0", "--do_verify=1", "--verify_fatal=1",
             "--output-format=json",
         ])
         // fio may print notes before the JSON document.

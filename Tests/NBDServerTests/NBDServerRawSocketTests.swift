@@ -206,6 +206,66 @@ struct NBDServerRawSocketTests {
         await f.stop()
     }
 
+    @Test func peerNotReadingRepliesStopsTheServerTakingRequests() async throws {
+        let f = try await ServerFixture()
+        try await blocking {
+            let r = try RawConnection(unixPath: f.socketPath)
+            try r.handshake()
+            var b = ByteBuffer()
+            for i in 0..<200 {
+                b.writeNBDRequestHeader(NBDRequestHeader(command: .read, cookie: UInt64(i), offset: UInt64(i % 16) << 20, length: 1 << 20))
+            }
+            try r.send(b)
+            usleep(500_000)
+            // 64 MiB of reads in flight at most, plus the few taken before the socket filled up.
+            let taken = f.device.statistics.reads
+            #expect(taken <= 72, "server kept taking requests while the peer did not read: \(taken)")
+            var cookies: Set<UInt64> = []
+            for _ in 0..<200 { cookies.insert(try r.readSimpleReply(dataLength: 1 << 20).cookie) }
+            #expect(cookies == Set(0..<200), "all requests answered once the peer reads")
+        }
+        await f.stop()
+    }
+
+    @Test func handshakeAbortExportNameAndUnknownName() async throws {
+        let f = try await ServerFixture()
+        try await blocking {
+            // NBD_OPT_ABORT: ACK, then the server closes.
+            let a = try RawConnection(unixPath: f.socketPath)
+            #expect(a.read(18).map { Array($0[16...]) } == [0, 3], "FIXED_NEWSTYLE | NO_ZEROES")
+            var b = ByteBuffer()
+            b.writeInteger(UInt32(1))
+            b.writeNBDOptionRequest(NBDOptionRequest(option: .abort, data: ByteBuffer()))
+            try a.send(b)
+            #expect(try a.readOptionReply() == .ack(.abort))
+            #expect(a.isClosedByPeer())
+            // NBD_OPT_EXPORT_NAME without NO_ZEROES: size, flags, 124 zeroes, then transmission.
+            let e = try RawConnection(unixPath: f.socketPath)
+            _ = e.read(18)
+            b.clear()
+            b.writeInteger(UInt32(1))
+            b.writeNBDOptionRequest(NBDOptionRequest(option: .exportName, data: ByteBuffer(string: ServerFixture.exportName)))
+            try e.send(b)
+            let reply = try #require(e.read(8 + 2 + 124))
+            let rb = ByteBuffer(bytes: reply)
+            #expect(rb.getInteger(at: 0, as: UInt64.self) == 16 << 20)
+            #expect(NBDTransmissionFlags(rawValue: rb.getInteger(at: 8, as: UInt16.self)!).contains([.hasFlags, .sendFlush, .sendTrim]))
+            #expect(reply[10...].allSatisfy { $0 == 0 })
+            try e.request(NBDRequestHeader(command: .read, cookie: 1, offset: 0, length: 512))
+            #expect(try e.readSimpleReply(dataLength: 512).error == 0)
+            // Unknown name with EXPORT_NAME: hard disconnect (no way to report an error).
+            let u = try RawConnection(unixPath: f.socketPath)
+            _ = u.read(18)
+            b.clear()
+            b.writeInteger(UInt32(3))
+            b.writeNBDOptionRequest(NBDOptionRequest(option: .exportName, data: ByteBuffer(string: "nope")))
+            try u.send(b)
+            #expect(u.isClosedByPeer())
+            try assertServerStillServes(f)
+        }
+        await f.stop()
+    }
+
     @Test func shutdownDrainsInFlightRequests() async throws {
         let f = try await ServerFixture()
         f.device.pause()

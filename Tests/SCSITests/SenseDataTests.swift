@@ -13,7 +13,10 @@ import Testing
         #expect(!s.deferred)
         #expect(!s.descriptorFormat)
         #expect(s.senseKeySpecific == 0xC00002)
-        #expect(s.description.hasPrefix("ILLEGAL REQUEST: LOGICAL BLOCK ADDRESS OUT OF RANGE (21/00)"))
+        #expect(s.description == "ILLEGAL REQUEST: LOGICAL BLOCK ADDRESS OUT OF RANGE (21/00) info=0x1234 [CDB byte 2]")
+        let bits = SenseData(key: .illegalRequest, code: .invalidFieldInParameterList, senseKeySpecific: 0x8D0010)
+        #expect(bits.fieldPointer?.inCDB == false && bits.fieldPointer?.byte == 16 && bits.fieldPointer?.bit == 5)
+        #expect(SenseData(key: .mediumError, code: .writeError, senseKeySpecific: 0x800001).fieldPointer == nil)
     }
 
     @Test func fixedFormatDeferredWithoutValid() throws {

@@ -390,13 +390,7 @@ class ISCSINBD(Server):
     extra: list[str] = field(default_factory=list)
 
     def command(self, url: str, endpoint: str | int) -> list[str]:
-        if isinstance(endpoint, str):
-            where = ["--socket", endpoint]
-        else:
-            # `serve` always wants a socket; the TCP listener is added next to it.
-            sock = f"/tmp/iscsi-nbd-bench-{os.getpid()}-{self.name}-tcp.sock"
-            self.sock = sock
-            where = ["--socket", sock, "--listen", f"127.0.0.1:{endpoint}"]
+        where = ["--socket", endpoint] if isinstance(endpoint, str) else ["--listen", f"127.0.0.1:{endpoint}"]
         return [self.binary, "serve", url, *where, *self.extra]
 
 
@@ -729,9 +723,11 @@ def versions(iscsi_nbd: str | None) -> dict:
         "qemu-block-extra": dpkg_version("qemu-block-extra"),
     }
     if iscsi_nbd:
-        v["iscsi-nbd"] = first_line([iscsi_nbd, "--version"])
+        version = first_line([iscsi_nbd, "--version"])
+        if version != "unknown":
+            v["iscsi-nbd"] = version
     git = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True, text=True)
-    v["iscsi-nbd source"] = git.stdout.strip() if git.returncode == 0 else "unknown"
+    v["checkout running the harness (git describe)"] = git.stdout.strip() if git.returncode == 0 else "unknown"
     return v
 
 
@@ -850,6 +846,9 @@ def main(argv: list[str]) -> int:
             results["problems"].append(f"iscsi-nbd side skipped: {problem}")
             log("WARNING: iscsi-nbd side skipped: " + problem)
             status = 2
+    if iscsi_nbd_bin and "/debug/" in iscsi_nbd_bin:
+        results["notes"].append(f"{iscsi_nbd_bin} looks like a debug build: its speed, CPU and RSS are not "
+                                "representative of the release build")
     results["versions"] = versions(iscsi_nbd_bin)
     results["iscsi_nbd_binary"] = iscsi_nbd_bin
 

@@ -239,7 +239,7 @@ def markdown(results: dict) -> str:
             ("- A/A columns: a second, identical qemu-nbd (`--aa`) ran in every job; its ratio to qemu-nbd is the "
              "noise floor of this very run. A target met by less than the A/A deviation is not established."
              if results.get("aa_control") else
-             "- No A/A control in this run (`--aa` adds one; `--calibrate` measures the noise floor alone)."), ""]
+             "- No A/A control in this run (`--aa` adds one; `--calibrate` measures the noise floor alone).")]
     for lun, verdict in results.get("cross_check", {}).items():
         out.append(f"- Data cross-check ({lun} LUN): {verdict}")
     out += ["", "## Jobs", ""] + [f"- `{j['name']}`: {j['describe']}" for j in c.get("jobs", [])] + [""]

@@ -13,6 +13,13 @@ enum LoginOutcome: Sendable {
 struct SCSITask {
     var lun: UInt64
     var promise: EventLoopPromise<SCSICommandResult>
+    /// The command as submitted, kept for re-issue on a new connection after session recovery.
+    var original: PendingCommand
+    /// Submission order, so re-issued commands keep their original order.
+    var sequence: UInt64
+    /// For ABORT TASK's RefCmdSN (RFC 7143 §11.5.3) and the command timeout.
+    var cmdSN = SerialNumber(0)
+    var sentAt = NIODeadline.uptimeNanoseconds(0)
     /// The write payload (slices of it go out as Data-Out; never copied).
     var dataOut: ByteBuffer?
     var expectedDataIn: Int
@@ -31,6 +38,11 @@ struct PendingCommand {
     var promise: EventLoopPromise<SCSICommandResult>
 }
 
+/// Called when a connection that has a session above it is lost: the commands the target has not
+/// answered (in submission order, queued ones last) go back to the session for re-issue, with the
+/// reason and the Time2Wait a target's Async Message asked for, if any.
+typealias ConnectionLostSink = (ISCSISessionError, [PendingCommand], TimeAmount?) -> Void
+
 /// The connection's protocol engine: login, then the full feature phase (RFC 7143 §4.2.2, §11).
 /// Lives on the channel's event loop; every method must be called there.
 final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandler {
@@ -42,6 +54,7 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
     static let pingITT: UInt32 = 0x0000_FFF2
     static let logoutITT: UInt32 = 0x0000_FFF3
     static let textITT: UInt32 = 0x0000_FFF4
+    static let taskManagementITT: UInt32 = 0x0000_FFF5
 
     private enum State {
         /// Connected, login not started.
@@ -81,11 +94,26 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
     private var lastReceive = NIODeadline.now()
     private var pingSentAt: NIODeadline?
     private var pingTimer: Scheduled<Void>?
+    /// Set by the session once the connection is in use: a lost connection hands its unanswered
+    /// commands back instead of failing them (RFC 7143 §7.1.4.4 session recovery).
+    var connectionLostSink: ConnectionLostSink?
+    /// Commands submitted while a target-requested logout is in progress: they wait for the new connection.
+    private var held: [PendingCommand] = []
+    /// Time2Wait from an Async Message announcing a drop (RFC 7143 §11.9.1, Parameter2).
+    private var time2WaitHint: TimeAmount?
+    private var nextSequence: UInt64 = 0
+    /// The command-timeout ladder on this connection and the task management function in flight.
+    private var escalation = TimeoutEscalation()
+    private var taskManagement: (step: TimeoutEscalation.Step, sentAt: NIODeadline, victim: UInt32, lun: UInt64)?
+    private var commandTimer: Scheduled<Void>?
+    /// Lowered on TASK SET FULL / BUSY, grown back slowly.
+    private var depth: AdaptiveQueueDepth
 
     init(configuration: ISCSISessionConfiguration, logger: Logger) {
         self.configuration = configuration
         self.logger = logger
         self.tasks = TaskTable(capacity: max(1, min(configuration.queueDepth, 0xFF00)))
+        self.depth = AdaptiveQueueDepth(maximum: max(1, min(configuration.queueDepth, 0xFF00)))
         self.parser = PDUParser(
             digests: .none,
             maxDataSegmentLength: max(8192, configuration.proposal.maxRecvDataSegmentLength),
@@ -224,6 +252,7 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
             state = .fullFeature
             lastReceive = context?.eventLoop.now ?? .now()
             schedulePingTimer()
+            scheduleCommandTimer()
             logger.debug("iSCSI login complete", metadata: ["iscsi.tsih": "\(tsih)", "iscsi.parameters": "\(negotiated)"])
             promise.succeed(.loggedIn(operational, tsih: tsih))
         case .redirect(let address, _):
@@ -289,6 +318,11 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
 
     /// Queues a command; it goes out when the CmdSN window and the queue depth allow.
     func submit(_ command: SCSICommand, lun: LogicalUnitNumber, promise: EventLoopPromise<SCSICommandResult>) {
+        if connectionLostSink != nil, closeError == .targetRequestedLogout, !isClosed {
+            // The target asked for a logout; the session reconnects and sends these on the new connection.
+            held.append(PendingCommand(command: command, lun: lun, promise: promise))
+            return
+        }
         guard case .fullFeature = state, logoutPromise == nil else {
             promise.fail(closeError ?? ISCSISessionError.sessionClosed)
             return
@@ -306,7 +340,7 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
     /// Sends queued commands while the window is open and task slots are free (RFC 7143 §4.2.2.1).
     private func drainPending() {
         guard case .fullFeature = state else { return }
-        while !pending.isEmpty, window.isOpen, !tasks.isFull {
+        while !pending.isEmpty, window.isOpen, !tasks.isFull, tasks.count < depth.current {
             let next = pending.removeFirst()
             sendCommand(next)
         }
@@ -318,9 +352,12 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
         let lun = pendingCommand.lun.encoded
         let writeLength = command.dataOut?.readableBytes ?? 0
         let expectedIn = Int(command.expectedDataInLength)
+        let sequence = nextSequence
+        nextSequence &+= 1
         guard
             let itt = tasks.insert({ _ in
-                SCSITask(lun: lun, promise: pendingCommand.promise, dataOut: command.dataOut, expectedDataIn: expectedIn)
+                SCSITask(lun: lun, promise: pendingCommand.promise, original: pendingCommand, sequence: sequence,
+                         dataOut: command.dataOut, expectedDataIn: expectedIn)
             })
         else {
             preconditionFailure("drainPending checked for a free slot")
@@ -336,6 +373,13 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
         pdu.lun = lun
         pdu.initiatorTaskTag = itt
         pdu.cmdSN = window.assignCmdSN()
+        let now = context?.eventLoop.now ?? .now()
+        if let slot = tasks.slot(for: itt) {
+            tasks.modify(slot: slot) { task in
+                task.cmdSN = pdu.cmdSN
+                task.sentAt = now
+            }
+        }
         pdu.expStatSN = window.expStatSN
         var cdb = ISCSIPDU.CDBField()
         var high: UInt64 = 0
@@ -413,11 +457,7 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
         case .asyncMessage: try receiveAsyncMessage(ISCSIPDU.AsyncMessage(pdu))
         case .reject: try receiveReject(ISCSIPDU.Reject(pdu))
         case .logoutResponse: try receiveLogoutResponse(ISCSIPDU.LogoutResponse(pdu))
-        case .taskManagementResponse:
-            let response = try ISCSIPDU.TaskManagementResponse(pdu)
-            window.update(expCmdSN: response.expCmdSN, maxCmdSN: response.maxCmdSN)
-            window.receiveStatSN(response.statSN)
-            logger.debug("unsolicited task management response ignored")
+        case .taskManagementResponse: try receiveTaskManagementResponse(ISCSIPDU.TaskManagementResponse(pdu))
         case .textResponse: try receiveTextResponse(ISCSIPDU.TextResponse(pdu))
         default:
             throw ISCSISessionError.protocolViolation("unexpected \(pdu.header.opcode) in full feature phase")
@@ -467,6 +507,9 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
         if dataIn.statusPresent {
             window.receiveStatSN(dataIn.statSN)
             guard let task = tasks.remove(slot: slot) else { return }
+            if depth.record(SCSIStatus(rawValue: dataIn.status)) {
+                logger.debug("queue depth now \(depth.current)")
+            }
             let result = SCSICommandResult(
                 status: SCSIStatus(rawValue: dataIn.status), senseData: nil, dataIn: task.dataIn,
                 residual: dataIn.signedResidual
@@ -485,6 +528,10 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
         if response.response != 0 {
             task.promise.fail(ISCSISessionError.targetFailure(response: response.response))
         } else {
+            let status = SCSIStatus(rawValue: response.status)
+            if depth.record(status) {
+                logger.notice("queue depth now \(depth.current)", metadata: ["scsi.status": "\(status)"])
+            }
             task.promise.succeed(
                 SCSICommandResult(
                     status: SCSIStatus(rawValue: response.status), senseData: response.senseData,
@@ -553,7 +600,11 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
                 beginLogout(promise: context.eventLoop.makePromise(of: Void.self))
             }
         case .connectionWillDrop, .sessionWillDrop:
-            logger.warning("target will drop the connection", metadata: ["iscsi.event": "\(message.event.rawValue)"])
+            // RFC 7143 §11.9.1: Parameter2 is Time2Wait, the seconds to wait before reconnecting.
+            logger.warning("target will drop the connection", metadata: [
+                "iscsi.event": "\(message.event.rawValue)", "iscsi.time2wait": "\(message.parameter2)",
+            ])
+            time2WaitHint = .seconds(Int64(min(message.parameter2, 3600)))
             closeError = .connectionClosed
         default:
             logger.info("async message", metadata: ["iscsi.event": "\(message.event.rawValue)"])
@@ -595,6 +646,7 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
     }
 
     private func taskFinished() {
+        if taskManagement == nil { escalation.reset() }
         if logoutPromise != nil, tasks.isEmpty, pending.isEmpty, case .fullFeature = state { sendLogout() }
     }
 
@@ -663,6 +715,106 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
         schedulePingTimer()
     }
 
+    // MARK: - Command timeouts (RFC 7143 §7.11; §11.5 task management)
+
+    private func scheduleCommandTimer() {
+        guard let timeout = configuration.commandTimeout, let context else { return }
+        let tick = TimeAmount.nanoseconds(max(min(timeout.nanoseconds, configuration.taskManagementTimeout.nanoseconds) / 4, 10_000_000))
+        commandTimer = context.eventLoop.assumeIsolated().scheduleTask(in: tick) { [self] in
+            self.commandTimerTick(timeout: timeout)
+        }
+    }
+
+    private func commandTimerTick(timeout: TimeAmount) {
+        guard case .fullFeature = state, let context else { return }
+        let now = context.eventLoop.now
+        if let tmf = taskManagement {
+            if now - tmf.sentAt > configuration.taskManagementTimeout {
+                logger.warning("task management function timed out", metadata: ["iscsi.tmf": "\(tmf.step)"])
+                escalate(victim: tmf.victim, lun: tmf.lun)
+            }
+        } else if let (itt, task) = oldestTask(), now - task.sentAt > timeout {
+            logger.warning(
+                "command timed out",
+                metadata: ["iscsi.itt": "0x\(String(itt, radix: 16))", "scsi.cdb": "\(task.original.command.cdb)"])
+            escalate(victim: itt, lun: task.lun)
+        }
+        if !isClosed { scheduleCommandTimer() }
+    }
+
+    private func oldestTask() -> (UInt32, SCSITask)? {
+        var oldest: (UInt32, SCSITask)?
+        tasks.forEach { itt, task in
+            if oldest == nil || task.sentAt < oldest!.1.sentAt { oldest = (itt, task) }
+        }
+        return oldest
+    }
+
+    /// Takes the ladder's next step for the command `victim`: ABORT TASK, LOGICAL UNIT RESET, then dropping
+    /// the connection (session recovery re-issues everything).
+    private func escalate(victim: UInt32, lun: UInt64) {
+        let step = escalation.escalate()
+        guard let context else { return }
+        let function: ISCSIPDU.TaskManagementFunction
+        switch step {
+        case .abortTask: function = .abortTask
+        case .logicalUnitReset: function = .logicalUnitReset
+        case .connectionRecovery:
+            taskManagement = nil
+            logger.error("command still unanswered after ABORT TASK and LOGICAL UNIT RESET, dropping the connection")
+            fail(.timeout("command (after ABORT TASK and LOGICAL UNIT RESET)"))
+            return
+        }
+        var request = ISCSIPDU.TaskManagementRequest()
+        request.immediate = true
+        request.function = function
+        request.lun = lun
+        request.initiatorTaskTag = Self.taskManagementITT
+        request.cmdSN = window.immediateCmdSN
+        request.expStatSN = window.expStatSN
+        if step == .abortTask, let slot = tasks.slot(for: victim), let task = tasks[slot: slot] {
+            // RFC 7143 §11.5.2, §11.5.3: the task's ITT and CmdSN.
+            request.referencedTaskTag = victim
+            request.refCmdSN = task.cmdSN
+        }
+        taskManagement = (step, context.eventLoop.now, victim, lun)
+        logger.warning("sending task management function", metadata: ["iscsi.tmf": "\(step)", "scsi.lun": "\(lun)"])
+        send(request.pdu.header, data: nil)
+        flushIfNeeded()
+    }
+
+    /// RFC 7143 §11.6.1: 0 function complete, 1 task does not exist: the aborted (or reset) tasks are gone
+    /// at the target and are re-issued here; anything else escalates at once.
+    private func receiveTaskManagementResponse(_ response: ISCSIPDU.TaskManagementResponse) throws {
+        window.update(expCmdSN: response.expCmdSN, maxCmdSN: response.maxCmdSN)
+        window.receiveStatSN(response.statSN)
+        guard response.initiatorTaskTag == Self.taskManagementITT, let tmf = taskManagement else {
+            logger.debug("unsolicited task management response ignored")
+            return
+        }
+        taskManagement = nil
+        guard response.response == 0 || response.response == 1 else {
+            logger.warning("task management function refused", metadata: ["iscsi.tmf": "\(tmf.step)", "iscsi.response": "\(response.response)"])
+            escalate(victim: tmf.victim, lun: tmf.lun)
+            return
+        }
+        var reissue: [SCSITask] = []
+        switch tmf.step {
+        case .abortTask:
+            if let slot = tasks.slot(for: tmf.victim), let task = tasks.remove(slot: slot) { reissue.append(task) }
+        case .logicalUnitReset:
+            // RFC 7143 §11.5.1 / SAM: a LU reset aborts every task of the LU.
+            reissue = tasks.removeAll { $0.lun == tmf.lun }
+        case .connectionRecovery:
+            break
+        }
+        reissue.sort { $0.sequence < $1.sequence }
+        for task in reissue.reversed() { pending.prepend(task.original) }
+        if !reissue.isEmpty {
+            logger.notice("re-issuing commands after \(tmf.step)", metadata: ["count": "\(reissue.count)"])
+        }
+    }
+
     // MARK: - Output
 
     /// Header (and small payloads) in one buffer; large payloads go as their own write (a slice of the
@@ -720,29 +872,47 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
         if !wasClosed { context?.close(promise: nil) }
     }
 
-    /// Fails every outstanding task, queued command, login and logout.
-    /// (Recovery would re-issue these on a new connection instead.)
+    /// Fails every outstanding task, queued command, login and logout; with a session above
+    /// (`connectionLostSink`), the commands go back to it for re-issue instead.
     private func connectionLost(_ error: ISCSISessionError) {
         let previous = state
         state = .closed
         loginTimeout?.cancel()
         logoutTimeout?.cancel()
         pingTimer?.cancel()
+        commandTimer?.cancel()
         if case .loggingIn(_, let promise) = previous { promise.fail(error) }
         let failed = tasks.removeAll()
         let queued = pending
         pending.removeAll()
+        let heldCommands = held
+        held.removeAll()
         let logout = logoutPromise
         logoutPromise = nil
         let text = textExchange
         textExchange = nil
         text?.promise.fail(error)
+        if let sink = connectionLostSink {
+            connectionLostSink = nil
+            var reissue = failed.sorted { $0.sequence < $1.sequence }.map(\.original)
+            reissue.append(contentsOf: queued)
+            reissue.append(contentsOf: heldCommands)
+            // A target-requested logout that completed is not a failure of the logout itself.
+            if error == .targetRequestedLogout { logout?.succeed(()) } else { logout?.fail(error) }
+            sink(error, reissue, time2WaitHint)
+            return
+        }
         for task in failed { task.promise.fail(error) }
         for command in queued { command.promise.fail(error) }
+        for command in heldCommands { command.promise.fail(error) }
         logout?.fail(error)
     }
 
     var closeFailure: ISCSISessionError? { closeError }
+    var isInFullFeaturePhase: Bool {
+        if case .fullFeature = state { return logoutPromise == nil }
+        return false
+    }
     var testConfiguration: ISCSISessionConfiguration { configuration }
 }
 

@@ -58,6 +58,27 @@ public struct TaskTable<Element> {
         return element
     }
 
+    /// Calls `body` with the ITT and element of every occupied slot.
+    public func forEach(_ body: (UInt32, Element) -> Void) {
+        for slot in 0..<capacity {
+            if let element = slots[slot] { body(UInt32(generations[slot]) << 16 | UInt32(slot), element) }
+        }
+    }
+
+    /// Removes and returns the elements that match (e.g. the tasks of a reset logical unit).
+    public mutating func removeAll(where shouldRemove: (Element) -> Bool) -> [Element] {
+        var removed: [Element] = []
+        for slot in 0..<capacity {
+            if let element = slots[slot], shouldRemove(element) {
+                removed.append(element)
+                slots[slot] = nil
+                free.append(slot)
+                count -= 1
+            }
+        }
+        return removed
+    }
+
     /// Removes and returns every element (connection loss).
     public mutating func removeAll() -> [Element] {
         var all: [Element] = []

@@ -1,0 +1,59 @@
+import ISCSIClient
+import ISCSIConfig
+import ISCSIProtocol
+import Testing
+
+@testable import ISCSINBDCommand
+
+/// Resolved open-iscsi settings reach the session configuration intact (no IO).
+@Suite struct NodeSessionMappingTests {
+    let iscsid = try! ISCSIDConf.parse("""
+        node.session.auth.authmethod = CHAP
+        node.session.auth.username = nodeuser
+        node.session.auth.password = nodesecret
+        node.session.auth.username_in = tgtuser
+        node.session.auth.password_in = tgtsecret
+        node.session.auth.chap_algs = SHA256,MD5
+        discovery.sendtargets.auth.authmethod = CHAP
+        discovery.sendtargets.auth.username = discouser
+        discovery.sendtargets.auth.password = discosecret
+        node.session.iscsi.InitialR2T = Yes
+        node.session.iscsi.FirstBurstLength = 65536
+        node.conn[0].iscsi.HeaderDigest = CRC32C,None
+        node.session.queue_depth = 64
+        node.session.cmds_max = 32
+        node.conn[0].timeo.noop_out_interval = 0
+        """)
+
+    @Test func discoveryUsesDiscoveryCredentialsOnly() throws {
+        let c = try AdminRuntime.discoveryConfiguration(
+            portal: PortalAddress(host: "10.0.0.1", port: 3260), initiatorName: "iqn.2026-11.x:i", iscsid: iscsid)
+        #expect(c.targetName == nil)
+        #expect(c.chap?.username == "discouser")
+        #expect(c.chap?.secret == "discosecret")
+        #expect(c.chap?.mutual == nil)
+    }
+
+    @Test func nodeSettingsMapToTheSession() throws {
+        let id = NodeID(target: "iqn.2026-11.x:t", portal: Portal(host: "10.0.0.1", port: 3261), tpgt: 1)
+        let s = try EffectiveNodeSettings.resolve(iscsid: iscsid)
+        let c = ISCSISessionConfiguration(node: id, settings: s, initiatorName: "iqn.2026-11.x:i", initiatorAlias: nil)
+        #expect(c.host == "10.0.0.1" && c.port == 3261 && c.targetName == "iqn.2026-11.x:t")
+        #expect(c.chap?.username == "nodeuser" && c.chap?.secret == "nodesecret")
+        #expect(c.chap?.mutual?.username == "tgtuser" && c.chap?.mutual?.secret == "tgtsecret")
+        #expect(c.chapAlgorithms == [.sha256, .md5])
+        #expect(c.proposal.initialR2T == true)
+        #expect(c.proposal.firstBurstLength == 65536)
+        #expect(c.proposal.headerDigests == [.crc32c, .none])
+        #expect(c.queueDepth == 32, "cmds_max caps the queue depth")
+        #expect(c.noopOutInterval == nil, "noop_out_interval = 0 turns pings off")
+    }
+
+    @Test func authMethodNoneIgnoresCredentials() throws {
+        let doc = try ISCSIDConf.parse("node.session.auth.authmethod = None\nnode.session.auth.username = u\nnode.session.auth.password = p\n")
+        let id = NodeID(target: "iqn.2026-11.x:t", portal: Portal(host: "h"), tpgt: 1)
+        let c = ISCSISessionConfiguration(node: id, settings: try EffectiveNodeSettings.resolve(iscsid: doc),
+                                          initiatorName: "iqn.2026-11.x:i", initiatorAlias: nil)
+        #expect(c.chap == nil)
+    }
+}
