@@ -47,7 +47,7 @@ mkdir -p "$out"
 export SWIFT_BACKTRACE=enable=no  # keep Swift's crash handler out of libFuzzer's way
 
 # Dependency objects and module maps come from the debug build (built here if missing).
-build=${FUZZ_DEPS_BUILD:-$root/.build/x86_64-unknown-linux-gnu/debug}
+build=${FUZZ_DEPS_BUILD:-$(swift build --show-bin-path)}
 if [[ ! -f $build/Modules/NIOCore.swiftmodule || ! -f $build/Modules/Crypto.swiftmodule || ! -f $build/CCRC32C.build/crc32c.c.o ]]; then
     echo "== fuzz: building dependencies (swift build --target ISCSIProtocol)"
     swift build --target ISCSIProtocol
