@@ -406,6 +406,10 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
 
     private func dispatch(_ request: NBDRequest, transmission: Transmission, context: ChannelHandlerContext) {
         let header = request.header
+        // A WRITE payload admitted to the budget: given back when the device write completes, or at once on
+        // every other path (refused, zero length, ...).
+        var unreleased = payloadBudget == nil || request.payloadDiscarded ? 0 : (request.payload?.readableBytes ?? 0)
+        defer { if unreleased > 0 { payloadBudget?.release(unreleased) } }
         if let rejection = transmission.validator.validate(header) {
             logger.debug("request refused", metadata: ["nbd.cookie": "\(header.cookie)", "nbd.command": "\(header.command)", "nbd.error": "\(rejection)"])
             replyError(header, rejection.code, rejection.message, structured: transmission.structured, context: context)
@@ -442,7 +446,8 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
                 return
             }
             let flags: BlockWriteFlags = header.flags.contains(.fua) ? .fua : []
-            let reserved = payloadBudget == nil ? 0 : payload.readableBytes
+            let reserved = unreleased
+            unreleased = 0
             let write = device.write(offset: header.offset, data: payload, flags: flags)
             if reserved > 0, let payloadBudget { write.whenComplete { _ in payloadBudget.release(reserved) } }
             trackVoid(write, header, structured, context)

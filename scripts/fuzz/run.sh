@@ -5,6 +5,7 @@
 #   nbd     NBD server handshake (option decoder) + request decoder/validator; option reply reader
 #   config  iscsid.conf / node records / initiatorname.iscsi / portals / iSCSI names (Sources/ISCSIConfig)
 #   isns    iSNS PDU framing, reassembly, attribute and response parsing (Sources/ISNS codec files)
+#   server  NBD connection handler on an EmbeddedChannel (buffers, backpressure, write budget) (Sources/NBDServer)
 #
 # Each harness is compiled with `swiftc -sanitize=fuzzer,address -parse-as-library` over the sources of the
 # module it tests (so they are coverage-instrumented) and linked against the uninstrumented dependency
@@ -23,7 +24,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
 
-all_targets=(pdu login nbd config isns)
+all_targets=(pdu login nbd config isns server)
 mode=long per_target=600 jobs=1 reproduce=""
 targets=()
 while (($#)); do
@@ -78,6 +79,7 @@ sources_of() {
         pdu|login) find Sources/ISCSIProtocol -name '*.swift' ;;
         nbd) find Sources/NBDProtocol -name '*.swift' ;;
         config) find Sources/ISCSIConfig -name '*.swift' ;;
+        server) find Sources/NBDServer -name '*.swift' ;;
         isns) printf '%s\n' Sources/ISNS/ISNSPDU.swift Sources/ISNS/ISNSAttribute.swift Sources/ISNS/ISNSConstants.swift Sources/ISNS/ISNSDiscovery.swift ;;
         *) echo "unknown fuzz target $1 (have: ${all_targets[*]})" >&2; return 2 ;;
     esac
@@ -86,6 +88,8 @@ link_objects_of() {
     case "$1" in
         pdu|login) nio_objects; objects_of CCRC32C Crypto CryptoBoringWrapper CCryptoBoringSSL CCryptoBoringSSLShims CXKCP CXKCPShims ;;
         nbd|isns) nio_objects ;;
+        server) nio_objects; objects_of NIOEmbedded NIOPosix CNIOPosix NIOSSL CNIOBoringSSL CNIOBoringSSLShims NIOTLS \
+            Logging NBDProtocol BlockBackend ;;
         config) ;;
     esac
 }
