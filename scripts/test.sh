@@ -4,7 +4,7 @@
 #   2. builds, runs the unit tests and the integration tests (each suite starts its own tgtd / isnsd on
 #      loopback and drives real clients: libnbd, nbdinfo, nbdcopy, fio),
 #   3. runs the kernel tests (/dev/nbdN over netlink) in a QEMU VM booting Debian's kernel,
-#   3b. fuzzes every decoder/parser for ~15 s each (scripts/fuzz/run.sh --ci; about 2-3 minutes with the build),
+#   3b. fuzzes every decoder/parser and the NBD connection handler for ~10 s each (scripts/fuzz/run.sh --ci; about 2 minutes with the build),
 #   4. runs a short benchmark smoke so the benchmark script cannot rot.
 # Under CI=true a missing peer is a failure, never a skip. Options: --no-vm, --no-bench.
 set -euo pipefail

@@ -12,7 +12,7 @@
 # objects (NIOCore, swift-crypto, CCRC32C) from the normal debug build in .build.
 #
 # Usage:
-#   scripts/fuzz/run.sh --ci                 build all, run each target ~12 s from the seed corpus (CI)
+#   scripts/fuzz/run.sh --ci                 build all, run each target ~10 s from the seed corpus (CI)
 #   scripts/fuzz/run.sh [--time S] [--jobs N] [TARGET...]
 #                                            long run (default 600 s per target), corpus kept in
 #                                            .build-fuzz/corpus/TARGET (seeded from Fuzz/TARGET/seeds)
@@ -29,7 +29,7 @@ mode=long per_target=600 jobs=1 reproduce=""
 targets=()
 while (($#)); do
     case "$1" in
-        --ci) mode=ci per_target=${FUZZ_CI_SECONDS:-12} ;;
+        --ci) mode=ci per_target=${FUZZ_CI_SECONDS:-10} ;;
         --time) per_target=$2; shift ;;
         --jobs) jobs=$2; shift ;;
         --build-only) mode=build ;;
