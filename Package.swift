@@ -19,6 +19,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.0"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.0"),
     ],
     targets: [
         // MARK: Pure protocol and logic targets (no IO)
@@ -43,7 +44,11 @@ let package = Package(
         ),
         .target(
             name: "NBDServer",
-            dependencies: ["NBDProtocol", "BlockBackend", nioCore, nioPosix, logging, .product(name: "NIOConcurrencyHelpers", package: "swift-nio")]
+            dependencies: [
+                "NBDProtocol", "BlockBackend", nioCore, nioPosix, logging,
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ]
         ),
         .systemLibrary(name: "CLinuxNBD"),
         .target(name: "NBDKernel", dependencies: ["CLinuxNBD", "NBDProtocol", nioCore, nioPosix, logging]),

@@ -4,6 +4,7 @@
 #   2. builds, runs the unit tests and the integration tests (each suite starts its own tgtd / isnsd on
 #      loopback and drives real clients: libnbd, nbdinfo, nbdcopy, fio),
 #   3. runs the kernel tests (/dev/nbdN over netlink) in a QEMU VM booting Debian's kernel,
+#   3b. fuzzes every decoder/parser and the NBD connection handler for ~10 s each (scripts/fuzz/run.sh --ci; about 2 minutes with the build),
 #   4. runs a short benchmark smoke so the benchmark script cannot rot.
 # Under CI=true a missing peer is a failure, never a skip. Options: --no-vm, --no-bench.
 set -euo pipefail
@@ -26,6 +27,9 @@ scripts/install-deps.sh --vm
 
 section "build"
 swift build --build-tests
+
+section "fuzzing (short run)"
+scripts/fuzz/run.sh --ci
 
 section "unit and integration tests"
 swift test --skip-build 2>&1 | tee /tmp/iscsi-nbd-swift-test.log

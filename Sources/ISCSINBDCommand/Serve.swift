@@ -3,6 +3,8 @@ import Foundation
 import ISCSIClient
 import ISCSIConfig
 import Logging
+import NIOCore
+import NBDServer
 
 /// `iscsi-nbd serve URL --socket PATH [--listen HOST:PORT]`
 struct Serve: AsyncParsableCommand {
@@ -65,12 +67,38 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .long, help: "Event loop threads.")
     var threads: Int = 1
 
+    @Option(name: .long, help: "TLS for --listen (PEM server certificate chain); clients must use NBD_OPT_STARTTLS.")
+    var tlsCertificate: String?
+
+    @Option(name: .long, help: "PEM private key for --tls-certificate.")
+    var tlsKey: String?
+
+    @Flag(name: .long, help: "Require a client certificate signed by --tls-ca.")
+    var tlsVerifyPeer = false
+
+    @Option(name: .long, help: "PEM CA certificates trusted for client certificates (with --tls-verify-peer).")
+    var tlsCa: String?
+
+    @Option(name: .long, help: "NBD connections served at once; more are closed on accept.")
+    var maxConnections: Int = 512
+
+    @Option(name: .long, help: "Close a connection that stops sending in the middle of a message (or the handshake) for this many seconds (0: never).")
+    var stallTimeout: Int = 30
+
+    @Option(name: .long, help: "MiB of WRITE payload buffered or in flight over all connections; beyond it writes fail with ENOMEM.")
+    var maxBufferedWrites: Int = 256
     @Option(name: .long, help: ArgumentHelp(
         "Seconds NBD requests wait for a lost iSCSI session to come back before they fail with EIO (open-iscsi node.session.timeo.replacement_timeout).",
         valueName: "SECONDS"))
     var replacementTimeout: Int?
 
     @OptionGroup var logging: LoggingOptions
+
+    /// The TLS settings, or nil without --tls-certificate.
+    var tlsConfiguration: NBDTLSConfiguration? {
+        guard let tlsCertificate, let tlsKey else { return nil }
+        return NBDTLSConfiguration(certificateChainFile: tlsCertificate, privateKeyFile: tlsKey, verifyPeer: tlsVerifyPeer, trustRootsFile: tlsCa)
+    }
 
     func validate() throws {
         if socket.isEmpty && listen.isEmpty {
@@ -86,17 +114,38 @@ struct Serve: AsyncParsableCommand {
         default: break
         }
         guard (1...64).contains(threads) else { throw ValidationError("--threads must be 1 to 64") }
+        guard (1...65536).contains(maxConnections) else { throw ValidationError("--max-connections must be 1 to 65536") }
+        guard (64...65536).contains(maxBufferedWrites) else { throw ValidationError("--max-buffered-writes must be 64 to 65536 MiB") }
+        guard (0...86400).contains(stallTimeout) else { throw ValidationError("--stall-timeout must be 0 to 86400 seconds") }
+        if (tlsCertificate == nil) != (tlsKey == nil) {
+            throw ValidationError("--tls-certificate and --tls-key go together")
+        }
+        if tlsCertificate == nil && (tlsVerifyPeer || tlsCa != nil) {
+            throw ValidationError("--tls-verify-peer and --tls-ca need --tls-certificate and --tls-key")
+        }
+        if tlsVerifyPeer && tlsCa == nil { throw ValidationError("--tls-verify-peer needs --tls-ca") }
+        if tlsCertificate != nil && listen.isEmpty {
+            throw ValidationError("TLS applies to --listen (TCP); unix sockets are protected by their 0600 mode")
+        }
         if let replacementTimeout, !(1...86400).contains(replacementTimeout) { throw ValidationError("--replacement-timeout must be 1 to 86400 seconds") }
     }
 
     func run() async throws {
         let logger = logging.makeLogger(label: "iscsi-nbd")
+        let tls = tlsConfiguration
+        if let tls {
+            // Fail before logging in when a file is missing or unusable.
+            do { _ = try tls.makeContext() } catch { throw ValidationError(error.description) }
+        }
         let plan = try url.map { try planFromURL($0) } ?? planFromNode(logger: logger)
         try await ServeRuntime(
             session: plan.session, lun: plan.lun,
             sockets: socket, tcp: try listen.map(ListenAddress.parseTCP),
             exportName: exportName ?? "\(plan.session.targetName ?? "")/lun-\(plan.lun.map(String.init) ?? "auto")",
-            readOnly: readOnly, threads: threads, replacementTimeout: replacementTimeout, logger: logger
+            readOnly: readOnly, threads: threads, replacementTimeout: replacementTimeout,
+            tls: tls, maxConnections: maxConnections,
+            stallTimeout: stallTimeout == 0 ? nil : .seconds(Int64(stallTimeout)),
+            maxBufferedWriteBytes: maxBufferedWrites << 20, logger: logger
         ).run()
     }
 

@@ -22,6 +22,11 @@ struct ServeRuntime {
     var threads: Int
     /// Seconds requests wait for a recovering session; nil keeps node.session.timeo.replacement_timeout.
     var replacementTimeout: Int?
+    /// TLS for the TCP listeners (see `NBDTLSConfiguration`).
+    var tls: NBDTLSConfiguration? = nil
+    var maxConnections: Int = 512
+    var stallTimeout: TimeAmount? = .seconds(30)
+    var maxBufferedWriteBytes: Int = 256 << 20
     var logger: Logger
 
     func run() async throws {
@@ -60,7 +65,9 @@ struct ServeRuntime {
             device: device,
             configuration: NBDServerConfiguration(
                 exportName: exportName,
-                listen: sockets.map { .unix(path: $0) } + tcp.map { .tcp(host: $0.host, port: $0.port) }),
+                listen: sockets.map { .unix(path: $0) } + tcp.map { .tcp(host: $0.host, port: $0.port) },
+                tls: tls, maxConnections: maxConnections, stallTimeout: stallTimeout,
+                maxBufferedWriteBytes: maxBufferedWriteBytes),
             group: group, logger: logger)
         do {
             try await server.start()

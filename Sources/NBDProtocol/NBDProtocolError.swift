@@ -4,7 +4,7 @@
 public struct NBDProtocolError: Error, Hashable, Sendable, CustomStringConvertible {
     public struct Code: Hashable, Sendable, CustomStringConvertible {
         private enum Base: Hashable, Sendable {
-            case badMagic, badClientFlags, optionTooLarge, exportNameRefused, unexpectedData, truncated
+            case badMagic, badClientFlags, optionTooLarge, exportNameRefused, unexpectedData, truncated, tlsRequired
         }
         private let base: Base
         private init(_ base: Base) { self.base = base }
@@ -20,6 +20,9 @@ public struct NBDProtocolError: Error, Hashable, Sendable, CustomStringConvertib
         public static let unexpectedData = Code(.unexpectedData)
         /// The connection ended in the middle of a message.
         public static let truncated = Code(.truncated)
+        /// FORCEDTLS: the client tried to enter transmission with NBD_OPT_EXPORT_NAME before STARTTLS
+        /// (nbd-proto.md "FORCEDTLS mode": the server MUST terminate the session).
+        public static let tlsRequired = Code(.tlsRequired)
 
         public var description: String {
             switch base {
@@ -29,6 +32,7 @@ public struct NBDProtocolError: Error, Hashable, Sendable, CustomStringConvertib
             case .exportNameRefused: "export name refused"
             case .unexpectedData: "unexpected data"
             case .truncated: "truncated message"
+            case .tlsRequired: "TLS required"
             }
         }
     }

@@ -73,6 +73,21 @@ public struct NBDRequestDecoder: Sendable {
         }
     }
 
+    /// The length of the WRITE payload being received (header decoded, payload not complete), else nil.
+    public var payloadInProgress: UInt32? {
+        if case .payload(let header) = state { return header.length }
+        return nil
+    }
+
+    /// Gives up buffering the WRITE payload in progress (the server is out of buffer memory): the `buffered`
+    /// payload bytes the caller already holds are dropped by the caller, the rest is discarded as it arrives,
+    /// and the request is then delivered with `payloadDiscarded` (to be failed, e.g. with NBD_ENOMEM).
+    public mutating func abandonPayload(buffered: Int) {
+        guard case .payload(let header) = state else { return }
+        let remaining = header.length - UInt32(clamping: min(max(buffered, 0), Int(header.length)))
+        state = .discarding(header, remaining: remaining)
+    }
+
     /// True while in the middle of a message (used to detect a truncated request at end of stream).
     public var isIdle: Bool {
         if case .header = state { return true }
@@ -95,6 +110,10 @@ public struct NBDRequestDecoder: Sendable {
                 state = .header
                 return NBDRequest(header: header, payload: payload)
             case .discarding(let header, let remaining):
+                guard remaining > 0 else {
+                    state = .header
+                    return NBDRequest(header: header, payload: nil, payloadDiscarded: true)
+                }
                 let n = min(Int(remaining), buffer.readableBytes)
                 buffer.moveReaderIndex(forwardBy: n)
                 let left = remaining - UInt32(n)

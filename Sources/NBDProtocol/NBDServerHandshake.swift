@@ -26,6 +26,10 @@ public enum NBDHandshakeAction: Hashable, Sendable {
     case sendAndStartTransmission([NBDHandshakeMessage], NBDTransmissionParameters)
     /// Send these messages, then close the connection (NBD_OPT_ABORT: a soft disconnect).
     case sendAndClose([NBDHandshakeMessage])
+    /// Send these messages (the NBD_REP_ACK to NBD_OPT_STARTTLS) in plain text, then start a TLS server
+    /// handshake; option haggling continues over TLS (nbd-proto.md "TLS support"). Any bytes left in the input
+    /// buffer were sent before the ACK and are a protocol violation.
+    case sendAndStartTLS([NBDHandshakeMessage])
 }
 
 /// The server side of fixed newstyle negotiation (nbd-proto.md "Fixed newstyle negotiation"), a value type
@@ -43,7 +47,11 @@ public enum NBDHandshakeAction: Hashable, Sendable {
 ///   `NBD_REP_ERR_UNKNOWN` (GO/INFO) or a hard disconnect (EXPORT_NAME, which "MUST terminate the session").
 /// - NBD_INFO_BLOCK_SIZE is always sent with GO/INFO (we enforce non-default constraints), but GO without it
 ///   is not refused with `NBD_REP_ERR_BLOCK_SIZE_REQD` ("SHOULD NOT refuse").
-/// - NBD_OPT_STARTTLS → `NBD_REP_ERR_POLICY` (TLS is not offered yet).
+/// - TLS (nbd-proto.md "TLS support"): without `tlsRequired` the server is in NOTLS mode and NBD_OPT_STARTTLS
+///   gets `NBD_REP_ERR_POLICY`. With `tlsRequired` it is in FORCEDTLS mode: before TLS every option other
+///   than STARTTLS and ABORT gets `NBD_REP_ERR_TLS_REQD` (NBD_OPT_EXPORT_NAME, which cannot fail, is a hard
+///   disconnect); STARTTLS gets `NBD_REP_ACK` and `.sendAndStartTLS`; a second STARTTLS gets
+///   `NBD_REP_ERR_INVALID`.
 /// - SET/LIST_META_CONTEXT are parsed and validated, and answered with no contexts (no BLOCK_STATUS).
 /// - Unknown options → `NBD_REP_ERR_UNSUP`.
 public struct NBDServerHandshake: Sendable {
@@ -62,13 +70,19 @@ public struct NBDServerHandshake: Sendable {
     private struct Haggling: Sendable {
         var clientFlags: NBDClientFlags
         var structuredReplies = false
+        /// NBD_OPT_STARTTLS was acknowledged: everything from here on is inside TLS.
+        var tlsStarted = false
     }
+
+    /// FORCEDTLS mode: options other than STARTTLS/ABORT are refused until TLS is started.
+    public let tlsRequired: Bool
 
     private var state: State = .awaitingClientFlags
     private var decoder: NBDOptionDecoder
 
-    public init(export: NBDExport, maximumOptionLength: UInt32 = 64 * 1024) {
+    public init(export: NBDExport, maximumOptionLength: UInt32 = 64 * 1024, tlsRequired: Bool = false) {
         self.export = export
+        self.tlsRequired = tlsRequired
         self.decoder = NBDOptionDecoder(maximumDataLength: maximumOptionLength)
     }
 
@@ -96,7 +110,7 @@ public struct NBDServerHandshake: Sendable {
                 guard let request = try decoder.decode(&buffer) else { return nil }
                 let action = try handle(request, &haggling)
                 switch action {
-                case .send: state = .haggling(haggling)
+                case .send, .sendAndStartTLS: state = .haggling(haggling)
                 case .sendAndStartTransmission, .sendAndClose: state = .finished
                 }
                 return action
@@ -112,6 +126,21 @@ public struct NBDServerHandshake: Sendable {
         -> NBDHandshakeAction
     {
         let option = request.option
+        if tlsRequired && !haggling.tlsStarted {
+            switch option {
+            case .startTLS:
+                guard request.data.readableBytes == 0 else { return invalid(option, "NBD_OPT_STARTTLS takes no data") }
+                haggling.tlsStarted = true
+                return .sendAndStartTLS([.optionReply(.ack(option))])
+            case .abort:
+                return .sendAndClose([.optionReply(.ack(option))])
+            case .exportName:
+                // "as this request cannot error, it MUST terminate the session".
+                throw NBDProtocolError(.tlsRequired, "NBD_OPT_EXPORT_NAME before NBD_OPT_STARTTLS")
+            default:
+                return .send([.optionReply(.error(option, .errTLSReqd, "TLS is required: send NBD_OPT_STARTTLS first"))])
+            }
+        }
         switch option {
         case .exportName:
             return try exportName(request, haggling)
@@ -127,6 +156,7 @@ public struct NBDServerHandshake: Sendable {
             ])
         case .startTLS:
             guard request.data.readableBytes == 0 else { return invalid(option, "NBD_OPT_STARTTLS takes no data") }
+            if haggling.tlsStarted { return invalid(option, "TLS is already active") }
             return .send([.optionReply(.error(option, .errPolicy, "TLS is not offered by this server"))])
         case .info, .go:
             return infoOrGo(request, haggling)

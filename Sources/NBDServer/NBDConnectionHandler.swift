@@ -2,6 +2,7 @@ import BlockBackend
 import Logging
 import NBDProtocol
 import NIOCore
+import NIOSSL
 
 /// Asks a connection to finish: handshake connections close at once; transmission connections stop reading,
 /// let in-flight requests complete and send their replies, then close (nbd-proto.md "Terminating the
@@ -44,6 +45,17 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
 
     private let device: any BlockDevice
     private let maxInFlight: Int
+    /// FORCEDTLS: the context for the TLS handler installed after NBD_OPT_STARTTLS.
+    private let tlsContext: NIOSSLContext?
+    /// A connection waiting for the rest of a message (or in the handshake) with no input for this long is
+    /// closed: a stalled client cannot pin its buffers or a connection slot for ever. `nil`: no limit.
+    private let stallTimeout: TimeAmount?
+    private var lastInput: NIODeadline = .uptimeNanoseconds(0)
+    private var stallCheck: RepeatedTask?
+    /// Shared budget for WRITE payloads; `reservedPartial` is this connection's share for the payload being
+    /// received (payloads of dispatched writes are released when the write completes).
+    private let payloadBudget: NBDPayloadBudget?
+    private var reservedPartial = 0
     private let maxInFlightBytes: Int
     private var logger: Logger
     private var phase: Phase
@@ -70,13 +82,18 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
     /// A connection that starts with the fixed newstyle handshake.
     init(
         device: any BlockDevice, export: NBDExport, maxInFlight: Int, maxInFlightBytes: Int = 64 << 20,
-        maxOptionLength: UInt32, logger: Logger
+        maxOptionLength: UInt32, tlsContext: NIOSSLContext? = nil, stallTimeout: TimeAmount? = nil,
+        payloadBudget: NBDPayloadBudget? = nil, logger: Logger
     ) {
+        self.payloadBudget = payloadBudget
         self.device = device
         self.maxInFlight = max(1, maxInFlight)
         self.maxInFlightBytes = max(1, maxInFlightBytes)
         self.logger = logger
-        self.phase = .handshake(NBDServerHandshake(export: export, maximumOptionLength: maxOptionLength))
+        self.tlsContext = tlsContext
+        self.stallTimeout = stallTimeout
+        self.phase = .handshake(
+            NBDServerHandshake(export: export, maximumOptionLength: maxOptionLength, tlsRequired: tlsContext != nil))
     }
 
     /// A connection that starts in the transmission phase with simple replies (the kernel's socket after
@@ -89,6 +106,9 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
         self.maxInFlight = max(1, maxInFlight)
         self.maxInFlightBytes = max(1, maxInFlightBytes)
         self.logger = logger
+        self.tlsContext = nil
+        self.stallTimeout = nil
+        self.payloadBudget = nil
         let parameters = NBDTransmissionParameters(export: export, structuredReplies: false)
         self.phase = .transmission(Self.makeTransmission(parameters))
     }
@@ -114,6 +134,15 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
     private func becomeActive(context: ChannelHandlerContext) {
         guard !isActive else { return }
         isActive = true
+        lastInput = context.eventLoop.now
+        if let stallTimeout, stallTimeout > .zero {
+            let period = TimeAmount.nanoseconds(max(stallTimeout.nanoseconds / 4, 10_000_000))
+            let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+            stallCheck = context.eventLoop.scheduleRepeatedTask(initialDelay: period, delay: period) { _ in
+                let (handler, context) = bound.value
+                handler.checkStall(context: context, timeout: stallTimeout)
+            }
+        }
         if case .handshake(let handshake) = phase {
             var greeting = context.channel.allocator.buffer(capacity: 18)
             greeting.writeNBDGreeting(flags: handshake.handshakeFlags)
@@ -124,6 +153,7 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var incoming = unwrapInboundIn(data)
         if case .closed = phase { return }
+        lastInput = context.eventLoop.now
         if var buffer = cumulation, buffer.readableBytes > 0 {
             cumulation = nil  // keep `buffer` uniquely referenced while appending
             if buffer.readerIndex > 0 || buffer.writableBytes < incoming.readableBytes {
@@ -164,7 +194,31 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
         }
         phase = .closed
         cumulation = nil
+        stallCheck?.cancel()
+        stallCheck = nil
+        releasePartial()
         context.fireChannelInactive()
+    }
+
+    /// Closes the connection when the peer owes us the rest of a message (handshake, partial request or
+    /// WRITE payload) and sent nothing for `timeout`. Not while we withhold reads ourselves (backpressure).
+    private func checkStall(context: ChannelHandlerContext, timeout: TimeAmount) {
+        let waitingForPeer: Bool
+        switch phase {
+        case .handshake: waitingForPeer = true
+        case .transmission(let t):
+            waitingForPeer = (bufferedInboundBytes > 0 || !t.decoder.isIdle) && !draining && inFlight < maxInFlight
+        case .closed: waitingForPeer = false
+        }
+        guard waitingForPeer, context.eventLoop.now - lastInput >= timeout else { return }
+        logger.notice(
+            "closing a connection stalled in the middle of a message",
+            metadata: ["nbd.buffered": "\(bufferedInboundBytes)", "nbd.stallTimeout": "\(timeout)"])
+        phase = .closed
+        cumulation = nil
+        stallCheck?.cancel()
+        stallCheck = nil
+        context.close(promise: nil)
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
@@ -239,7 +293,12 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
                     }
                     phase = .handshake(handshake)
                     guard let action else { return }
-                    perform(action, context: context)
+                    if case .sendAndStartTLS = action, buffer.readableBytes > 0 {
+                        // The client must wait for our ACK before its ClientHello (nbd-proto.md "TLS support").
+                        phase = .closed
+                        throw NBDProtocolError(.unexpectedData, "plain-text data after NBD_OPT_STARTTLS")
+                    }
+                    try perform(action, context: context)
                     // Loop: remaining bytes may hold more options or the first requests.
                 case .transmission(var transmission):
                     while canTakeRequest(context: context) {
@@ -250,7 +309,14 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
                             phase = .closed
                             throw error
                         }
-                        guard let request else { break }
+                        guard var request else {
+                            reservePartialPayload(&transmission, &buffer)
+                            break
+                        }
+                        if let payload = request.payload, !admitPayload(payload.readableBytes) {
+                            request.payload = nil
+                            request.payloadDiscarded = true
+                        }
                         dispatch(request, transmission: transmission, context: context)
                     }
                     if case .transmission = phase { phase = .transmission(transmission) }
@@ -264,10 +330,10 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
         }
     }
 
-    private func perform(_ action: NBDHandshakeAction, context: ChannelHandlerContext) {
+    private func perform(_ action: NBDHandshakeAction, context: ChannelHandlerContext) throws {
         let messages: [NBDHandshakeMessage]
         switch action {
-        case .send(let m), .sendAndStartTransmission(let m, _), .sendAndClose(let m): messages = m
+        case .send(let m), .sendAndStartTransmission(let m, _), .sendAndClose(let m), .sendAndStartTLS(let m): messages = m
         }
         var out = context.channel.allocator.buffer(capacity: 64 * messages.count)
         for message in messages { out.writeNBDHandshakeMessage(message) }
@@ -280,16 +346,70 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
                 metadata: ["nbd.structured": "\(parameters.structuredReplies)", "nbd.flags": "0x\(String(parameters.transmissionFlags.rawValue, radix: 16))"])
             phase = .transmission(Self.makeTransmission(parameters))
             context.writeAndFlush(wrapOutboundOut(out), promise: nil)
+        case .sendAndStartTLS:
+            guard let tlsContext else {
+                phase = .closed
+                throw NBDProtocolError(.unexpectedData, "STARTTLS accepted without a TLS context")
+            }
+            // The ACK goes out in plain text (it is below the TLS handler once written); everything after it,
+            // in both directions, passes through TLS.
+            context.writeAndFlush(wrapOutboundOut(out), promise: nil)
+            try context.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tlsContext), position: .first)
+            logger.debug("NBD_OPT_STARTTLS: TLS handshake started")
         case .sendAndClose:
             phase = .closed
             context.writeAndFlush(wrapOutboundOut(out)).assumeIsolated().whenComplete { _ in context.close(promise: nil) }
         }
     }
 
+    // MARK: - Write payload budget
+
+    /// A complete payload arrived: turn the partial reservation into one for the whole payload (released when
+    /// the write completes). False: no memory for it, the write is failed with ENOMEM.
+    private func admitPayload(_ bytes: Int) -> Bool {
+        guard let payloadBudget else { return true }
+        let held = reservedPartial
+        reservedPartial = 0
+        if bytes <= held {
+            payloadBudget.release(held - bytes)
+            return true
+        }
+        if payloadBudget.tryReserve(bytes - held) { return true }
+        payloadBudget.release(held)
+        logger.notice("write payload refused: buffer budget exhausted", metadata: ["nbd.bytes": "\(bytes)", "nbd.budget": "\(payloadBudget.limit)"])
+        return false
+    }
+
+    /// A payload is arriving: reserve what is buffered so far, or give it up (discard the rest, ENOMEM).
+    private func reservePartialPayload(_ transmission: inout Transmission, _ buffer: inout ByteBuffer) {
+        guard let payloadBudget, let length = transmission.decoder.payloadInProgress else { return }
+        let have = min(buffer.readableBytes, Int(length))
+        guard have > reservedPartial else { return }
+        if payloadBudget.tryReserve(have - reservedPartial) {
+            reservedPartial = have
+            return
+        }
+        logger.notice(
+            "write payload dropped while arriving: buffer budget exhausted",
+            metadata: ["nbd.length": "\(length)", "nbd.budget": "\(payloadBudget.limit)"])
+        transmission.decoder.abandonPayload(buffered: have)
+        buffer.moveReaderIndex(forwardBy: have)
+        releasePartial()
+    }
+
+    private func releasePartial() {
+        if reservedPartial > 0 { payloadBudget?.release(reservedPartial) }
+        reservedPartial = 0
+    }
+
     // MARK: - Requests
 
     private func dispatch(_ request: NBDRequest, transmission: Transmission, context: ChannelHandlerContext) {
         let header = request.header
+        // A WRITE payload admitted to the budget: given back when the device write completes, or at once on
+        // every other path (refused, zero length, ...).
+        var unreleased = payloadBudget == nil || request.payloadDiscarded ? 0 : (request.payload?.readableBytes ?? 0)
+        defer { if unreleased > 0 { payloadBudget?.release(unreleased) } }
         if let rejection = transmission.validator.validate(header) {
             logger.debug("request refused", metadata: ["nbd.cookie": "\(header.cookie)", "nbd.command": "\(header.command)", "nbd.error": "\(rejection)"])
             replyError(header, rejection.code, rejection.message, structured: transmission.structured, context: context)
@@ -316,7 +436,9 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
         case .write:
             guard let payload = request.payload, !request.payloadDiscarded else {
                 // Validation refuses every discarded payload (length > maximum); zero length lands here.
-                if request.payloadDiscarded {
+                if request.payloadDiscarded && payloadBudget != nil && header.length <= transmission.validator.maximumPayload {
+                    replyError(header, .enomem, "server out of write buffer memory, retry later", structured: structured, context: context)
+                } else if request.payloadDiscarded {
                     replyError(header, .einval, "payload too large", structured: structured, context: context)
                 } else {
                     replySuccess(header, context: context)
@@ -324,7 +446,11 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
                 return
             }
             let flags: BlockWriteFlags = header.flags.contains(.fua) ? .fua : []
-            trackVoid(device.write(offset: header.offset, data: payload, flags: flags), header, structured, context)
+            let reserved = unreleased
+            unreleased = 0
+            let write = device.write(offset: header.offset, data: payload, flags: flags)
+            if reserved > 0, let payloadBudget { write.whenComplete { _ in payloadBudget.release(reserved) } }
+            trackVoid(write, header, structured, context)
         case .flush:
             trackVoid(device.flush(), header, structured, context)
         case .trim:

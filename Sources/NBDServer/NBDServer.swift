@@ -4,6 +4,7 @@ import NBDProtocol
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import NIOSSL
 
 #if canImport(Glibc)
 import Glibc
@@ -41,20 +42,60 @@ public struct NBDServerConfiguration: Sendable, Hashable {
     public var maxInFlightBytesPerConnection: Int
     /// Largest option data accepted during the handshake (larger → hard disconnect).
     public var maxOptionLength: UInt32
+    /// TLS for TCP listeners (FORCEDTLS); `nil`: no TLS (NBD_OPT_STARTTLS is refused by policy).
+    public var tls: NBDTLSConfiguration?
+    /// Connections served at once (all listeners together); further connections are accepted and closed at
+    /// once, so that a flood of idle or stalled clients cannot exhaust memory or file descriptors.
+    public var maxConnections: Int
+    /// A connection that owes the rest of a message (handshake included) and sends nothing for this long is
+    /// closed; idle connections between requests are not affected. `nil`: never.
+    public var stallTimeout: TimeAmount?
+    /// WRITE payload bytes buffered or in flight across all connections (see `NBDPayloadBudget`); beyond it
+    /// writes fail with NBD_ENOMEM. `nil`: no global limit (each connection is still bounded).
+    public var maxBufferedWriteBytes: Int?
 
     public init(
         exportName: String, description: String? = nil,
         listen: [ListenAddress] = [.tcp(host: "127.0.0.1", port: 10809)],
         maxInFlightPerConnection: Int = 256, maxInFlightBytesPerConnection: Int = 64 << 20,
-        maxOptionLength: UInt32 = 64 * 1024
+        maxOptionLength: UInt32 = 64 * 1024,
+        tls: NBDTLSConfiguration? = nil, maxConnections: Int = 512, stallTimeout: TimeAmount? = .seconds(30),
+        maxBufferedWriteBytes: Int? = 256 << 20
     ) {
         self.maxInFlightBytesPerConnection = maxInFlightBytesPerConnection
+        self.maxBufferedWriteBytes = maxBufferedWriteBytes
+        self.stallTimeout = stallTimeout
+        self.tls = tls
+        self.maxConnections = maxConnections
         self.exportName = exportName
         self.description = description
         self.listen = listen
         self.maxInFlightPerConnection = maxInFlightPerConnection
         self.maxOptionLength = maxOptionLength
     }
+}
+
+/// Memory shared by all connections of a server for WRITE payloads, from their first byte until the device
+/// write completes. A payload that does not fit is discarded as it arrives and failed with NBD_ENOMEM (the
+/// connection stays usable), so many clients sending large writes (or stalling in the middle of them) cannot
+/// exhaust memory together.
+final class NBDPayloadBudget: Sendable {
+    let limit: Int
+    private let used = NIOLockedValueBox(0)
+
+    init(limit: Int) { self.limit = limit }
+
+    func tryReserve(_ bytes: Int) -> Bool {
+        used.withLockedValue {
+            guard $0 + bytes <= limit else { return false }
+            $0 += bytes
+            return true
+        }
+    }
+
+    func release(_ bytes: Int) { used.withLockedValue { $0 -= bytes } }
+
+    var inUse: Int { used.withLockedValue { $0 } }
 }
 
 /// Errors from starting the server.
@@ -87,14 +128,17 @@ public final class NBDServer: Sendable {
         var unixPaths: [String] = []
         var nextConnectionID = 0
         var shuttingDown = false
+        var tlsContext: NIOSSLContext?
     }
     private let state = NIOLockedValueBox(State())
+    private let payloadBudget: NBDPayloadBudget?
 
     public init(device: any BlockDevice, configuration: NBDServerConfiguration, group: any EventLoopGroup, logger: Logger) {
         self.device = device
         self.configuration = configuration
         self.group = group
         self.logger = logger
+        self.payloadBudget = configuration.maxBufferedWriteBytes.map { NBDPayloadBudget(limit: max($0, 0)) }
     }
 
     /// The addresses actually listened on (TCP port 0 resolved), once `start()` returned.
@@ -129,6 +173,10 @@ public final class NBDServer: Sendable {
 
     /// Binds every configured address; returns once all are listening. On failure, whatever was bound is closed.
     public func start() async throws {
+        if let tls = configuration.tls {
+            let context = try tls.makeContext()
+            state.withLockedValue { $0.tlsContext = context }
+        }
         do {
             for address in configuration.listen {
                 switch address {
@@ -177,7 +225,7 @@ public final class NBDServer: Sendable {
             .channelOption(.recvAllocator, value: Self.recvAllocator)
             .channelOption(.writeBufferWaterMark, value: Self.waterMark)
             .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture { try self.install(on: channel, transmissionOnly: transmissionOnly) }
+                channel.eventLoop.makeCompletedFuture { try self.install(on: channel, transmissionOnly: transmissionOnly, tls: false) }
             }
             .withConnectedSocket(fd).get()
         return NBDServedConnection(channel: channel)
@@ -198,19 +246,25 @@ public final class NBDServer: Sendable {
             .childChannelOption(.recvAllocator, value: Self.recvAllocator)
             .childChannelOption(.writeBufferWaterMark, value: Self.waterMark)
             .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture { try self.install(on: channel, transmissionOnly: false) }
+                channel.eventLoop.makeCompletedFuture { try self.install(on: channel, transmissionOnly: false, tls: tcp) }
             }
         if tcp { bootstrap = bootstrap.childChannelOption(.socketOption(.tcp_nodelay), value: 1) }
         return bootstrap
     }
 
-    private func install(on channel: any Channel, transmissionOnly: Bool) throws {
-        let (id, refuse) = state.withLockedValue { s -> (Int, Bool) in
+    private func install(on channel: any Channel, transmissionOnly: Bool, tls: Bool) throws {
+        let maxConnections = configuration.maxConnections
+        let (id, refuse, full, tlsContext) = state.withLockedValue { s -> (Int, Bool, Bool, NIOSSLContext?) in
             s.nextConnectionID += 1
-            if !s.shuttingDown { s.connections[ObjectIdentifier(channel)] = channel }
-            return (s.nextConnectionID, s.shuttingDown)
+            // Kernel sockets (transmissionOnly) are ours and always taken.
+            let full = !transmissionOnly && s.connections.count >= maxConnections
+            if !s.shuttingDown && !full { s.connections[ObjectIdentifier(channel)] = channel }
+            return (s.nextConnectionID, s.shuttingDown, full, tls ? s.tlsContext : nil)
         }
-        if refuse {
+        if refuse || full {
+            if full {
+                logger.warning("too many connections, refusing one", metadata: ["nbd.maxConnections": "\(maxConnections)"])
+            }
             channel.close(promise: nil)
             return
         }
@@ -229,7 +283,8 @@ public final class NBDServer: Sendable {
             : NBDConnectionHandler(
                 device: device, export: export, maxInFlight: configuration.maxInFlightPerConnection,
                 maxInFlightBytes: configuration.maxInFlightBytesPerConnection,
-                maxOptionLength: configuration.maxOptionLength, logger: logger)
+                maxOptionLength: configuration.maxOptionLength, tlsContext: tlsContext,
+                stallTimeout: configuration.stallTimeout, payloadBudget: payloadBudget, logger: logger)
         try channel.pipeline.syncOperations.addHandler(handler)
         logger.debug("connection accepted", metadata: ["nbd.transmissionOnly": "\(transmissionOnly)"])
     }

@@ -47,7 +47,7 @@ func haggling(_ flags: NBDClientFlags = [.fixedNewstyle, .noZeroes]) throws -> N
 func replies(_ action: NBDHandshakeAction?) -> [NBDOptionReply] {
     let messages: [NBDHandshakeMessage]
     switch action {
-    case .send(let m)?, .sendAndClose(let m)?, .sendAndStartTransmission(let m, _)?: messages = m
+    case .send(let m)?, .sendAndClose(let m)?, .sendAndStartTransmission(let m, _)?, .sendAndStartTLS(let m)?: messages = m
     case nil: messages = []
     }
     return messages.compactMap { if case .optionReply(let r) = $0 { r } else { nil } }
