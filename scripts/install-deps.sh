@@ -22,6 +22,7 @@ packages=(
     pkg-config
     e2fsprogs
     python3-matplotlib    # the benchmark's chart
+    openssl               # throwaway CA and certificates for the NBD TLS tests
 )
 if [[ "${1:-}" == "--vm" ]]; then
     packages+=(qemu-system-x86 busybox-static kmod cpio)
