@@ -220,6 +220,12 @@ import Testing
         }
     }
 
+    @Test func kernelTimeoutOutlastsSessionRecovery() {
+        #expect(DaemonCore.kernelRequestTimeout(.seconds(30), replacement: .seconds(120)) == .seconds(135))
+        #expect(DaemonCore.kernelRequestTimeout(.seconds(600), replacement: .seconds(120)) == .seconds(600))
+        #expect(DaemonCore.kernelRequestTimeout(nil, replacement: .seconds(120)) == nil)
+    }
+
     @Test func backendIdentifierNamesTheLU() {
         #expect(SessionWiring.backendIdentifier(target: "iqn.x:y", lun: 1, identity: nil) == "iscsi-nbd:iqn.x:y:lun-1")
         let weird = SessionWiring.backendIdentifier(target: "iqn.x:y\n", lun: 2, identity: nil)

@@ -76,8 +76,8 @@ session_shows() {  # -m session -P 3 has the device, the link and the timeouts
   grep -q "^iscsi-nbd:$T_IQN:lun-1:" "/sys/block/${DEV#/dev/}/backend"
 }
 session_state() { "$BIN" -m session -P 1 2>/dev/null | grep -q "iSCSI Session State: $1"; }
-# t_recover: the target restarts under a mounted file system while a write is pending; the daemon logs in
-# again and hands the same /dev/nbdN fresh sockets (NBD_CMD_RECONFIGURE); the write completes, data intact.
+# t_recover: the target restarts under a mounted file system while a write is pending; the session recovers
+# (-m session: FAILED, then LOGGED_IN), the device stays the same /dev/nbdN, the write completes, data intact.
 t_recover() {
   local dev w rc
   dev=$(readlink -f "$T_LINK")

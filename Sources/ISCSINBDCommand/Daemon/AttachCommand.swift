@@ -35,7 +35,7 @@ struct AttachCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Per-request timeout in seconds (NBD_ATTR_TIMEOUT; 0 = kernel default).")
     var requestTimeout: Int = 30
 
-    @Option(name: .long, help: "Seconds I/O waits when the connection is dead (NBD_ATTR_DEAD_CONN_TIMEOUT).")
+    @Option(name: .long, help: "Seconds I/O waits while the session reconnects (replacement timeout; also NBD_ATTR_DEAD_CONN_TIMEOUT).")
     var deadConnectionTimeout: Int = 120
 
     @Option(name: .long, help: "Directory for the stable by-path link (empty = none).")
@@ -87,19 +87,22 @@ struct AttachCommand: AsyncParsableCommand {
             host: parsed.host, port: parsed.port, targetName: parsed.targetName,
             initiatorName: try initiatorName ?? InitiatorIdentity.defaultName())
         configuration.chap = chap.map(\.credentials)
+        configuration.replacementTimeout = .seconds(Int64(deadConnectionTimeout))
         let session = try await SessionWiring.login(configuration, on: group.next(), logger: logger)
         let attachment: KernelAttachment
         do {
             let opened = try await SessionWiring.openLUN(session: session, lun: parsed.lun, readOnly: readOnly, logger: logger)
             let options = KernelAttachOptions(
                 index: try device.map(DetachCommand.index(of:)), connections: connections,
-                requestTimeout: requestTimeout == 0 ? nil : .seconds(requestTimeout),
+                requestTimeout: DaemonCore.kernelRequestTimeout(
+                    requestTimeout == 0 ? nil : .seconds(requestTimeout), replacement: .seconds(deadConnectionTimeout)),
                 deadConnectionTimeout: .seconds(deadConnectionTimeout),
                 backendIdentifier: SessionWiring.backendIdentifier(target: parsed.targetName, lun: parsed.lun, identity: opened.scsi.lunIdentity),
                 exportName: "\(parsed.targetName)/lun-\(parsed.lun)",
                 byPathDirectory: byPathDir.isEmpty ? nil : byPathDir,
                 byPathName: DeviceNames.byPathName(host: parsed.host, port: parsed.port, target: parsed.targetName, lun: parsed.lun))
             attachment = try await KernelAttachment.attach(device: opened.device, options: options, group: group, logger: logger)
+            SessionWiring.guardIdentity(session: session, devices: [opened.scsi])
         } catch {
             try? await session.logout().get()
             throw error

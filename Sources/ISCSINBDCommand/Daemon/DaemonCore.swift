@@ -1,4 +1,5 @@
 import Foundation
+import ISCSIBlockBackend
 import ISCSIClient
 import ISCSIConfig
 import ISCSIProtocol
@@ -218,18 +219,21 @@ actor DaemonCore {
         sessionLogger[metadataKey: "sid"] = "\(id)"
         let session = try await SessionWiring.login(configuration, on: group.next(), logger: sessionLogger)
         var attachments: [(UInt16, KernelAttachment)] = []
+        var scsiDevices: [SCSIBlockDevice] = []
         var lastError: String?
         for lun in await SessionWiring.reportLUNs(session: session, logger: sessionLogger) {
             do {
                 let opened = try await SessionWiring.openLUN(session: session, lun: lun, readOnly: false, logger: sessionLogger)
                 let target = record.id.target
                 let options = KernelAttachOptions(
-                    connections: settings.connectionsPerDevice, requestTimeout: settings.requestTimeout,
+                    connections: settings.connectionsPerDevice,
+                    requestTimeout: Self.kernelRequestTimeout(settings.requestTimeout, replacement: nodeSettings.replacementTimeout),
                     deadConnectionTimeout: nodeSettings.replacementTimeout,
                     backendIdentifier: SessionWiring.backendIdentifier(target: target, lun: lun, identity: opened.scsi.lunIdentity),
                     exportName: "\(target)/lun-\(lun)", byPathDirectory: settings.byPathDirectory,
                     byPathName: DeviceNames.byPathName(host: record.id.portal.host, port: record.id.portal.port, target: target, lun: lun))
                 attachments.append((lun, try await KernelAttachment.attach(device: opened.device, options: options, group: group, logger: sessionLogger)))
+                scsiDevices.append(opened.scsi)
             } catch {
                 // tgtd's LUN 0 is the controller: not a disk, skipped quietly.
                 sessionLogger.info("LUN \(lun) not attached: \(error)")
@@ -240,13 +244,23 @@ actor DaemonCore {
             try? await session.logout().get()
             throw CommandFailure("no LUN of \(record.id.target) could be attached\(lastError.map { ": " + $0 } ?? "")")
         }
+        // The session reconnects by itself (ERL0); before queued I/O is re-issued, each LU must be the same.
+        SessionWiring.guardIdentity(session: session, devices: scsiDevices)
         live[id] = Live(session: session, attachments: attachments, settings: nodeSettings, tpgt: record.id.tpgt,
                         record: record, context: context)
         table.loggedIn(id)
         session.closeFuture.whenComplete { _ in Task { await self.sessionClosed(id: id, session: session) } }
     }
 
-    /// The iSCSI connection dropped under a live session. The kernel devices stay: our socket ends are
+    /// NBD_ATTR_TIMEOUT must outlast the session's own recovery: a request the client holds back while it
+    /// reconnects (up to replacement_timeout) must not make the kernel declare the socket dead.
+    static func kernelRequestTimeout(_ configured: Duration?, replacement: Duration) -> Duration? {
+        guard let configured else { return nil }
+        return max(configured, replacement + .seconds(15))
+    }
+
+    /// The session ended for good under a live entry (the client gave up: fail-stop, target logout, or
+    /// recovery disabled); a recoverable connection loss is handled inside ISCSISession and never gets here. The kernel devices stay: our socket ends are
     /// closed, so the kernel holds I/O back for its dead-connection timeout (= replacement_timeout, RFC 7143
     /// §6.2 leaves session recovery to the initiator), while the daemon logs in again and hands it fresh
     /// sockets (NBD_CMD_RECONFIGURE). Past the timeout the devices are disconnected: I/O fails, never hangs.
@@ -271,6 +285,7 @@ actor DaemonCore {
                 let session = try await SessionWiring.login(configuration, on: group.next(), logger: logger)
                 newSession = session
                 var attachments: [(lun: UInt16, attachment: KernelAttachment)] = []
+                var scsiDevices: [SCSIBlockDevice] = []
                 for a in old.attachments {
                     let opened = try await SessionWiring.openLUN(session: session, lun: a.lun, readOnly: false, logger: logger)
                     let backend = SessionWiring.backendIdentifier(target: old.record.id.target, lun: a.lun, identity: opened.scsi.lunIdentity)
@@ -280,7 +295,9 @@ actor DaemonCore {
                     attachments.append((a.lun, try await KernelAttachment.attach(
                         device: opened.device, options: a.attachment.options, group: group, logger: logger,
                         reconfigure: a.attachment.index)))
+                    scsiDevices.append(opened.scsi)
                 }
+                SessionWiring.guardIdentity(session: session, devices: scsiDevices)
                 guard table.entries[id]?.state == .recovering else {
                     // Logged out meanwhile: tearDown owns the old devices; drop what we built.
                     for a in attachments { await a.attachment.abandon() }
@@ -362,11 +379,24 @@ actor DaemonCore {
                     ["Dead Connection Timeout (nbd)", "\(s.replacementTimeout.components.seconds)"],
                 ]
             }
+            // The client recovers a dropped connection by itself: show that as iscsiadm does (FAILED).
+            var state = e.state.rawValue
+            var lastError = e.lastError
+            if e.state == .loggedIn, let status = l?.session.status {
+                switch status.state {
+                case .connected: break
+                case .recovering(let expired):
+                    state = SessionTable.State.recovering.rawValue
+                    lastError = expired ? "reconnecting; replacement_timeout expired, I/O fails until the target is back" : "reconnecting"
+                case .closed: state = "CLOSED"
+                }
+                timeouts.append(["Recoveries", "\(status.recoveries)"])
+            }
             return ControlSession(
                 id: e.id, target: e.key.target, portal: SessionWiring.portalText(host: e.key.host, port: e.key.port),
-                tpgt: l?.tpgt ?? 1, state: e.state.rawValue, initiatorName: l?.session.configuration.initiatorName,
+                tpgt: l?.tpgt ?? 1, state: state, initiatorName: l?.session.configuration.initiatorName,
                 tsih: l?.session.tsih, isid: l.map { String(format: "%012llx", $0.session.configuration.isid) },
-                luns: luns, negotiated: negotiated, timeouts: timeouts, lastError: e.lastError)
+                luns: luns, negotiated: negotiated, timeouts: timeouts, lastError: lastError)
         }
     }
 }
