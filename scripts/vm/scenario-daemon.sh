@@ -95,6 +95,24 @@ t_recover() {
   umount "$MNT"
   return $rc
 }
+# t_kill_loop: tgtd is killed with SIGKILL and restarted twice while fio verifies on /dev/nbdN (libaio, direct,
+# crc32c): the session recovers underneath the kernel device each time, fio ends with 0 errors.
+t_kill_loop() {
+  local fpid i
+  fio --name=killverify --filename="$DEV" --ioengine=libaio --direct=1 --rw=randwrite --bs=4k --iodepth=16 \
+      --size=8M --rate_iops=400 --verify=crc32c --do_verify=1 --verify_fatal=1 --randrepeat=0 \
+      --output="$VM_RESULTS/fio-killverify.txt" >/dev/null 2>&1 & fpid=$!
+  for i in 1 2; do
+    sleep 3
+    kill -KILL "$TGTD_PID"; wait "$TGTD_PID" 2>/dev/null
+    log "tgtd killed ($i)"
+    sleep 1
+    start_tgtd $T_PORT && tgt_add_target 1 $T_IQN /tmp/tgt.img || return 1
+    wait_for 60 session_state LOGGED_IN || return 1
+  done
+  wait $fpid || { log "fio failed across the kills"; cat "$VM_RESULTS/fio-killverify.txt"; return 1; }
+  grep -q "err= 0" "$VM_RESULTS/fio-killverify.txt"
+}
 no_sessions() { "$BIN" -m session; [ $? = 21 ]; }
 fio_verify() {  # fio_verify DEV SIZE : write + read back with checksums, libaio, O_DIRECT
   fio --name=verify --filename="$1" --ioengine=libaio --direct=1 --rw=randwrite --bs=4k --iodepth=16 \
@@ -138,6 +156,7 @@ cp "$VM_RESULTS/sums.txt" "$VM_RESULTS/sums-tgtd.txt"
 step "target restart under a mounted fs: recovery" t_recover
 DEV=$(readlink -f "$T_LINK")
 step "tgtd fio verify 4MiB (libaio, direct, crc32c)" fio_verify "$DEV" 4M
+step "kill -9 tgtd twice during fio verify: 0 errors" t_kill_loop
 [ "$FIO_RUNTIME" -gt 0 ] && fio_suite "$DEV" "tgtd-iscsi-nbd" "$FIO_RUNTIME"
 step "logout while fio runs" fio_interrupted logout t_logout
 step "no sessions after logout" no_sessions
