@@ -1,5 +1,8 @@
 import BlockBackend
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import ISCSIBlockBackend
 import ISCSIClient
 import ISCSIProtocol
@@ -77,6 +80,8 @@ struct ServeRuntime {
             "listen": "\(server.boundAddresses.map(\.description).joined(separator: ", "))",
         ])
 
+        let trimming = Self.startHeapTrimming(on: loop)
+        defer { trimming?.cancel() }
         // Serve until a signal or until the session dies under us.
         session.closeFuture.whenComplete { _ in reasons.stop("the iSCSI connection closed") }
         let stopReason = await reasons.first()
@@ -89,6 +94,29 @@ struct ServeRuntime {
             logger.warning("logout failed: \(error)")
         }
         if stopReason.hasPrefix("the iSCSI") { throw CommandFailure("\(stopReason) while serving") }
+    }
+
+    /// Memory: glibc's dynamic mmap threshold gives every 1 MiB request buffer a fresh mapping (page faults
+    /// and zeroing on each request: 10-20 % of the CPU of a 1M read job), then, once its threshold has moved
+    /// up, keeps freed heap memory resident: after a burst of large requests the process stayed at
+    /// 60-110 MiB for good (measured: 4k QD128 at 33 MiB fresh, 60 MiB after a 1M QD8 read job).
+    /// So: a fixed 4 MiB threshold (request buffers come from the heap and are reused), and the free heap
+    /// pages are returned to the kernel once a second (malloc_trim walks the free chunks: microseconds).
+    static func startHeapTrimming(on loop: any EventLoop) -> RepeatedTask? {
+        #if canImport(Glibc)
+        // mallopt(3) and malloc_trim(3) are declared in <malloc.h>, which the Glibc module does not export.
+        typealias Mallopt = @convention(c) (Int32, Int32) -> Int32
+        typealias MallocTrim = @convention(c) (Int) -> Int32
+        let mmapThreshold: Int32 = -3  // M_MMAP_THRESHOLD
+        if let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "mallopt") {
+            _ = unsafeBitCast(symbol, to: Mallopt.self)(mmapThreshold, 4 << 20)
+        }
+        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "malloc_trim") else { return nil }
+        let trim = unsafeBitCast(symbol, to: MallocTrim.self)
+        return loop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { _ in _ = trim(0) }
+        #else
+        return nil
+        #endif
     }
 
     private var portalText: String {
