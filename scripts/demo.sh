@@ -7,12 +7,22 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 keep=0
-[[ "${1:-}" == "--keep" ]] && keep=1
+config=release   # -c debug for a quicker build; release is what the performance numbers are measured with
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --keep) keep=1 ;;
+        -c|--configuration) config="${2:?-c needs debug or release}"; shift ;;
+        -c*) config="${1#-c}" ;;
+        *) echo "usage: $0 [--keep] [-c release|debug]" >&2; exit 64 ;;
+    esac
+    shift
+done
+[[ "$config" == release || "$config" == debug ]] || { echo "demo: -c must be release or debug" >&2; exit 64; }
 
 scripts/install-deps.sh
-echo "== building (release)"
-swift build -c release --product iscsi-nbd >/dev/null
-bin=$(swift build -c release --show-bin-path)/iscsi-nbd
+echo "== building ($config)"
+swift build -c "$config" --product iscsi-nbd >/dev/null
+bin=$(swift build -c "$config" --show-bin-path)/iscsi-nbd
 
 work=$(mktemp -d /tmp/iscsi-nbd-demo.XXXXXX)
 iqn=iqn.2026-11.org.iscsi-nbd:demo
