@@ -7,20 +7,30 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 keep=0
-[[ "${1:-}" == "--keep" ]] && keep=1
+config=release   # -c debug for a quicker build; release is what the performance numbers are measured with
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --keep) keep=1 ;;
+        -c|--configuration) config="${2:?-c needs debug or release}"; shift ;;
+        -c*) config="${1#-c}" ;;
+        *) echo "usage: $0 [--keep] [-c release|debug]" >&2; exit 64 ;;
+    esac
+    shift
+done
+[[ "$config" == release || "$config" == debug ]] || { echo "demo: -c must be release or debug" >&2; exit 64; }
 
 scripts/install-deps.sh
 work=$(mktemp -d /tmp/iscsi-nbd-demo.XXXXXX)
-echo "== building (release; the first build takes several minutes)"
-if ! swift build -c release --product iscsi-nbd >"$work/build.log" 2>&1; then
+echo "== building ($config; a first release build takes several minutes)"
+if ! swift build -c "$config" --product iscsi-nbd >"$work/build.log" 2>&1; then
     tail -n 40 "$work/build.log" >&2
     echo "demo: the build failed (full log: $work/build.log)" >&2
     exit 1
 fi
-bin=$(swift build -c release --show-bin-path)/iscsi-nbd
+bin=$(swift build -c "$config" --show-bin-path)/iscsi-nbd
 iqn=iqn.2026-11.org.iscsi-nbd:demo
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-ctl=$((20000 + RANDOM % 20000))
+ctl=$((20000 + RANDOM % 12000))   # tgtd wants a control port below 32768
 tgtd_pid="" serve_pid=""
 
 cleanup() {

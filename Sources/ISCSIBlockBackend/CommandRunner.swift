@@ -21,8 +21,9 @@ struct SCSICommandFailure: Error, CustomStringConvertible {
 }
 
 /// Executes commands on one LUN with the sense mapping and retry policy; retries are scheduled on the
-/// transport's event loop.
-struct CommandRunner: Sendable {
+/// transport's event loop. A class: each command's completion captures one reference, not copies of
+/// the fields (measured: copying the struct into closures was a visible share of retain/release).
+final class CommandRunner: Sendable {
     let transport: any SCSITransport
     let lun: LogicalUnitNumber
     let policy: RetryPolicy
@@ -30,64 +31,108 @@ struct CommandRunner: Sendable {
     /// Told about every unit attention (the command itself is retried).
     let unitAttentions = UnitAttentionRelay()
 
+    init(transport: any SCSITransport, lun: LogicalUnitNumber, policy: RetryPolicy, logger: Logger) {
+        self.transport = transport
+        self.lun = lun
+        self.policy = policy
+        self.logger = logger
+    }
+
     /// Succeeds with the result when the outcome is success; fails with `SCSICommandFailure` or
     /// `BlockDeviceError` (transport failures: EIO unless the transport already gave a `BlockDeviceError`).
     func execute(_ command: SCSICommand, kind: SCSIRequestKind) -> EventLoopFuture<SCSICommandResult> {
-        attempt(command, kind: kind, retries: RetryState())
+        let promise = transport.eventLoop.makePromise(of: SCSICommandResult.self)
+        attempt(command, kind: kind, retries: RetryState()) { promise.completeWith($0) }
+        return promise.futureResult
     }
 
-    private func attempt(_ command: SCSICommand, kind: SCSIRequestKind, retries: RetryState)
-        -> EventLoopFuture<SCSICommandResult>
-    {
-        let loop = transport.eventLoop
-        let opcode = SCSIOpcode(rawValue: command.cdb.opcode)
-        return transport.execute(command, lun: lun).flatMapError { error in
-            let mapped = (error as? BlockDeviceError) ?? BlockDeviceError(.eio, "\(opcode) failed in transport: \(error)")
-            return loop.makeFailedFuture(mapped)
-        }.flatMap { result in
-            let sense: SenseData?
-            if let raw = result.senseData, raw.readableBytes > 0 {
-                do {
-                    sense = try SenseData(parsing: raw)
+    /// The data path's form: `transform` turns a successful result into the value, on the transport's loop;
+    /// every failure arrives as a `BlockDeviceError`. One promise per command (no future chain).
+    func execute<T: Sendable>(
+        _ command: SCSICommand, kind: SCSIRequestKind,
+        _ transform: @escaping @Sendable (SCSICommandResult) throws(BlockDeviceError) -> T
+    ) -> EventLoopFuture<T> {
+        let promise = transport.eventLoop.makePromise(of: T.self)
+        attempt(command, kind: kind, retries: RetryState()) { result in
+            switch result {
+            case .success(let value):
+                do throws(BlockDeviceError) {
+                    promise.succeed(try transform(value))
                 } catch {
-                    self.logger.warning("unparsable sense data", metadata: ["scsi.opcode": "\(opcode)", "error": "\(error)"])
-                    sense = nil
+                    promise.fail(error)
                 }
-            } else {
+            case .failure(let error):
+                promise.fail(error.asBlockDeviceError)
+            }
+        }
+        return promise.futureResult
+    }
+
+    private func attempt(
+        _ command: SCSICommand, kind: SCSIRequestKind, retries: RetryState,
+        _ done: @escaping @Sendable (Result<SCSICommandResult, any Error>) -> Void
+    ) {
+        transport.execute(command, lun: lun).whenComplete { result in
+            switch result {
+            case .success(let result) where result.status == .good || result.status == .conditionMet:
+                // Fast path (every I/O on a healthy target): success whatever the sense says.
+                done(.success(result))
+            case .success(let result):
+                self.evaluate(result, command, kind: kind, retries: retries, done)
+            case .failure(let error):
+                let opcode = SCSIOpcode(rawValue: command.cdb.opcode)
+                done(.failure((error as? BlockDeviceError) ?? BlockDeviceError(.eio, "\(opcode) failed in transport: \(error)")))
+            }
+        }
+    }
+
+    /// A status other than GOOD: sense mapping, retries (scheduled on the transport's loop) or failure.
+    private func evaluate(
+        _ result: SCSICommandResult, _ command: SCSICommand, kind: SCSIRequestKind, retries: RetryState,
+        _ done: @escaping @Sendable (Result<SCSICommandResult, any Error>) -> Void
+    ) {
+        let opcode = SCSIOpcode(rawValue: command.cdb.opcode)
+        let sense: SenseData?
+        if let raw = result.senseData, raw.readableBytes > 0 {
+            do {
+                sense = try SenseData(parsing: raw)
+            } catch {
+                logger.warning("unparsable sense data", metadata: ["scsi.opcode": "\(opcode)", "error": "\(error)"])
                 sense = nil
             }
-            switch SCSIErrorMapping.outcome(status: result.status, sense: sense, request: kind) {
-            case .success:
-                return loop.makeSucceededFuture(result)
-            case .retry(let reason):
-                var retries = retries
-                let what = sense.map { "\(result.status), \($0)" } ?? "\(result.status)"
-                guard let delay = retries.next(reason, policy: self.policy) else {
-                    return loop.makeFailedFuture(
-                        SCSICommandFailure(
-                            opcode: opcode, status: result.status, sense: sense,
-                            error: BlockDeviceError(
-                                .eio, "\(opcode): \(what); gave up after \(retries.totalRetries) retries"),
-                            unsupported: false))
-                }
-                self.logger.debug(
-                    "retrying SCSI command",
-                    metadata: ["scsi.opcode": "\(opcode)", "scsi.status": "\(what)", "retry.delay": "\(delay)"])
-                let next = retries
-                if reason == .unitAttention, let sense { self.unitAttentions.notify(sense) }
-                if delay == .zero {
-                    return self.attempt(command, kind: kind, retries: next)
-                }
-                return loop.flatScheduleTask(in: delay) {
-                    self.attempt(command, kind: kind, retries: next)
-                }.futureResult
-            case .failure(let code, let unsupported):
-                let what = sense.map { "\(result.status), \($0)" } ?? "\(result.status)"
-                return loop.makeFailedFuture(
+        } else {
+            sense = nil
+        }
+        switch SCSIErrorMapping.outcome(status: result.status, sense: sense, request: kind) {
+        case .success:
+            done(.success(result))
+        case .retry(let reason):
+            var retries = retries
+            let what = sense.map { "\(result.status), \($0)" } ?? "\(result.status)"
+            guard let delay = retries.next(reason, policy: policy) else {
+                done(.failure(
                     SCSICommandFailure(
                         opcode: opcode, status: result.status, sense: sense,
-                        error: BlockDeviceError(code, "\(opcode) at LUN \(self.lun): \(what)"), unsupported: unsupported))
+                        error: BlockDeviceError(.eio, "\(opcode): \(what); gave up after \(retries.totalRetries) retries"),
+                        unsupported: false)))
+                return
             }
+            logger.debug(
+                "retrying SCSI command",
+                metadata: ["scsi.opcode": "\(opcode)", "scsi.status": "\(what)", "retry.delay": "\(delay)"])
+            let next = retries
+            if reason == .unitAttention, let sense { unitAttentions.notify(sense) }
+            if delay == .zero {
+                attempt(command, kind: kind, retries: next, done)
+            } else {
+                transport.eventLoop.scheduleTask(in: delay) { self.attempt(command, kind: kind, retries: next, done) }
+            }
+        case .failure(let code, let unsupported):
+            let what = sense.map { "\(result.status), \($0)" } ?? "\(result.status)"
+            done(.failure(
+                SCSICommandFailure(
+                    opcode: opcode, status: result.status, sense: sense,
+                    error: BlockDeviceError(code, "\(opcode) at LUN \(lun): \(what)"), unsupported: unsupported)))
         }
     }
 

@@ -531,14 +531,14 @@ public final class SCSIBlockDevice: BlockDevice {
     private func readChunk(_ chunk: RequestSplitter.Chunk) -> EventLoopFuture<ByteBuffer> {
         let command = SCSICommand(
             cdb: Self.readCDB(lba: chunk.lba, blocks: chunk.blocks), expectedDataInLength: UInt32(chunk.byteLength))
-        return runner.execute(command, kind: .read).flatMapThrowing { result in
+        return runner.execute(command, kind: .read) { result throws(BlockDeviceError) in
             guard var data = result.dataIn, data.readableBytes >= chunk.byteLength else {
                 throw BlockDeviceError(
                     .eio, "READ at LBA \(chunk.lba): \(result.dataIn?.readableBytes ?? 0) of \(chunk.byteLength) bytes")
             }
             if data.readableBytes > chunk.byteLength { data = data.getSlice(at: data.readerIndex, length: chunk.byteLength)! }
             return data
-        }.mapErrorToBlockDeviceError()
+        }
     }
 
     public func write(offset: UInt64, data: ByteBuffer, flags: BlockWriteFlags) -> EventLoopFuture<Void> {
@@ -550,6 +550,12 @@ public final class SCSIBlockDevice: BlockDevice {
         let fua = flags.contains(.fua)
         let nativeFUA = fua && strategy.nativeFUA
         let chunks = splitter(offset: offset, length: UInt64(data.readableBytes), maxBlocks: strategy.maxTransferBlocks)
+        if chunks.count == 1, !(fua && strategy.fuaNeedsFlush) {
+            // The common case: one WRITE, one promise (no chunk runner, no future chain).
+            let chunk = chunks[0]
+            let command = SCSICommand(cdb: Self.writeCDB(lba: chunk.lba, blocks: chunk.blocks, fua: nativeFUA), dataOut: data)
+            return runner.execute(command, kind: .write) { _ throws(BlockDeviceError) in () }
+        }
         let written = runChunks(count: chunks.count, maxInFlight: Self.maxChunksInFlight, on: loop) { i in
             let chunk = chunks[i]
             // Zero-copy: each command carries a slice of the request payload.

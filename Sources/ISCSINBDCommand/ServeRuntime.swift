@@ -1,5 +1,8 @@
 import BlockBackend
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import ISCSIBlockBackend
 import ISCSIClient
 import ISCSIProtocol
@@ -80,6 +83,8 @@ struct ServeRuntime {
             "listen": "\(server.boundAddresses.map(\.description).joined(separator: ", "))",
         ])
 
+        let trimming = Self.startHeapTrimming(on: loop)
+        defer { trimming?.cancel() }
         // Serve until a signal or until the session ends for good (a lost connection is recovered
         // underneath; only a fail-stop such as a LUN identity change ends it).
         session.closeFuture.whenComplete { _ in reasons.stop("the iSCSI session ended") }
@@ -95,6 +100,34 @@ struct ServeRuntime {
         if stopReason.hasPrefix("the iSCSI") { throw CommandFailure("\(stopReason) while serving") }
     }
 
+    /// Memory: glibc's dynamic mmap threshold gives every 1 MiB request buffer a fresh mapping (page faults
+    /// and zeroing on each request: 10-20 % of the CPU of a 1M read job), then, once its threshold has moved
+    /// up, keeps freed heap memory resident: after a burst of large requests the process stayed at
+    /// 60-110 MiB for good (measured: 4k QD128 at 33 MiB fresh, 60 MiB after a 1M QD8 read job).
+    /// So: a fixed 4 MiB threshold (request buffers come from the heap and are reused), and the free heap
+    /// pages are returned to the kernel once a second (malloc_trim walks the free chunks: microseconds).
+    static func startHeapTrimming(on loop: any EventLoop) -> RepeatedTask? {
+        #if canImport(Glibc)
+        // mallopt(3) and malloc_trim(3) are declared in <malloc.h>, which the Glibc module does not export.
+        typealias Mallopt = @convention(c) (Int32, Int32) -> Int32
+        typealias MallocTrim = @convention(c) (Int) -> Int32
+        let (mmapThreshold, trimThreshold): (Int32, Int32) = (-3, -1)  // M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+        if let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "mallopt") {
+            let mallopt = unsafeBitCast(symbol, to: Mallopt.self)
+            _ = mallopt(mmapThreshold, 4 << 20)
+            // Setting the mmap threshold pins the trim threshold at 128 KiB, and the heap then shrank and
+            // grew again under every 1 MiB request (page faults: 12 % of a 1M read profile). 4 MiB of free
+            // space may stay at the top of the loop thread's heap (malloc_trim does not trim the top of a
+            // thread's arena, only the main one's; it does return free chunks inside every arena).
+            _ = mallopt(trimThreshold, 4 << 20)
+        }
+        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "malloc_trim") else { return nil }
+        let trim = unsafeBitCast(symbol, to: MallocTrim.self)
+        return loop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { _ in _ = trim(0) }
+        #else
+        return nil
+        #endif
+    }
 }
 
 /// A failure the user sees as one clear line (ArgumentParser prints `Error: ...` and exits non-zero).

@@ -154,6 +154,36 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
         var incoming = unwrapInboundIn(data)
         if case .closed = phase { return }
         lastInput = context.eventLoop.now
+        inReadBurst = true
+        if var partial = cumulation, partial.readableBytes > 0, case .transmission(let t) = phase {
+            // A request cut by the previous read, finished by the front of this one: copy only that request's
+            // bytes (into a buffer of exactly its size: no more than was received), then decode the rest of
+            // this read in place. Appending the whole read instead copied every WRITE payload once more.
+            let missing = t.decoder.bytesNeeded(given: partial.readableBytes)
+            if missing > 0, missing <= incoming.readableBytes, var head = incoming.readSlice(length: missing) {
+                cumulation = nil
+                var fresh = context.channel.allocator.buffer(capacity: partial.readableBytes + missing)
+                fresh.writeBuffer(&partial)
+                fresh.writeBuffer(&head)
+                cumulation = fresh
+                processInbound(context: context)
+                if case .closed = phase { return }
+                if cumulation == nil || cumulation?.readableBytes == 0 {
+                    cumulation = incoming.readableBytes > 0 ? incoming : nil
+                    if cumulation != nil { processInbound(context: context) }
+                    return
+                }
+                // Backpressure left part of the completed request buffered: append as below.
+            }
+        }
+        append(incoming, context: context)
+        processInbound(context: context)
+    }
+
+    /// Adds received bytes after what is buffered (compacting the buffered tail first when needed).
+    private func append(_ incoming: ByteBuffer, context: ChannelHandlerContext) {
+        var incoming = incoming
+        guard incoming.readableBytes > 0 else { return }
         if var buffer = cumulation, buffer.readableBytes > 0 {
             cumulation = nil  // keep `buffer` uniquely referenced while appending
             if buffer.readerIndex > 0 || buffer.writableBytes < incoming.readableBytes {
@@ -170,8 +200,6 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
         } else {
             cumulation = incoming
         }
-        inReadBurst = true
-        processInbound(context: context)
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {

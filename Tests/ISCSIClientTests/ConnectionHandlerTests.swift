@@ -183,6 +183,44 @@ struct ConnectionHandlerTests {
         #expect(next.cmdSN == SerialNumber(2))
     }
 
+    /// The receive path completes a PDU cut by a read from the front of the next read (the rest is parsed
+    /// in place): cuts inside the BHS, right after it, inside payloads, and a 48 KiB Data-In spread over
+    /// many reads must all frame correctly and deliver byte-exact data.
+    @Test(arguments: [1, 7, 47, 48, 49, 1000, 4145, 65536])
+    func pdusCutAcrossReadsAreFramedAndPayloadsIntact(chunk: Int) throws {
+        let h = try FakeTargetHarness()
+        _ = try h.login()
+        func pattern(_ count: Int, seed: Int) -> ByteBuffer {
+            var b = ByteBuffer()
+            for i in 0..<count { b.writeInteger(UInt8(truncatingIfNeeded: i &* 31 &+ seed)) }
+            return b
+        }
+        let lengths = [4096, 49152, 12288]
+        let futures = lengths.map { h.submit(SCSICommand(cdb: readCDB(blocks: UInt32($0 / 512)), expectedDataInLength: UInt32($0))) }
+        let itts = try h.sent().map { try ISCSIPDU.SCSICommand($0).initiatorTaskTag }
+        try #require(itts.count == 3)
+        let data = lengths.enumerated().map { pattern($0.element, seed: $0.offset + 1) }
+        var messages: [ISCSIMessage] = []
+        messages.append(h.dataIn(itt: itts[0], dataSN: 0, offset: 0, data: data[0], status: 0))
+        messages.append(h.dataIn(itt: itts[1], dataSN: 0, offset: 0, data: data[1]))
+        messages.append(h.response(itt: itts[1]))
+        messages.append(h.dataIn(itt: itts[2], dataSN: 0, offset: 0, data: data[2].getSlice(at: 0, length: 8192)!))
+        messages.append(h.dataIn(itt: itts[2], dataSN: 1, offset: 8192, data: data[2].getSlice(at: 8192, length: 4096)!, status: 0))
+        var wire = ByteBuffer()
+        for message in messages { PDUEncoder(digests: h.parser.digests).encode(message.pdu, into: &wire) }
+        while wire.readableBytes > 0 {
+            let piece = wire.readSlice(length: min(chunk, wire.readableBytes))!
+            try h.channel.writeInbound(piece)
+            h.channel.embeddedEventLoop.run()
+        }
+        for (i, future) in futures.enumerated() {
+            let result = try #require(try outcome(future)?.get(), "command \(i) did not complete")
+            #expect(result.status == .good)
+            #expect(result.dataIn == data[i], "command \(i): data differs")
+        }
+        #expect(h.channel.isActive)
+    }
+
     @Test func writeUsesImmediateUnsolicitedAndR2TData() throws {
         let h = try FakeTargetHarness()
         _ = try h.login()

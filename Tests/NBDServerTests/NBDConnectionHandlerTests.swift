@@ -57,6 +57,36 @@ import Testing
         _ = try channel.finish(acceptAlreadyClosed: true)
     }
 
+    /// WRITE requests cut anywhere by the reads (inside the header, at its end, inside the payload) are
+    /// completed from the front of the next read and the rest decoded in place: contents must be byte-exact.
+    @Test(arguments: [1, 13, 28, 29, 4000, 4124, 65536])
+    func writesCutAcrossReadsLandByteExact(chunk: Int) throws {
+        let (channel, _, device) = try makeChannel(info: BlockDeviceInfo(size: 1 << 20))
+        var stream = ByteBuffer()
+        var expected: [(offset: Int, bytes: [UInt8])] = []
+        var offset = 0
+        for (i, length) in [4096, 512, 12288, 1024, 4096, 8192, 512].enumerated() {
+            let data = pattern(length, seed: UInt64(i + 1))
+            stream.writeNBDRequestHeader(NBDRequestHeader(command: .write, cookie: UInt64(i), offset: UInt64(offset), length: UInt32(length)))
+            stream.writeBytes(data)
+            expected.append((offset, data))
+            offset += length + 512
+        }
+        var replies = ByteBuffer()
+        while stream.readableBytes > 0 {
+            try channel.writeInbound(stream.readSlice(length: min(chunk, stream.readableBytes))!)
+            channel.embeddedEventLoop.run()
+            while var out = try channel.readOutbound(as: ByteBuffer.self) { replies.writeBuffer(&out) }
+        }
+        var cookies: [UInt64] = []
+        while let m = try replies.readNBDReplyMessage() { if case .simple(let c, 0) = m { cookies.append(c) } }
+        #expect(Set(cookies) == Set(0..<UInt64(expected.count)))
+        for (i, e) in expected.enumerated() {
+            #expect(device.contents(offset: UInt64(e.offset), length: e.bytes.count) == e.bytes, "write \(i) differs")
+        }
+        _ = try channel.finish(acceptAlreadyClosed: true)
+    }
+
     @Test func repliesAreCoalescedPerReadBurst() throws {
         let (channel, _, _) = try makeChannel(info: BlockDeviceInfo(size: 1 << 20))
         var requests = ByteBuffer()

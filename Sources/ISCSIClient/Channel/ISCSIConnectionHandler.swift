@@ -76,6 +76,8 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
     private var parser: PDUParser
     private var encoder = PDUEncoder()
     private var cumulation: ByteBuffer?
+    /// `cumulation` was allocated here for its one partial PDU: appending to it never reallocates or copies.
+    private var cumulationExclusive = false
     private(set) var parameters = SessionParameters()
     /// A Text Request exchange in progress (discovery): the text so far and who waits for it.
     private var textExchange: (text: ByteBuffer, promise: EventLoopPromise<ByteBuffer>)?
@@ -138,17 +140,14 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        var incoming = unwrapInboundIn(data)
-        var buffer: ByteBuffer
-        if var existing = cumulation {
-            cumulation = nil
-            existing.writeBuffer(&incoming)
-            buffer = existing
-        } else {
-            buffer = incoming
-        }
+        var buffer = unwrapInboundIn(data)
         lastReceive = context.eventLoop.now
         do {
+            // A PDU cut by the previous read is completed from the front of this read, copying only its own
+            // bytes; the rest of the read is parsed in place (PDU payloads stay slices of the receive buffer).
+            if cumulation != nil, try !completeCarriedPDU(from: &buffer, allocator: context.channel.allocator) {
+                return
+            }
             while !isClosed, let pdu = try parser.parse(&buffer) {
                 try process(pdu)
             }
@@ -164,8 +163,52 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
             fail(.protocolViolation("\(error)"))
             return
         }
-        if buffer.readableBytes > 0 { cumulation = buffer }
+        if buffer.readableBytes > 0 {
+            cumulation = buffer
+            cumulationExclusive = false
+        }
         drainPending()
+    }
+
+    /// The whole length of the PDU starting at the buffer's reader index once its BHS is there (nil before).
+    /// A data segment longer than the parser accepts gives the bytes at hand, so that `parse` reports it
+    /// before anything is allocated for it.
+    private func framedLength(_ buffer: ByteBuffer) -> Int? {
+        guard let header = buffer.getBasicHeaderSegment(at: buffer.readerIndex) else { return nil }
+        let dataLength = Int(header.dataSegmentLength)
+        guard dataLength <= parser.maxDataSegmentLength else { return buffer.readableBytes }
+        let digests = parser.digests
+        return BasicHeaderSegment.length + Int(header.totalAHSLength) * 4 + (digests.header ? 4 : 0)
+            + ((dataLength + 3) & ~3) + (digests.data && dataLength > 0 ? 4 : 0)
+    }
+
+    /// Moves bytes from `incoming` into the carried-over partial PDU (`cumulation`) until that PDU is whole,
+    /// then processes it. The partial PDU lives in a buffer sized for exactly that PDU (bounded by our
+    /// MaxRecvDataSegmentLength), so a large Data-In arriving over many reads is copied once and its slice
+    /// pins no spare capacity. Returns false when `incoming` ran out first (the PDU stays carried over).
+    private func completeCarriedPDU(from incoming: inout ByteBuffer, allocator: ByteBufferAllocator) throws -> Bool {
+        while var partial = cumulation {
+            cumulation = nil
+            let target = framedLength(partial) ?? BasicHeaderSegment.length
+            let take = min(max(target - partial.readableBytes, 0), incoming.readableBytes)
+            if take > 0 {
+                if !cumulationExclusive || partial.writableBytes < take {
+                    var fresh = allocator.buffer(capacity: max(target, partial.readableBytes + take))
+                    fresh.writeBuffer(&partial)
+                    partial = fresh
+                }
+                if var piece = incoming.readSlice(length: take) { partial.writeBuffer(&piece) }
+            }
+            cumulationExclusive = true
+            guard let total = framedLength(partial), partial.readableBytes >= total else {
+                cumulation = partial
+                if incoming.readableBytes == 0 { return false }
+                continue  // the header just became complete: take the rest of this PDU
+            }
+            if let pdu = try parser.parse(&partial), !isClosed { try process(pdu) }
+            if partial.readableBytes > 0 { cumulation = partial }  // not reached: `partial` held one PDU
+        }
+        return true
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
