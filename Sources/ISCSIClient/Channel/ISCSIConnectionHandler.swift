@@ -156,7 +156,12 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
             fail(.malformedPDU(error))
             return
         } catch let error as ISCSISessionError {
-            logger.error("target broke the protocol, dropping connection", metadata: ["error": "\(error)"])
+            if case .login = error {
+                // A refused login (authentication failed, target not found...) is the caller's error to report.
+                logger.debug("login refused, closing the connection", metadata: ["error": "\(error)"])
+            } else {
+                logger.error("target broke the protocol, dropping connection", metadata: ["error": "\(error)"])
+            }
             fail(error)
             return
         } catch {
