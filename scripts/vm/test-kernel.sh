@@ -18,6 +18,20 @@ for b in .build/debug/iscsi-nbd .build/debug/nbd-netlink-check; do
   [[ -x $b ]] || { echo "$b is missing: run swift build --build-tests first" >&2; exit 1; }
 done
 scripts/vm/run-in-vm.sh --prepare
+# The guest sees the host's root read-only, but with a fresh tmpfs on /tmp: a checkout under /tmp (CI's
+# clones may live there) is invisible inside. Then the scenarios and the two binaries are staged under
+# /var/tmp and the VM runs from there.
+case "$(pwd -P)/" in
+  /tmp/*)
+    stage=$(mktemp -d /var/tmp/iscsi-nbd-vm-stage.XXXXXX)
+    trap 'rm -rf "$stage"' EXIT
+    mkdir -p "$stage/scripts" "$stage/.build/debug"
+    cp -a scripts/vm "$stage/scripts/"
+    cp -L .build/debug/iscsi-nbd .build/debug/nbd-netlink-check "$stage/.build/debug/"
+    echo "kernel tests: the checkout is under /tmp (hidden in the guest); staged in $stage"
+    cd "$stage"
+    ;;
+esac
 start=$SECONDS
 rc=0
 scripts/vm/run-in-vm.sh -q -t "$timeout" -r "$results" scripts/vm/scenario-kernel-all.sh || rc=$?
