@@ -172,11 +172,18 @@ public final class NBDServer: Sendable {
     // MARK: - Lifecycle
 
     /// Binds every configured address; returns once all are listening. On failure, whatever was bound is closed.
+    /// Loads the TLS context before anything listens.
+    private func prepareTLS() throws {
+        guard let tls = configuration.tls else { return }
+        let context = try tls.makeContext()
+        state.withLockedValue { $0.tlsContext = context }
+    }
+
+    // Not optimised: Swift 6.3.1's LLVM coroutine splitting crashes (signal 11 in
+    // emitSetAndGetSwiftErrorValueAround) on this function in release builds. It runs once per server.
+    @_optimize(none)
     public func start() async throws {
-        if let tls = configuration.tls {
-            let context = try tls.makeContext()
-            state.withLockedValue { $0.tlsContext = context }
-        }
+        try prepareTLS()
         do {
             for address in configuration.listen {
                 switch address {
