@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import ArgumentParser
 import Foundation
 
 /// Where CHAP credentials come from, in order of precedence: an explicit file (`--chap-secret-file`),
@@ -106,6 +107,33 @@ public enum ArgvScrubber {
                     }
                 }
             }
+        }
+    }
+}
+
+/// The CHAP options `serve` and `attach` share; `resolve` combines them with the environment and the URL.
+struct CHAPOptions: ParsableArguments {
+    @Option(name: .long, help: "CHAP user name (also ISCSI_NBD_CHAP_USERNAME).")
+    var chapUsername: String?
+
+    @Option(name: .long, help: "File holding the CHAP secret on its first line (mode 0600).")
+    var chapSecretFile: String?
+
+    @Option(name: .long, help: "Mutual CHAP: the target's user name (also ISCSI_NBD_TARGET_CHAP_USERNAME).")
+    var targetChapUsername: String?
+
+    @Option(name: .long, help: "Mutual CHAP: file holding the target's secret (also ISCSI_NBD_TARGET_CHAP_SECRET).")
+    var targetChapSecretFile: String?
+
+    func resolve(urlUsername: String?, urlPassword: String?) throws -> ResolvedCHAP? {
+        do {
+            return try SecretResolver.resolve(
+                urlUsername: urlUsername, urlPassword: urlPassword,
+                username: chapUsername, secretFile: chapSecretFile,
+                targetUsername: targetChapUsername, targetSecretFile: targetChapSecretFile,
+                environment: ProcessInfo.processInfo.environment)
+        } catch {
+            throw ValidationError(error.description)
         }
     }
 }

@@ -46,17 +46,7 @@ struct Serve: AsyncParsableCommand {
     @Flag(name: .long, help: "Serve the LUN read-only.")
     var readOnly = false
 
-    @Option(name: .long, help: "CHAP user name (also ISCSI_NBD_CHAP_USERNAME).")
-    var chapUsername: String?
-
-    @Option(name: .long, help: "File holding the CHAP secret on its first line (mode 0600).")
-    var chapSecretFile: String?
-
-    @Option(name: .long, help: "Mutual CHAP: the target's user name (also ISCSI_NBD_TARGET_CHAP_USERNAME).")
-    var targetChapUsername: String?
-
-    @Option(name: .long, help: "Mutual CHAP: file holding the target's secret (also ISCSI_NBD_TARGET_CHAP_SECRET).")
-    var targetChapSecretFile: String?
+    @OptionGroup var chap: CHAPOptions
 
     @Option(name: .long, help: "Initiator name (default: from /etc/iscsi/initiatorname.iscsi, or generated).")
     var initiatorName: String?
@@ -198,16 +188,7 @@ struct Serve: AsyncParsableCommand {
     /// Credentials given on the command line, in the environment or in the URL replace the configured ones.
     private func applyCommandLineCHAP(to session: inout ISCSISessionConfiguration, urlUsername: String?,
                                       urlPassword: String?) throws {
-        let resolved: ResolvedCHAP?
-        do {
-            resolved = try SecretResolver.resolve(
-                urlUsername: urlUsername, urlPassword: urlPassword,
-                username: chapUsername, secretFile: chapSecretFile,
-                targetUsername: targetChapUsername, targetSecretFile: targetChapSecretFile,
-                environment: ProcessInfo.processInfo.environment)
-        } catch {
-            throw ValidationError(error.description)
-        }
+        let resolved = try chap.resolve(urlUsername: urlUsername, urlPassword: urlPassword)
         if let resolved { session.chap = resolved.credentials }
     }
 }

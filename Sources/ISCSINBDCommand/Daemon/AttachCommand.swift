@@ -44,11 +44,7 @@ struct AttachCommand: AsyncParsableCommand {
     @Flag(name: .long, help: "Attach read-only.")
     var readOnly = false
 
-    @Option(name: .long, help: "CHAP user name (also ISCSI_NBD_CHAP_USERNAME).")
-    var chapUsername: String?
-
-    @Option(name: .long, help: "File holding the CHAP secret on its first line (mode 0600).")
-    var chapSecretFile: String?
+    @OptionGroup var chapOptions: CHAPOptions
 
     @Option(name: .long, help: "Initiator name (default: from /etc/iscsi/initiatorname.iscsi, or generated).")
     var initiatorName: String?
@@ -68,15 +64,7 @@ struct AttachCommand: AsyncParsableCommand {
         do { parsed = try ISCSIURL(parsing: url) } catch { throw ValidationError(error.description) }
         if let password = parsed.password { ArgvScrubber.scrub(password) }
         let logger = logging.makeLogger(label: "iscsi-nbd.attach")
-        let chap: ResolvedCHAP?
-        do {
-            chap = try SecretResolver.resolve(
-                urlUsername: parsed.username, urlPassword: parsed.password,
-                username: chapUsername, secretFile: chapSecretFile, targetUsername: nil, targetSecretFile: nil,
-                environment: ProcessInfo.processInfo.environment)
-        } catch {
-            throw ValidationError(error.description)
-        }
+        let chap = try chapOptions.resolve(urlUsername: parsed.username, urlPassword: parsed.password)
         let reasons = StopReasons()
         let signals = SignalWatcher([SIGINT, SIGTERM]) { reasons.stop("signal \($0)") }
         defer { signals.cancel() }
