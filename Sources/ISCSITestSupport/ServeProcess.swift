@@ -114,3 +114,14 @@ public func readFile(_ path: String, offset: UInt64, length: Int) throws -> [UIn
     let data = try h.read(upToCount: length) ?? Data()
     return [UInt8](data)
 }
+
+/// Polls `condition` every 20 ms until it holds or `timeout` passes; returns whether it held.
+/// For state that settles asynchronously (a recovery the client starts on its own), never for timing.
+public func eventually(timeout: Duration = .seconds(10), _ condition: () -> Bool) async -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while !condition() {
+        if ContinuousClock.now >= deadline { return false }
+        try? await Task.sleep(for: .milliseconds(20))
+    }
+    return true
+}

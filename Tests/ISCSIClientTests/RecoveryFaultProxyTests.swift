@@ -296,12 +296,16 @@ struct RecoveryFakeTargetTests {
         let session = try await connect(target)
         #expect(try await write(session, lba: 0, pattern(length: 4096, seed: 7)).get().status == .good)
         target.requestLogout()
-        // Commands submitted around the logout wait for the new connection.
+        // Commands submitted around the logout complete, on the old connection when they reach it before
+        // the Async Message reaches the client, or on the new one after the logout and re-login.
         let during = (0..<4).map { _ in read(session, lba: 0, length: 4096) }
         for r in during { #expect(try await r.get().dataIn == pattern(length: 4096, seed: 7)) }
+        // The client logs out and logs in again by itself: wait for that instead of racing it.
+        #expect(await eventually { target.logins.count == 2 && session.status.recoveries == 1 && session.status.state == .connected })
         #expect(target.logins.count == 2)
         #expect(session.status.recoveries == 1)
-        #expect(session.status.state == .connected)
+        let after = try await read(session, lba: 0, length: 4096).get()
+        #expect(after.dataIn == pattern(length: 4096, seed: 7))
         try await session.logout().get()
     }
 
