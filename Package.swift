@@ -51,7 +51,7 @@ let package = Package(
             ]
         ),
         .systemLibrary(name: "CLinuxNBD"),
-        .target(name: "NBDKernel", dependencies: ["CLinuxNBD", "NBDProtocol", nioCore, nioPosix, logging]),
+        .target(name: "NBDKernel", dependencies: ["CLinuxNBD", "NBDProtocol", nioCore, nioPosix, logging, .product(name: "NIOConcurrencyHelpers", package: "swift-nio")]),
         .target(name: "ISNS", dependencies: [nioCore, nioPosix, logging]),
         .target(
             name: "ISCSINBDCommand",
@@ -89,7 +89,7 @@ let package = Package(
                 .product(name: "NIOEmbedded", package: "swift-nio"),
             ]
         ),
-        .testTarget(name: "NBDKernelTests", dependencies: ["ISCSITestSupport", "NBDKernel"]),
+        .testTarget(name: "NBDKernelTests", dependencies: ["ISCSITestSupport", "NBDKernel", "CLinuxNBD"]),
         .testTarget(name: "ISCSIConfigTests", dependencies: ["ISCSITestSupport", "ISCSIConfig"], resources: [.copy("Fixtures")]),
         .testTarget(name: "ISNSTests", dependencies: ["ISCSITestSupport", "ISNS", nioCore, nioPosix]),
         .testTarget(name: "ISCSIClientTests", dependencies: ["ISCSITestSupport", "ISCSIClient", "ISCSIProtocol", "SCSI"]),

@@ -47,7 +47,7 @@ public struct NBDRequestRejection: Hashable, Sendable, CustomStringConvertible {
 /// `NBD_FLAG_SEND_CACHE` is not advertised: clients exist that send it unadvertised.
 /// NBD_CMD_DISC is always accepted (it has no reply).
 public struct NBDRequestValidator: Hashable, Sendable {
-    public let size: UInt64
+    public private(set) var size: UInt64
     public let flags: NBDTransmissionFlags
     public let structuredReplies: Bool
     public let minimumBlockSize: UInt32
@@ -59,6 +59,13 @@ public struct NBDRequestValidator: Hashable, Sendable {
         self.structuredReplies = parameters.structuredReplies
         self.minimumBlockSize = parameters.export.minimumBlockSize
         self.maximumPayload = parameters.export.maximumPayload
+    }
+
+    /// The export grew while the connection stays (online resize of a kernel device, where the kernel is
+    /// told the new size with NBD_SET_SIZE). Never shrinks: requests the client may already have queued
+    /// for the old range stay valid.
+    public mutating func grow(to newSize: UInt64) {
+        if newSize > size { size = newSize }
     }
 
     /// Returns `nil` when the request may be executed, otherwise the error to reply with.

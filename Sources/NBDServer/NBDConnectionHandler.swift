@@ -120,6 +120,13 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
             structured: parameters.structuredReplies)
     }
 
+    /// The export grew: requests up to `size` are valid from now on (kernel devices told NBD_SET_SIZE).
+    func exportGrew(to size: UInt64) {
+        guard case .transmission(var t) = phase else { return }
+        t.validator.grow(to: size)
+        phase = .transmission(t)
+    }
+
     // MARK: - Channel events
 
     func handlerAdded(context: ChannelHandlerContext) {

@@ -112,6 +112,16 @@ public struct NBDServedConnection: Sendable {
     public var closeFuture: EventLoopFuture<Void> { channel.closeFuture }
     /// Closes the connection without waiting for in-flight requests.
     public func close() { channel.close(promise: nil) }
+    /// Accepts requests up to `size` from now on (the export grew, and the client was told so out of
+    /// band: NBD_SET_SIZE for the kernel). Completes once the connection applied it.
+    public func exportGrew(to size: UInt64) -> EventLoopFuture<Void> {
+        let channel = self.channel
+        return channel.eventLoop.submit {
+            if let handler = try? channel.pipeline.syncOperations.handler(type: NBDConnectionHandler.self) {
+                handler.exportGrew(to: size)
+            }
+        }
+    }
 }
 
 /// An NBD server (nbd-proto.md, fixed newstyle) exporting one `BlockDevice` on unix and TCP sockets, and over

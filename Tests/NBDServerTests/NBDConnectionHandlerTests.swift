@@ -117,4 +117,35 @@ import Testing
         #expect(Array(data.readableBytesView) == pattern(4096, seed: 1), "data written as its own buffer")
         _ = try channel.finish(acceptAlreadyClosed: true)
     }
+
+    /// Online resize of a kernel device: the connection takes requests in the grown range only after
+    /// `exportGrew`, and never shrinks (requests the kernel queued for the old range stay valid).
+    @Test func exportGrowsOnALiveConnection() throws {
+        let loop = EmbeddedEventLoop()
+        let device = MemoryBlockDevice(info: BlockDeviceInfo(size: 2 << 20), eventLoop: loop)
+        device.setContents(pattern(4096, seed: 3), at: 1 << 20)
+        let export = NBDServer.makeExport(info: BlockDeviceInfo(size: 1 << 20), name: "e", description: nil)
+        let handler = NBDConnectionHandler(device: device, transmissionOnly: export, maxInFlight: 8, logger: Logger(label: "t"))
+        let channel = EmbeddedChannel(handler: handler, loop: loop)
+        func readReply(cookie: UInt64) throws -> (error: UInt32, data: [UInt8]) {
+            var request = ByteBuffer()
+            request.writeNBDRequestHeader(NBDRequestHeader(command: .read, cookie: cookie, offset: 1 << 20, length: 4096))
+            try channel.writeInbound(request)
+            loop.run()
+            var head = try #require(try channel.readOutbound(as: ByteBuffer.self))
+            guard case .simple(let c, let error) = try head.readNBDReplyMessage() else { throw TestPeerError("not a simple reply") }
+            #expect(c == cookie)
+            if error != 0 { return (error, []) }
+            let data = head.readableBytes > 0 ? head : try #require(try channel.readOutbound(as: ByteBuffer.self))
+            return (0, Array(data.readableBytesView))
+        }
+        #expect(try readReply(cookie: 1).error == 22, "EINVAL past the end before the resize")
+        handler.exportGrew(to: 2 << 20)
+        let grown = try readReply(cookie: 2)
+        #expect(grown.error == 0)
+        #expect(grown.data == pattern(4096, seed: 3))
+        handler.exportGrew(to: 1 << 20)
+        #expect(try readReply(cookie: 3).error == 0, "a smaller size is ignored")
+        _ = try channel.finish(acceptAlreadyClosed: true)
+    }
 }

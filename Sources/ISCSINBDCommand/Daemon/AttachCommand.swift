@@ -41,6 +41,9 @@ struct AttachCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Directory for the stable by-path link (empty = none).")
     var byPathDir: String = DeviceNames.byPathDirectory
 
+    @Option(name: .long, help: "Kernel interface: auto (netlink where the kernel has it), netlink, or ioctl (online resize: a grown LUN grows /dev/nbdN).")
+    var kernelInterface: KernelInterface = .auto
+
     @Flag(name: .long, help: "Attach read-only.")
     var readOnly = false
 
@@ -88,8 +91,10 @@ struct AttachCommand: AsyncParsableCommand {
                 backendIdentifier: SessionWiring.backendIdentifier(target: parsed.targetName, lun: parsed.lun, identity: opened.scsi.lunIdentity),
                 exportName: "\(parsed.targetName)/lun-\(parsed.lun)",
                 byPathDirectory: byPathDir.isEmpty ? nil : byPathDir,
-                byPathName: DeviceNames.byPathName(host: parsed.host, port: parsed.port, target: parsed.targetName, lun: parsed.lun))
+                byPathName: DeviceNames.byPathName(host: parsed.host, port: parsed.port, target: parsed.targetName, lun: parsed.lun),
+                interface: kernelInterface)
             attachment = try await KernelAttachment.attach(device: opened.device, options: options, group: group, logger: logger)
+            attachment.follow(opened.scsi)
             SessionWiring.guardIdentity(session: session, devices: [opened.scsi])
         } catch {
             try? await session.logout().get()
@@ -140,8 +145,13 @@ struct DetachCommand: AsyncParsableCommand {
         }
         do {
             try NBDKernelDevice().disconnect(index: index)
+        } catch where error.code == .noDriver || (error.code == .kernelRejected && error.errno == ENOENT) {
+            // No "nbd" netlink family: the device was set up with ioctls (nbd-client -d does the same).
+            do { try NBDIoctlDevice.disconnect(index: index) } catch { throw CommandFailure("cannot detach /dev/nbd\(index): \(error)") }
         } catch {
             throw CommandFailure("cannot detach /dev/nbd\(index): \(error)")
         }
     }
 }
+
+extension KernelInterface: ExpressibleByArgument {}

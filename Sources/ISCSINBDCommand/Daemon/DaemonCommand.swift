@@ -36,6 +36,9 @@ struct DaemonCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Per-request timeout of the kernel device in seconds (NBD_ATTR_TIMEOUT; 0 = kernel default).")
     var requestTimeout: Int = 30
 
+    @Option(name: .long, help: "Kernel interface for /dev/nbdN: auto (netlink where the kernel has it), netlink, or ioctl (online resize).")
+    var kernelInterface: KernelInterface = .auto
+
     @Flag(name: .long, help: "Do not log in to automatic node records at start.")
     var noAutomatic = false
 
@@ -70,7 +73,8 @@ struct DaemonCommand: AsyncParsableCommand {
             configDir: ConfigDirectory.resolve(explicit: configDir),
             byPathDirectory: byPathDir.isEmpty ? nil : byPathDir,
             connectionsPerDevice: connections,
-            requestTimeout: requestTimeout == 0 ? nil : .seconds(requestTimeout))
+            requestTimeout: requestTimeout == 0 ? nil : .seconds(requestTimeout),
+            kernelInterface: kernelInterface)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
         let core = DaemonCore(settings: settings, group: group, logger: logger)
         let path = controlSocket ?? ControlProtocol.socketPath(environment: environment)

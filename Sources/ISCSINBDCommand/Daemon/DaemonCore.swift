@@ -13,6 +13,7 @@ struct DaemonSettings: Sendable {
     var byPathDirectory: String? = DeviceNames.byPathDirectory
     var connectionsPerDevice = 1
     var requestTimeout: Duration? = .seconds(30)
+    var kernelInterface: KernelInterface = .auto
 }
 
 /// Holds every session of the daemon and its /dev/nbdN devices. All requests (control socket, automatic
@@ -231,8 +232,11 @@ actor DaemonCore {
                     deadConnectionTimeout: nodeSettings.replacementTimeout,
                     backendIdentifier: SessionWiring.backendIdentifier(target: target, lun: lun, identity: opened.scsi.lunIdentity),
                     exportName: "\(target)/lun-\(lun)", byPathDirectory: settings.byPathDirectory,
-                    byPathName: DeviceNames.byPathName(host: record.id.portal.host, port: record.id.portal.port, target: target, lun: lun))
-                attachments.append((lun, try await KernelAttachment.attach(device: opened.device, options: options, group: group, logger: sessionLogger)))
+                    byPathName: DeviceNames.byPathName(host: record.id.portal.host, port: record.id.portal.port, target: target, lun: lun),
+                    interface: settings.kernelInterface)
+                let attachment = try await KernelAttachment.attach(device: opened.device, options: options, group: group, logger: sessionLogger)
+                attachment.follow(opened.scsi)
+                attachments.append((lun, attachment))
                 scsiDevices.append(opened.scsi)
             } catch {
                 // tgtd's LUN 0 is the controller: not a disk, skipped quietly.
@@ -292,9 +296,11 @@ actor DaemonCore {
                     guard backend == a.attachment.backendIdentifier else {
                         throw CommandFailure("LUN \(a.lun) is another logical unit now (\(backend), was \(a.attachment.backendIdentifier))")
                     }
-                    attachments.append((a.lun, try await KernelAttachment.attach(
+                    let attachment = try await KernelAttachment.attach(
                         device: opened.device, options: a.attachment.options, group: group, logger: logger,
-                        reconfigure: a.attachment.index)))
+                        reconfigure: a.attachment.index)
+                    attachment.follow(opened.scsi)
+                    attachments.append((a.lun, attachment))
                     scsiDevices.append(opened.scsi)
                 }
                 SessionWiring.guardIdentity(session: session, devices: scsiDevices)

@@ -1,4 +1,5 @@
 import BlockBackend
+import ISCSIBlockBackend
 import Foundation
 import Logging
 import NBDKernel
@@ -10,6 +11,17 @@ import NIOPosix
 #if canImport(Glibc)
 import Glibc
 #endif
+
+/// Which kernel interface sets up /dev/nbdN.
+enum KernelInterface: String, Sendable, CaseIterable {
+    /// netlink when the kernel has the "nbd" generic netlink family (Linux 4.12 and later), else ioctl.
+    case auto
+    /// Generic netlink: dead-connection timeout, NBD_CMD_RECONFIGURE with fresh sockets, backend identifier;
+    /// the kernel cannot resize such a device while it is in use.
+    case netlink
+    /// The classic ioctls (as nbd-client): online resize with NBD_SET_SIZE; no dead-connection grace.
+    case ioctl
+}
 
 /// How to hand a LUN to the kernel.
 struct KernelAttachOptions: Sendable {
@@ -28,6 +40,7 @@ struct KernelAttachOptions: Sendable {
     /// Directory for the stable link (normally /dev/disk/by-path) and the link's name; nil = no link.
     var byPathDirectory: String? = DeviceNames.byPathDirectory
     var byPathName: String?
+    var interface: KernelInterface = .auto
 }
 
 /// One LUN attached as /dev/nbdN: an NBD server with no listeners serves our ends of socketpairs in
@@ -39,8 +52,12 @@ final class KernelAttachment: Sendable {
     let byPathLink: String?
     let connectionCount: Int
     let options: KernelAttachOptions
+    /// The interface the device was set up with (never `.auto`).
+    let interface: KernelInterface
     private let server: NBDServer
     private let served: NIOLockedValueBox<[NBDServedConnection]>
+    /// Set when `interface == .ioctl`: the device thread blocked in NBD_DO_IT.
+    private let ioctlDevice: NBDIoctlDevice?
     private let logger: Logger
 
     var devicePath: String { "/dev/nbd\(index)" }
@@ -53,7 +70,9 @@ final class KernelAttachment: Sendable {
     }
 
     private init(index: Int, device: any BlockDevice, options: KernelAttachOptions, byPathLink: String?,
-                 server: NBDServer, served: [NBDServedConnection], logger: Logger) {
+                 server: NBDServer, served: [NBDServedConnection], ioctlDevice: NBDIoctlDevice?, logger: Logger) {
+        self.interface = ioctlDevice == nil ? .netlink : .ioctl
+        self.ioctlDevice = ioctlDevice
         self.options = options
         let backendIdentifier = options.backendIdentifier
         self.index = index
@@ -68,7 +87,8 @@ final class KernelAttachment: Sendable {
 
     /// Serves `device` to the kernel. Blocking netlink calls run on the thread pool.
     /// With `reconfigure`, the device /dev/nbd<reconfigure> already exists (its old connections died): the new
-    /// sockets replace them with NBD_CMD_RECONFIGURE, and I/O the kernel held back continues on them.
+    /// sockets replace them with NBD_CMD_RECONFIGURE, and I/O the kernel held back continues on them. An
+    /// ioctl device has no such grace (its I/O failed when the sockets closed): it starts afresh at that index.
     static func attach(
         device: any BlockDevice, options: KernelAttachOptions, group: any EventLoopGroup, logger: Logger,
         reconfigure: Int? = nil
@@ -107,8 +127,20 @@ final class KernelAttachment: Sendable {
             deadConnectionTimeoutSeconds: options.deadConnectionTimeout.map(Self.seconds),
             index: options.index.map { UInt32(clamping: $0) }, backendIdentifier: options.backendIdentifier)
         let index: Int
+        var ioctlDevice: NBDIoctlDevice?
         do {
-            if let existing = reconfigure {
+            let interface = await resolve(options.interface)
+            if interface == .ioctl {
+                let setup = NBDIoctlDevice.Setup(
+                    sockets: kernelFDs, size: info.size, blockSize: info.logicalBlockSize,
+                    serverFlags: UInt64(export.flags.rawValue), timeoutSeconds: options.requestTimeout.map(Self.seconds),
+                    index: reconfigure ?? options.index)
+                let started = try await NIOThreadPool.singleton.runIfActive { () throws -> NBDIoctlDevice in
+                    try NBDIoctlDevice.start(setup)
+                }
+                ioctlDevice = started
+                index = started.index
+            } else if let existing = reconfigure {
                 try await NIOThreadPool.singleton.runIfActive { () throws -> Void in
                     try NBDKernelDevice().reconfigure(index: existing, sockets: kernelFDs, backendIdentifier: options.backendIdentifier)
                 }
@@ -137,9 +169,66 @@ final class KernelAttachment: Sendable {
         logger.notice(reconfigure == nil ? "attached" : "reconnected", metadata: [
             "device": "/dev/nbd\(index)", "backend": "\(options.backendIdentifier)", "connections": "\(count)",
             "size": "\(info.size)", "blockSize": "\(info.logicalBlockSize)",
+            "interface": "\(ioctlDevice == nil ? "netlink" : "ioctl")",
         ])
-        return KernelAttachment(index: index, device: device, options: options,
-                                byPathLink: link, server: server, served: served, logger: logger)
+        return KernelAttachment(index: index, device: device, options: options, byPathLink: link, server: server,
+                                served: served, ioctlDevice: ioctlDevice, logger: logger)
+    }
+
+    /// `.auto` becomes netlink when the kernel knows the "nbd" family (loading the module if needed), else ioctl.
+    private static func resolve(_ interface: KernelInterface) async -> KernelInterface {
+        guard interface == .auto else { return interface }
+        let netlink = try? await NIOThreadPool.singleton.runIfActive { () throws -> Bool in
+            _ = try NBDKernelDevice().resolveFamily()
+            return true
+        }
+        return netlink == true ? .netlink : .ioctl
+    }
+
+    /// The LUN grew (CAPACITY DATA HAS CHANGED, or found larger at re-login): our connections accept the new
+    /// range first, then the kernel is told (NBD_SET_SIZE, ioctl devices only). Returns false, with a
+    /// warning, where the kernel cannot resize the device in use (netlink: NBD_CMD_RECONFIGURE takes no size).
+    @discardableResult
+    func grow(to size: UInt64) async -> Bool {
+        for c in served.withLockedValue({ $0 }) { try? await c.exportGrew(to: size).get() }
+        guard let ioctlDevice else {
+            logger.warning("the LUN grew, but the kernel cannot resize a netlink-configured device in use: \(devicePath) keeps its size until logout and login (attach with --kernel-interface ioctl for online resize)", metadata: [
+                "device": "\(devicePath)", "size.new": "\(size)",
+            ])
+            return false
+        }
+        do {
+            try await NIOThreadPool.singleton.runIfActive { () throws -> Void in try ioctlDevice.resize(to: size) }
+            logger.notice("resized", metadata: ["device": "\(devicePath)", "size": "\(size)"])
+            return true
+        } catch {
+            logger.error("cannot resize \(devicePath): \(error)")
+            return false
+        }
+    }
+
+    /// Follows the LUN's size: growth the bridge notices (2A/09, or a larger LUN at re-login) reaches the
+    /// kernel device.
+    func follow(_ scsi: SCSIBlockDevice) {
+        scsi.onInfoChange { [weak self] info in
+            guard let self else { return }
+            Task { await self.grow(to: info.size) }
+        }
+    }
+
+    /// Waits (bounded) until an ioctl device's NBD_DO_IT returned, so its index can be used again.
+    private func ioctlFinished(timeout: Duration) async {
+        guard let ioctlDevice else { return }
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        let done = loop.makePromise(of: Void.self)
+        let completed = NIOLockedValueBox(false)
+        let fire: @Sendable () -> Void = {
+            if completed.withLockedValue({ was in defer { was = true }; return !was }) { done.succeed() }
+        }
+        ioctlDevice.whenFinished { _ in fire() }
+        let timer = loop.scheduleTask(in: .seconds(Int64(timeout.components.seconds))) { fire() }
+        try? await done.futureResult.get()
+        timer.cancel()
     }
 
     /// Flushes the block device (page cache + NBD_CMD_FLUSH), disconnects it (NBD_CMD_DISCONNECT: queued
@@ -157,9 +246,13 @@ final class KernelAttachment: Sendable {
             if let e = flushed, e != 0 { logger.warning("flush of /dev/nbd\(index) failed: \(String(cString: strerror(e)))") }
         }
         do {
-            try await NIOThreadPool.singleton.runIfActive { () throws -> Void in try NBDKernelDevice().disconnect(index: index) }
+            if let ioctlDevice {
+                try await NIOThreadPool.singleton.runIfActive { () throws -> Void in try ioctlDevice.disconnect() }
+            } else {
+                try await NIOThreadPool.singleton.runIfActive { () throws -> Void in try NBDKernelDevice().disconnect(index: index) }
+            }
         } catch {
-            logger.warning("NBD_CMD_DISCONNECT /dev/nbd\(index): \(error)")
+            logger.warning("disconnect /dev/nbd\(index): \(error)")
         }
         let connections = served.withLockedValue { $0 }
         let loop = device.preferredEventLoop ?? MultiThreadedEventLoopGroup.singleton.next()
@@ -169,15 +262,18 @@ final class KernelAttachment: Sendable {
         }
         try? await closed.get()
         deadline.cancel()
+        await ioctlFinished(timeout: .seconds(10))
         await server.shutdown()
         if let link = byPathLink { Self.removeLink(path: link, ifPointingTo: devicePath) }
         logger.notice("detached", metadata: ["device": "\(devicePath)"])
     }
 
     /// Drops our ends without telling the kernel: it sees dead connections and holds I/O back for the
-    /// dead-connection timeout, waiting for fresh sockets (`attach(..., reconfigure: index)`).
+    /// dead-connection timeout, waiting for fresh sockets (`attach(..., reconfigure: index)`). An ioctl
+    /// device stops instead (its I/O fails); the wait for NBD_DO_IT to return frees its index.
     func abandon() async {
         for c in served.withLockedValue({ $0 }) { c.close() }
+        await ioctlFinished(timeout: .seconds(10))
         await server.shutdown()
     }
 
