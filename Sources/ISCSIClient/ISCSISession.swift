@@ -337,7 +337,7 @@ final class SessionCore {
     func execute(_ command: PendingCommand) {
         switch state {
         case .connected(let connection):
-            connection.handler.value.submit(command.command, lun: command.lun, promise: command.promise)
+            connection.handler.value.submit(command)
         case .recovering:
             if replacementExpired {
                 command.promise.fail(ISCSISessionError.replacementTimeout(seconds: configuration.replacementTimeout.seconds))

@@ -41,6 +41,10 @@ public struct ISCSISessionConfiguration: Sendable {
     /// How long each task management function may take before the next step (open-iscsi
     /// node.session.err_timeo.abort_timeout / lu_reset_timeout).
     public var taskManagementTimeout: TimeAmount
+    /// A command that has timed out through the whole ladder (its connection dropped for it) this many
+    /// times fails with a timeout instead of being re-issued again: a target that never answers one command
+    /// cannot hold it (and its NBD client) for ever. The SCSI midlayer gives up after its retries the same way.
+    public var maxTimeoutRecoveries = 3
 
     public init(
         host: String,

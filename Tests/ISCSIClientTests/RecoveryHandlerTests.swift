@@ -173,6 +173,35 @@ struct CommandTimeoutTests {
         #expect(calls.first?.count == 1, "the command goes to session recovery")
     }
 
+    /// A command whose timeout already dropped `maxTimeoutRecoveries - 1` connections drops this one too,
+    /// and then fails with a timeout instead of going back to the session; the others go back as usual.
+    @Test func commandUnansweredThroughEveryRecoveryFailsInsteadOfCyclingForEver() throws {
+        let h = try FakeTargetHarness(commandTimeout: .seconds(5))
+        _ = try h.login()
+        var calls: [[PendingCommand]] = []
+        h.handler.connectionLostSink = { _, commands, _ in calls.append(commands) }
+        defer { for c in calls.joined() { c.promise.fail(ISCSISessionError.sessionClosed) } }
+        let promise = h.channel.eventLoop.makePromise(of: SCSICommandResult.self)
+        var stuck = PendingCommand(
+            command: SCSICommand(cdb: readCDB(blocks: 1), expectedDataInLength: 512), lun: LogicalUnitNumber(1), promise: promise)
+        stuck.timeoutRecoveries = 2  // as handed back by two earlier connections (default cap 3)
+        h.handler.submit(stuck)
+        let other = h.submit(SCSICommand(cdb: readCDB(blocks: 2), expectedDataInLength: 1024))
+        #expect(try h.sent().count == 2)
+        h.channel.embeddedEventLoop.advanceTime(by: .seconds(6))  // ABORT TASK
+        h.channel.embeddedEventLoop.advanceTime(by: .seconds(3))  // LOGICAL UNIT RESET
+        h.channel.embeddedEventLoop.advanceTime(by: .seconds(3))  // the connection
+        #expect(!h.channel.isActive)
+        guard case .failure(let error)? = outcome(promise.futureResult) else {
+            Issue.record("the stuck command did not fail")
+            return
+        }
+        #expect("\(error)".contains("3 connection recoveries"))
+        #expect(outcome(other) == nil)
+        #expect(calls.first?.map(\.command.expectedDataInLength) == [1024], "only the other command goes to recovery")
+        #expect(calls.first?.first?.timeoutRecoveries == 0)
+    }
+
     @Test func refusedAbortEscalatesAtOnceAndResetReissuesTheLUsTasks() throws {
         let h = try FakeTargetHarness(commandTimeout: .seconds(5))
         _ = try h.login()

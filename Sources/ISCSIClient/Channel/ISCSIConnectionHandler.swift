@@ -36,6 +36,8 @@ struct PendingCommand {
     var command: SCSICommand
     var lun: LogicalUnitNumber
     var promise: EventLoopPromise<SCSICommandResult>
+    /// How often this command's timeout has dropped a connection (`maxTimeoutRecoveries` caps it).
+    var timeoutRecoveries = 0
 }
 
 /// Called when a connection that has a session above it is lost: the commands the target has not
@@ -366,21 +368,27 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
 
     /// Queues a command; it goes out when the CmdSN window and the queue depth allow.
     func submit(_ command: SCSICommand, lun: LogicalUnitNumber, promise: EventLoopPromise<SCSICommandResult>) {
+        submit(PendingCommand(command: command, lun: lun, promise: promise))
+    }
+
+    /// Queues a command handed back by a lost connection, keeping what it carries (`timeoutRecoveries`).
+    func submit(_ pendingCommand: PendingCommand) {
         if connectionLostSink != nil, closeError == .targetRequestedLogout, !isClosed {
             // The target asked for a logout; the session reconnects and sends these on the new connection.
-            held.append(PendingCommand(command: command, lun: lun, promise: promise))
+            held.append(pendingCommand)
             return
         }
         guard case .fullFeature = state, logoutPromise == nil else {
-            promise.fail(closeError ?? ISCSISessionError.sessionClosed)
+            pendingCommand.promise.fail(closeError ?? ISCSISessionError.sessionClosed)
             return
         }
+        let command = pendingCommand.command
         let writeLength = command.dataOut?.readableBytes ?? 0
         guard writeLength <= Int(UInt32.max), command.cdb.count <= 16 else {
-            promise.fail(ISCSISessionError.invalidCommand("transfer length or CDB too long"))
+            pendingCommand.promise.fail(ISCSISessionError.invalidCommand("transfer length or CDB too long"))
             return
         }
-        pending.append(PendingCommand(command: command, lun: lun, promise: promise))
+        pending.append(pendingCommand)
         drainPending()
         scheduleFlush()
     }
@@ -813,6 +821,7 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
         case .logicalUnitReset: function = .logicalUnitReset
         case .connectionRecovery:
             taskManagement = nil
+            if let slot = tasks.slot(for: victim) { tasks.modify(slot: slot) { $0.original.timeoutRecoveries += 1 } }
             logger.error("command still unanswered after ABORT TASK and LOGICAL UNIT RESET, dropping the connection")
             fail(.timeout("command (after ABORT TASK and LOGICAL UNIT RESET)"))
             return
@@ -946,7 +955,18 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
         text?.promise.fail(error)
         if let sink = connectionLostSink {
             connectionLostSink = nil
-            var reissue = failed.sorted { $0.sequence < $1.sequence }.map(\.original)
+            var reissue: [PendingCommand] = []
+            reissue.reserveCapacity(failed.count + queued.count + heldCommands.count)
+            for task in failed.sorted(by: { $0.sequence < $1.sequence }) {
+                guard task.original.timeoutRecoveries < configuration.maxTimeoutRecoveries else {
+                    logger.error("command unanswered through \(task.original.timeoutRecoveries) connection recoveries: failing it", metadata: [
+                        "scsi.cdb": "\(task.original.command.cdb)",
+                    ])
+                    task.promise.fail(ISCSISessionError.timeout("command (unanswered through \(task.original.timeoutRecoveries) connection recoveries)"))
+                    continue
+                }
+                reissue.append(task.original)
+            }
             reissue.append(contentsOf: queued)
             reissue.append(contentsOf: heldCommands)
             // A target-requested logout that completed is not a failure of the logout itself.
