@@ -5,7 +5,8 @@
 #      loopback and drives real clients: libnbd, nbdinfo, nbdcopy, fio),
 #   3. runs the kernel tests (/dev/nbdN over netlink) in a QEMU VM booting Debian's kernel,
 #   3b. fuzzes every decoder/parser and the NBD connection handler for ~10 s each (scripts/fuzz/run.sh --ci; about 2 minutes with the build),
-#   4. runs a short benchmark smoke so the benchmark script cannot rot.
+#   3c. runs the demo (scripts/demo.sh: the README's first command, release build included),
+#   4. runs a short benchmark smoke on that release build so the benchmark script cannot rot.
 # Under CI=true a missing peer is a failure, never a skip. Options: --no-vm, --no-bench.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +28,10 @@ scripts/install-deps.sh --vm
 
 section "build"
 swift build --build-tests
+
+section "demo: the README's first command (release build, local tgtd, serve, nbdinfo, write + read-back)"
+# Also the release build the benchmark smoke then uses; a release-only compiler crash shows up here.
+scripts/demo.sh
 
 section "fuzzing (short run)"
 scripts/fuzz/run.sh --ci
