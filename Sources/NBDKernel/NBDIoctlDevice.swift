@@ -101,7 +101,10 @@ public final class NBDIoctlDevice: Sendable {
         let deadline = ContinuousClock.now + startTimeout
         while NBDSysfs.pid(index: index) == nil {
             if let code = device.finishedCode { throw .kernelRejected("NBD_DO_IT \(path)", errno: code == 0 ? EIO : code) }
-            guard ContinuousClock.now < deadline else { throw .timedOut("NBD_DO_IT \(path)", seconds: Double(startTimeout.components.seconds)) }
+            guard ContinuousClock.now < deadline else {
+                try? device.disconnect()  // do not leave a half-started device behind
+                throw .timedOut("NBD_DO_IT \(path)", seconds: Double(startTimeout.components.seconds))
+            }
             usleep(10_000)
         }
         return device
