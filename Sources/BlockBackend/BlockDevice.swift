@@ -109,8 +109,18 @@ public protocol BlockDevice: AnyObject, Sendable {
     var preferredEventLoop: (any EventLoop)? { get }
 
     func read(offset: UInt64, length: UInt32) -> EventLoopFuture<ByteBuffer>
+    /// The same bytes as `read`, as consecutive pieces the way they arrived (for iSCSI: one per Data-In
+    /// PDU), so a caller that forwards them (the NBD server, with one vectored write) needs no copy into a
+    /// contiguous buffer. The default is `read` as one piece.
+    func readSegments(offset: UInt64, length: UInt32) -> EventLoopFuture<[ByteBuffer]>
     func write(offset: UInt64, data: ByteBuffer, flags: BlockWriteFlags) -> EventLoopFuture<Void>
     func flush() -> EventLoopFuture<Void>
     func trim(offset: UInt64, length: UInt32, flags: BlockWriteFlags) -> EventLoopFuture<Void>
     func writeZeroes(offset: UInt64, length: UInt32, flags: BlockWriteFlags) -> EventLoopFuture<Void>
+}
+
+extension BlockDevice {
+    public func readSegments(offset: UInt64, length: UInt32) -> EventLoopFuture<[ByteBuffer]> {
+        read(offset: offset, length: length).map { [$0] }
+    }
 }

@@ -30,6 +30,9 @@ public final class ReadOnlyBlockDevice: BlockDevice {
     public func read(offset: UInt64, length: UInt32) -> EventLoopFuture<ByteBuffer> {
         base.read(offset: offset, length: length)
     }
+    public func readSegments(offset: UInt64, length: UInt32) -> EventLoopFuture<[ByteBuffer]> {
+        base.readSegments(offset: offset, length: length)
+    }
     public func write(offset: UInt64, data: ByteBuffer, flags: BlockWriteFlags) -> EventLoopFuture<Void> { refuse() }
     public func flush() -> EventLoopFuture<Void> { base.flush() }
     public func trim(offset: UInt64, length: UInt32, flags: BlockWriteFlags) -> EventLoopFuture<Void> { refuse() }

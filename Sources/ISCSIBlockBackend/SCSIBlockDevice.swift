@@ -506,7 +506,19 @@ public final class SCSIBlockDevice: BlockDevice {
         }
     }
 
+    /// One contiguous buffer: the pieces are joined only when there is more than one (a read spanning
+    /// several Data-In PDUs or several commands).
     public func read(offset: UInt64, length: UInt32) -> EventLoopFuture<ByteBuffer> {
+        readSegments(offset: offset, length: length).map { pieces in
+            if pieces.count == 1 { return pieces[0] }
+            var out = ByteBufferAllocator().buffer(capacity: Int(length))
+            for piece in pieces { out.writeImmutableBuffer(piece) }
+            return out
+        }
+    }
+
+    /// The data as the Data-In PDUs brought it, chunk after chunk: nothing is copied on the way to the caller.
+    public func readSegments(offset: UInt64, length: UInt32) -> EventLoopFuture<[ByteBuffer]> {
         let strategy: SCSIBlockStrategy
         switch admit(offset, UInt64(length)) {
         case .success(let s): strategy = s
@@ -514,31 +526,45 @@ public final class SCSIBlockDevice: BlockDevice {
         }
         let chunks = splitter(offset: offset, length: UInt64(length), maxBlocks: strategy.maxTransferBlocks)
         if chunks.count <= 1 {
-            guard chunks.count == 1 else { return loop.makeSucceededFuture(ByteBuffer()) }
+            guard chunks.count == 1 else { return loop.makeSucceededFuture([]) }
             return readChunk(chunks[0])
         }
-        // Split read: the pieces are copied into one buffer (only when a request exceeds the target's limit).
-        let out = NIOLockedValueBox(ByteBufferAllocator().buffer(capacity: Int(length)))
-        out.withLockedValue { $0.moveWriterIndex(forwardBy: Int(length)) }
+        // Split read: each chunk's pieces in its slot, concatenated in order at the end.
+        let parts = NIOLockedValueBox([[ByteBuffer]](repeating: [], count: chunks.count))
         return runChunks(count: chunks.count, maxInFlight: Self.maxChunksInFlight, on: loop) { i in
-            let chunk = chunks[i]
-            return self.readChunk(chunk).map { data in
-                out.withLockedValue { _ = $0.setBuffer(data, at: chunk.byteOffset) }
-            }
-        }.map { out.withLockedValue { $0 } }
+            self.readChunk(chunks[i]).map { pieces in parts.withLockedValue { $0[i] = pieces } }
+        }.map { parts.withLockedValue { Array($0.joined()) } }
     }
 
-    private func readChunk(_ chunk: RequestSplitter.Chunk) -> EventLoopFuture<ByteBuffer> {
+    private func readChunk(_ chunk: RequestSplitter.Chunk) -> EventLoopFuture<[ByteBuffer]> {
         let command = SCSICommand(
-            cdb: Self.readCDB(lba: chunk.lba, blocks: chunk.blocks), expectedDataInLength: UInt32(chunk.byteLength))
+            cdb: Self.readCDB(lba: chunk.lba, blocks: chunk.blocks), expectedDataInLength: UInt32(chunk.byteLength),
+            segmentedDataIn: true)
         return runner.execute(command, kind: .read) { result throws(BlockDeviceError) in
-            guard var data = result.dataIn, data.readableBytes >= chunk.byteLength else {
-                throw BlockDeviceError(
-                    .eio, "READ at LBA \(chunk.lba): \(result.dataIn?.readableBytes ?? 0) of \(chunk.byteLength) bytes")
+            let pieces = result.dataInPieces
+            let received = pieces.reduce(0) { $0 + $1.readableBytes }
+            guard received >= chunk.byteLength else {
+                throw BlockDeviceError(.eio, "READ at LBA \(chunk.lba): \(received) of \(chunk.byteLength) bytes")
             }
-            if data.readableBytes > chunk.byteLength { data = data.getSlice(at: data.readerIndex, length: chunk.byteLength)! }
-            return data
+            return Self.prefix(pieces, bytes: chunk.byteLength)
         }
+    }
+
+    /// The first `bytes` bytes of `pieces` (a target may send more than asked; residual overflow).
+    static func prefix(_ pieces: [ByteBuffer], bytes: Int) -> [ByteBuffer] {
+        var out: [ByteBuffer] = []
+        out.reserveCapacity(pieces.count)
+        var left = bytes
+        for piece in pieces where left > 0 {
+            if piece.readableBytes <= left {
+                out.append(piece)
+                left -= piece.readableBytes
+            } else {
+                out.append(piece.getSlice(at: piece.readerIndex, length: left)!)
+                left = 0
+            }
+        }
+        return out
     }
 
     public func write(offset: UInt64, data: ByteBuffer, flags: BlockWriteFlags) -> EventLoopFuture<Void> {

@@ -458,15 +458,16 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
             closeIfDrained(context: context)
         case .read:
             guard header.length > 0 else {
-                replyReadData(header, ByteBuffer(), structured: structured, context: context)
+                replyReadData(header, [], structured: structured, context: context)
                 return
             }
-            track(device.read(offset: header.offset, length: header.length), header, structured, context) { handler, data in
-                guard data.readableBytes == Int(header.length) else {
-                    handler.replyError(header, .eio, "device returned \(data.readableBytes) bytes", structured: structured, context: context)
+            track(device.readSegments(offset: header.offset, length: header.length), header, structured, context) { handler, pieces in
+                let total = pieces.reduce(0) { $0 + $1.readableBytes }
+                guard total == Int(header.length) else {
+                    handler.replyError(header, .eio, "device returned \(total) bytes", structured: structured, context: context)
                     return
                 }
-                handler.replyReadData(header, data, structured: structured, context: context)
+                handler.replyReadData(header, pieces, structured: structured, context: context)
             }
         case .write:
             guard let payload = request.payload, !request.payloadDiscarded else {
@@ -576,8 +577,10 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
         replyWritten(context: context)
     }
 
-    private func replyReadData(_ header: NBDRequestHeader, _ data: ByteBuffer, structured: Bool, context: ChannelHandlerContext) {
-        guard data.readableBytes > 0 else {
+    /// The reply header, then the data pieces as they are (one vectored write when flushed, no copy).
+    private func replyReadData(_ header: NBDRequestHeader, _ pieces: [ByteBuffer], structured: Bool, context: ChannelHandlerContext) {
+        let length = pieces.reduce(0) { $0 + $1.readableBytes }
+        guard length > 0 else {
             var out = smallReplies ?? context.channel.allocator.buffer(capacity: 1024)
             smallReplies = nil
             if structured { out.writeNBDStructuredNone(cookie: header.cookie) } else { out.writeNBDSimpleReply(cookie: header.cookie) }
@@ -588,12 +591,12 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
         var head = context.channel.allocator.buffer(capacity: 32)
         if structured {
             // One OFFSET_DATA chunk marked DONE: the data is complete, no error can follow.
-            head.writeNBDOffsetDataHeader(cookie: header.cookie, flags: .done, offset: header.offset, dataLength: UInt32(data.readableBytes))
+            head.writeNBDOffsetDataHeader(cookie: header.cookie, flags: .done, offset: header.offset, dataLength: UInt32(length))
         } else {
             head.writeNBDSimpleReply(cookie: header.cookie)
         }
         context.write(wrapOutboundOut(head), promise: nil)
-        context.write(wrapOutboundOut(data), promise: nil)
+        for piece in pieces where piece.readableBytes > 0 { context.write(wrapOutboundOut(piece), promise: nil) }
         replyWritten(context: context)
     }
 

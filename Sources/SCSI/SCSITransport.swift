@@ -135,11 +135,16 @@ public struct SCSICommand: Sendable {
     public var dataOut: ByteBuffer?
     /// Expected Data-In transfer length in bytes; 0 when the command returns no data.
     public var expectedDataInLength: UInt32
+    /// Ask for Data-In as the pieces it came in (`SCSICommandResult.dataInSegments`) rather than one
+    /// contiguous buffer: a caller that forwards the data spares the copy that joins them. A transport
+    /// may ignore it and fill `dataIn` as usual.
+    public var segmentedDataIn: Bool
 
-    public init(cdb: CDB, dataOut: ByteBuffer? = nil, expectedDataInLength: UInt32 = 0) {
+    public init(cdb: CDB, dataOut: ByteBuffer? = nil, expectedDataInLength: UInt32 = 0, segmentedDataIn: Bool = false) {
         self.cdb = cdb
         self.dataOut = dataOut
         self.expectedDataInLength = expectedDataInLength
+        self.segmentedDataIn = segmentedDataIn
     }
 }
 
@@ -153,12 +158,24 @@ public struct SCSICommandResult: Sendable {
     public var dataIn: ByteBuffer?
     /// Residual count from the SCSI Response (underflow positive, overflow negative), 0 when none.
     public var residual: Int64
+    /// With `SCSICommand.segmentedDataIn`: Data-In in arrival order, one piece per PDU (then `dataIn` is nil).
+    public var dataInSegments: [ByteBuffer]
 
-    public init(status: SCSIStatus, senseData: ByteBuffer? = nil, dataIn: ByteBuffer? = nil, residual: Int64 = 0) {
+    public init(
+        status: SCSIStatus, senseData: ByteBuffer? = nil, dataIn: ByteBuffer? = nil, residual: Int64 = 0,
+        dataInSegments: [ByteBuffer] = []
+    ) {
         self.status = status
         self.senseData = senseData
         self.dataIn = dataIn
         self.residual = residual
+        self.dataInSegments = dataInSegments
+    }
+
+    /// Data-In as pieces whichever way it came: the segments, or `dataIn` as one piece.
+    public var dataInPieces: [ByteBuffer] {
+        if !dataInSegments.isEmpty { return dataInSegments }
+        return dataIn.map { [$0] } ?? []
     }
 }
 

@@ -1,5 +1,5 @@
 import BlockBackend
-import ISCSIBlockBackend
+@testable import ISCSIBlockBackend
 import ISCSITestSupport
 import Logging
 import NIOConcurrencyHelpers
@@ -361,6 +361,32 @@ private func expectErrno<T: Sendable>(_ code: BlockDeviceError.Code, _ future: E
         disk.clearCommandLog()
         #expect(try await dev.read(offset: 512 * 3, length: 100 * 512).get() == data)
         #expect(disk.opcodes.count == 13 && Set(disk.opcodes) == [.read10])
+    }
+
+    /// A split read as pieces: one per command, in LBA order, joined equal to `read` (no copy on the way).
+    @Test func splitReadSegmentsComeInOrder() async throws {
+        let disk = makeDisk {
+            var bl = BlockLimits()
+            bl.maximumTransferLength = 8
+            $0.blockLimits = bl
+        }
+        let dev = try await open(disk)
+        let data = pattern(100 * 512, seed: 6)
+        try await dev.write(offset: 512 * 3, data: data, flags: []).get()
+        let pieces = try await dev.readSegments(offset: 512 * 3, length: 100 * 512).get()
+        #expect(pieces.count == 13)
+        #expect(pieces.allSatisfy { $0.readableBytes <= 4096 })
+        var joined = ByteBuffer()
+        for p in pieces { joined.writeImmutableBuffer(p) }
+        #expect(joined == data)
+    }
+
+    @Test func piecesAreCutToTheRequestedLength() {
+        let pieces = [ByteBuffer(repeating: 1, count: 100), ByteBuffer(repeating: 2, count: 100), ByteBuffer(repeating: 3, count: 50)]
+        #expect(SCSIBlockDevice.prefix(pieces, bytes: 250) == pieces)
+        #expect(SCSIBlockDevice.prefix(pieces, bytes: 150).map(\.readableBytes) == [100, 50])
+        #expect(SCSIBlockDevice.prefix(pieces, bytes: 100) == [pieces[0]])
+        #expect(SCSIBlockDevice.prefix(pieces, bytes: 0).isEmpty)
     }
 
     @Test func splitWriteFailureFailsTheRequest() async throws {

@@ -183,6 +183,27 @@ struct ConnectionHandlerTests {
         #expect(next.cmdSN == SerialNumber(2))
     }
 
+    /// `segmentedDataIn`: each Data-In PDU's data is handed over as it came (no joining copy), in order,
+    /// with the status on the last PDU or in a separate SCSI Response.
+    @Test(arguments: [true, false])
+    func segmentedDataInKeepsEachPDUsSlice(statusInResponse: Bool) throws {
+        let h = try FakeTargetHarness()
+        _ = try h.login()
+        let future = h.submit(SCSICommand(cdb: readCDB(blocks: 48), expectedDataInLength: 24576, segmentedDataIn: true))
+        let command = try ISCSIPDU.SCSICommand(try #require(try h.sent().first))
+        let parts = (0..<3).map { ByteBuffer(repeating: UInt8($0 + 1), count: 8192) }
+        for (i, part) in parts.enumerated() {
+            let last = i == parts.count - 1 && !statusInResponse
+            try h.deliver(h.dataIn(itt: command.initiatorTaskTag, dataSN: UInt32(i), offset: UInt32(i * 8192), data: part, status: last ? 0 : nil))
+        }
+        if statusInResponse { try h.deliver(h.response(itt: command.initiatorTaskTag)) }
+        let result = try #require(try outcome(future)?.get())
+        #expect(result.status == .good)
+        #expect(result.dataIn == nil)
+        #expect(result.dataInSegments == parts)
+        #expect(result.dataInPieces == parts)
+    }
+
     /// The receive path completes a PDU cut by a read from the front of the next read (the rest is parsed
     /// in place): cuts inside the BHS, right after it, inside payloads, and a 48 KiB Data-In spread over
     /// many reads must all frame correctly and deliver byte-exact data.

@@ -26,6 +26,8 @@ struct SCSITask {
     /// Data-In so far: the first PDU's slice, or an assembled buffer once a second PDU came.
     var dataIn: ByteBuffer?
     var dataInAssembled = false
+    /// With `SCSICommand.segmentedDataIn`: every Data-In slice, in order (never joined).
+    var dataInSegments: [ByteBuffer] = []
     var dataInReceived = 0
     var nextDataSN = SerialNumber(0)
     var nextR2TSN = SerialNumber(0)
@@ -546,7 +548,9 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
             }
             task.nextDataSN += 1
             if length > 0 {
-                if task.dataIn == nil {
+                if task.original.command.segmentedDataIn {
+                    task.dataInSegments.append(dataIn.data)
+                } else if task.dataIn == nil {
                     task.dataIn = dataIn.data
                 } else {
                     if !task.dataInAssembled, let first = task.dataIn {
@@ -568,7 +572,7 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
             }
             let result = SCSICommandResult(
                 status: SCSIStatus(rawValue: dataIn.status), senseData: nil, dataIn: task.dataIn,
-                residual: dataIn.signedResidual
+                residual: dataIn.signedResidual, dataInSegments: task.dataInSegments
             )
             task.promise.succeed(result)
             taskFinished()
@@ -591,7 +595,7 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
             task.promise.succeed(
                 SCSICommandResult(
                     status: SCSIStatus(rawValue: response.status), senseData: response.senseData,
-                    dataIn: task.dataIn, residual: response.signedResidual
+                    dataIn: task.dataIn, residual: response.signedResidual, dataInSegments: task.dataInSegments
                 )
             )
         }
