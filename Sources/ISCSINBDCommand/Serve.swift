@@ -77,6 +77,9 @@ struct Serve: AsyncParsableCommand {
 
     @Option(name: .long, help: "MiB of WRITE payload buffered or in flight over all connections; beyond it writes fail with ENOMEM.")
     var maxBufferedWrites: Int = 256
+
+    @Option(name: .long, help: "KiB of socket send buffer per NBD connection (SO_SNDBUF, capped by net.core.wmem_max; 0: the system default).")
+    var sendBuffer: Int = 4096
     @Option(name: .long, help: ArgumentHelp(
         "Seconds NBD requests wait for a lost iSCSI session to come back before they fail with EIO (open-iscsi node.session.timeo.replacement_timeout).",
         valueName: "SECONDS"))
@@ -107,6 +110,7 @@ struct Serve: AsyncParsableCommand {
         guard (1...65536).contains(maxConnections) else { throw ValidationError("--max-connections must be 1 to 65536") }
         guard (64...65536).contains(maxBufferedWrites) else { throw ValidationError("--max-buffered-writes must be 64 to 65536 MiB") }
         guard (0...86400).contains(stallTimeout) else { throw ValidationError("--stall-timeout must be 0 to 86400 seconds") }
+        guard (0...(1 << 20)).contains(sendBuffer) else { throw ValidationError("--send-buffer must be 0 to 1048576 KiB") }
         if (tlsCertificate == nil) != (tlsKey == nil) {
             throw ValidationError("--tls-certificate and --tls-key go together")
         }
@@ -135,7 +139,8 @@ struct Serve: AsyncParsableCommand {
             readOnly: readOnly, threads: threads, replacementTimeout: replacementTimeout,
             tls: tls, maxConnections: maxConnections,
             stallTimeout: stallTimeout == 0 ? nil : .seconds(Int64(stallTimeout)),
-            maxBufferedWriteBytes: maxBufferedWrites << 20, logger: logger
+            maxBufferedWriteBytes: maxBufferedWrites << 20,
+            sendBufferBytes: sendBuffer == 0 ? nil : sendBuffer << 10, logger: logger
         ).run()
     }
 

@@ -30,6 +30,7 @@ struct ServeRuntime {
     var maxConnections: Int = 512
     var stallTimeout: TimeAmount? = .seconds(30)
     var maxBufferedWriteBytes: Int = 256 << 20
+    var sendBufferBytes: Int? = 4 << 20
     var logger: Logger
 
     func run() async throws {
@@ -64,14 +65,13 @@ struct ServeRuntime {
             throw error
         }
 
-        let server = NBDServer(
-            device: device,
-            configuration: NBDServerConfiguration(
-                exportName: exportName,
-                listen: sockets.map { .unix(path: $0) } + tcp.map { .tcp(host: $0.host, port: $0.port) },
-                tls: tls, maxConnections: maxConnections, stallTimeout: stallTimeout,
-                maxBufferedWriteBytes: maxBufferedWriteBytes),
-            group: group, logger: logger)
+        var serverConfiguration = NBDServerConfiguration(
+            exportName: exportName,
+            listen: sockets.map { .unix(path: $0) } + tcp.map { .tcp(host: $0.host, port: $0.port) },
+            tls: tls, maxConnections: maxConnections, stallTimeout: stallTimeout,
+            maxBufferedWriteBytes: maxBufferedWriteBytes)
+        serverConfiguration.sendBufferBytes = sendBufferBytes
+        let server = NBDServer(device: device, configuration: serverConfiguration, group: group, logger: logger)
         do {
             try await server.start()
         } catch {

@@ -345,6 +345,13 @@ struct NBDServerRawSocketTests {
         #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0)
         let connection = try await f.server.serveConnectedSocket(fd: fds[0], transmissionOnly: true)
         let peer = fds[1]
+        // The server's end has the large send buffer (Linux reports twice the value set, capped at wmem_max).
+        let wmemMax = Int((try? String(contentsOfFile: "/proc/sys/net/core/wmem_max", encoding: .utf8))?
+            .trimmingCharacters(in: .whitespacesAndNewlines) ?? "") ?? 212992
+        var sndbuf: Int32 = 0
+        var size = socklen_t(MemoryLayout<Int32>.size)
+        #expect(getsockopt(fds[0], SOL_SOCKET, SO_SNDBUF, &sndbuf, &size) == 0)
+        #expect(Int(sndbuf) == 2 * min(4 << 20, wmemMax))
         try await blocking {
             let r = RawConnection(fd: peer)
             let data = pattern(4096, seed: 11)
