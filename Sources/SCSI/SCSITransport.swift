@@ -158,7 +158,8 @@ public struct SCSICommandResult: Sendable {
     public var dataIn: ByteBuffer?
     /// Residual count from the SCSI Response (underflow positive, overflow negative), 0 when none.
     public var residual: Int64
-    /// With `SCSICommand.segmentedDataIn`: Data-In in arrival order, one piece per PDU (then `dataIn` is nil).
+    /// With `SCSICommand.segmentedDataIn`, when more than one Data-In PDU came: the data in arrival order,
+    /// one piece per PDU, and `dataIn` is nil. A single PDU's data is in `dataIn` as usual.
     public var dataInSegments: [ByteBuffer]
 
     public init(

@@ -204,6 +204,19 @@ struct ConnectionHandlerTests {
         #expect(result.dataInPieces == parts)
     }
 
+    @Test func segmentedDataInWithOnePDUStaysInDataIn() throws {
+        let h = try FakeTargetHarness()
+        _ = try h.login()
+        let future = h.submit(SCSICommand(cdb: readCDB(blocks: 8), expectedDataInLength: 4096, segmentedDataIn: true))
+        let command = try ISCSIPDU.SCSICommand(try #require(try h.sent().first))
+        let data = ByteBuffer(repeating: 7, count: 4096)
+        try h.deliver(h.dataIn(itt: command.initiatorTaskTag, dataSN: 0, offset: 0, data: data, status: 0))
+        let result = try #require(try outcome(future)?.get())
+        #expect(result.dataIn == data)
+        #expect(result.dataInSegments.isEmpty)
+        #expect(result.dataInPieces == [data])
+    }
+
     /// The receive path completes a PDU cut by a read from the front of the next read (the rest is parsed
     /// in place): cuts inside the BHS, right after it, inside payloads, and a 48 KiB Data-In spread over
     /// many reads must all frame correctly and deliver byte-exact data.

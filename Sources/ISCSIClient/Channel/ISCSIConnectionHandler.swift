@@ -26,7 +26,8 @@ struct SCSITask {
     /// Data-In so far: the first PDU's slice, or an assembled buffer once a second PDU came.
     var dataIn: ByteBuffer?
     var dataInAssembled = false
-    /// With `SCSICommand.segmentedDataIn`: every Data-In slice, in order (never joined).
+    /// With `SCSICommand.segmentedDataIn` and more than one Data-In PDU: every slice, in order (never
+    /// joined); `dataIn` then is nil. A single PDU stays in `dataIn`.
     var dataInSegments: [ByteBuffer] = []
     var dataInReceived = 0
     var nextDataSN = SerialNumber(0)
@@ -548,7 +549,13 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
             }
             task.nextDataSN += 1
             if length > 0 {
-                if task.original.command.segmentedDataIn {
+                if task.dataIn == nil && task.dataInSegments.isEmpty {
+                    task.dataIn = dataIn.data  // one PDU (the common case): no array, no copy
+                } else if task.original.command.segmentedDataIn {
+                    if let first = task.dataIn {
+                        task.dataInSegments = [first]
+                        task.dataIn = nil
+                    }
                     task.dataInSegments.append(dataIn.data)
                 } else if task.dataIn == nil {
                     task.dataIn = dataIn.data
