@@ -6,6 +6,8 @@
 #   -> a file written into the new space -> detach -> e2fsck on the backing file, checksums.
 #   netlink interface (the default): the same growth leaves /dev/nbd4 at its size, with a warning that says
 #   why (NBD_CMD_RECONFIGURE takes no size) and what to do.
+#   the daemon with --kernel-interface ioctl: login gives an ioctl device, the LUN grows to 192 MiB, the device
+#   follows, data written at the new end lands in the backing file, logout stops the device, SIGTERM exits 0.
 # Run (as root, from the project checkout, after `swift build --build-tests`):
 #   scripts/vm/run-in-vm.sh -t 300 -r /tmp/vm-resize scripts/vm/scenario-resize.sh
 # vm-apt: tgt e2fsprogs
@@ -73,6 +75,34 @@ step "grow the LUN to 160MiB (tgtd restart)" restart_grown 160
 step "attach log: LUN grew, cannot resize a netlink device" wait_for 60 grep -q "cannot resize a netlink-configured device" "$VM_RESULTS/attach-netlink.log"
 step "/dev/nbd4 keeps 128MiB and serves I/O" eval 'has_sectors /dev/nbd4 262144 && dd if=/dev/nbd4 of=/dev/null bs=1M count=4 iflag=direct status=none'
 step "detach nbd4; attach exits 0" stop_attach /dev/nbd4 "$A2"
+
+# ---- the daemon with --kernel-interface ioctl: login, growth, logout --------------------------------
+export ISCSI_NBD_CONFIG_DIR=/tmp/resize-conf ISCSI_NBD_CONTROL_SOCKET=/run/iscsi-nbd-resize/control.sock
+mkdir -p "$ISCSI_NBD_CONFIG_DIR"
+daemon_login() {  # sets DDEV from the daemon's answer
+  local out
+  out=$("$BIN" -m node -T $IQN -p 127.0.0.1:$PORT --login) || { echo "$out"; return 1; }
+  echo "$out"
+  DDEV=$(echo "$out" | sed -n 's/^\tLUN [0-9]*: \(\/dev\/nbd[0-9]*\).*/\1/p' | head -1)
+  [ -n "$DDEV" ] && [ "$(sectors "$DDEV")" != 0 ]
+}
+daemon_stop() {
+  kill -TERM "$DPID"
+  wait_for 30 eval "! alive $DPID" || return 1
+  wait "$DPID"
+}
+step "discovery" "$BIN" -m discovery -t st -p 127.0.0.1:$PORT
+step "daemon --kernel-interface ioctl" eval 'bg_start daemon "$BIN" daemon --kernel-interface ioctl --no-automatic \
+  --by-path-dir ""; DPID=$BG_PID; wait_for 30 test -S "$ISCSI_NBD_CONTROL_SOCKET"'
+step "login through the daemon" daemon_login
+step "160MiB, set up by ioctl" eval 'has_sectors "$DDEV" 327680 && [ -e "/sys/block/${DDEV#/dev/}/pid" ] && [ -z "$(cat "/sys/block/${DDEV#/dev/}/backend" 2>/dev/null)" ]'
+step "grow the LUN to 192MiB (tgtd restart)" restart_grown 192
+step "the daemon's device grows to 192MiB" wait_for 60 has_sectors "$DDEV" 393216
+step "4MiB at the new end, direct, read back" eval 'head -c 4M /dev/urandom > /tmp/tail.bin &&
+  dd if=/tmp/tail.bin of="$DDEV" bs=1M seek=188 oflag=direct status=none &&
+  cmp /tmp/tail.bin <(dd if="$IMG" bs=1M skip=188 count=4 status=none)'
+step "logout: the device stops" eval '"$BIN" -m node -T $IQN -p 127.0.0.1:$PORT --logout && wait_for 10 has_sectors "$DDEV" 0'
+step "daemon SIGTERM, exit 0" daemon_stop
 step "tgtd stop" stop_tgtd
 rm -f "$IMG"
 log "scenario-resize: all steps passed"
