@@ -541,11 +541,6 @@ public final class SCSIBlockDevice: BlockDevice {
             cdb: Self.readCDB(lba: chunk.lba, blocks: chunk.blocks), expectedDataInLength: UInt32(chunk.byteLength),
             segmentedDataIn: true)
         return runner.execute(command, kind: .read) { result throws(BlockDeviceError) in
-            if result.dataInSegments.isEmpty, var data = result.dataIn, data.readableBytes >= chunk.byteLength {
-                // One Data-In PDU: its slice as it is.
-                if data.readableBytes > chunk.byteLength { data = data.getSlice(at: data.readerIndex, length: chunk.byteLength)! }
-                return [data]
-            }
             let pieces = result.dataInPieces
             let received = pieces.reduce(0) { $0 + $1.readableBytes }
             guard received >= chunk.byteLength else {

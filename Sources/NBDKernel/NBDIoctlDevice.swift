@@ -86,14 +86,13 @@ public final class NBDIoctlDevice: Sendable {
         // The thread reports the setup's outcome first (nil = running), then finishes on its own.
         let setupResult = NIOLockedValueBox<NBDKernelError??>(nil)
         let condition = ConditionLock(value: 0)
-        let thread = try spawnThread {
+        try spawnThread {
             let failure = device.configure(setup, fd: fd)
             condition.lock()
             setupResult.withLockedValue { $0 = .some(failure) }
             condition.unlock(withValue: 1)
             if failure == nil { device.run(fd: fd) } else { device.finish(errno: EINVAL) }
         }
-        _ = thread
         condition.lock(whenValue: 1)
         condition.unlock()
         if case .some(.some(let failure)) = setupResult.withLockedValue({ $0 }) { throw failure }
@@ -217,7 +216,7 @@ public final class NBDIoctlDevice: Sendable {
         guard iscsi_nbd_ioctl(fd, request, argument) == 0 else { throw .kernelRejected("\(name) \(path)", errno: errno) }
     }
 
-    private static func spawnThread(_ body: @escaping @Sendable () -> Void) throws(NBDKernelError) -> pthread_t {
+    private static func spawnThread(_ body: @escaping @Sendable () -> Void) throws(NBDKernelError) {
         final class Box { let body: @Sendable () -> Void; init(_ b: @escaping @Sendable () -> Void) { body = b } }
         let box = Unmanaged.passRetained(Box(body)).toOpaque()
         var thread = pthread_t()
@@ -231,7 +230,6 @@ public final class NBDIoctlDevice: Sendable {
             throw .systemCall("pthread_create", errno: rc)
         }
         pthread_detach(thread)
-        return thread
     }
 }
 

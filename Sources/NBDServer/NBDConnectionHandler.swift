@@ -458,7 +458,7 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
             closeIfDrained(context: context)
         case .read:
             guard header.length > 0 else {
-                replyReadData(header, [], structured: structured, context: context)
+                replyReadData(header, [], length: 0, structured: structured, context: context)
                 return
             }
             track(device.readSegments(offset: header.offset, length: header.length), header, structured, context) { handler, pieces in
@@ -467,7 +467,7 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
                     handler.replyError(header, .eio, "device returned \(total) bytes", structured: structured, context: context)
                     return
                 }
-                handler.replyReadData(header, pieces, structured: structured, context: context)
+                handler.replyReadData(header, pieces, length: total, structured: structured, context: context)
             }
         case .write:
             guard let payload = request.payload, !request.payloadDiscarded else {
@@ -577,9 +577,11 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
         replyWritten(context: context)
     }
 
-    /// The reply header, then the data pieces as they are (one vectored write when flushed, no copy).
-    private func replyReadData(_ header: NBDRequestHeader, _ pieces: [ByteBuffer], structured: Bool, context: ChannelHandlerContext) {
-        let length = pieces.reduce(0) { $0 + $1.readableBytes }
+    /// The reply header, then the data pieces (`length` bytes in all) as they are: one vectored write when
+    /// flushed, no copy.
+    private func replyReadData(
+        _ header: NBDRequestHeader, _ pieces: [ByteBuffer], length: Int, structured: Bool, context: ChannelHandlerContext
+    ) {
         guard length > 0 else {
             var out = smallReplies ?? context.channel.allocator.buffer(capacity: 1024)
             smallReplies = nil

@@ -557,8 +557,6 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
                         task.dataIn = nil
                     }
                     task.dataInSegments.append(dataIn.data)
-                } else if task.dataIn == nil {
-                    task.dataIn = dataIn.data
                 } else {
                     if !task.dataInAssembled, let first = task.dataIn {
                         var assembled = allocator.buffer(capacity: task.expectedDataIn)

@@ -52,11 +52,9 @@ final class KernelAttachment: Sendable {
     let byPathLink: String?
     let connectionCount: Int
     let options: KernelAttachOptions
-    /// The interface the device was set up with (never `.auto`).
-    let interface: KernelInterface
     private let server: NBDServer
     private let served: NIOLockedValueBox<[NBDServedConnection]>
-    /// Set when `interface == .ioctl`: the device thread blocked in NBD_DO_IT.
+    /// Set for a device set up with ioctls: the thread blocked in NBD_DO_IT (nil: netlink).
     private let ioctlDevice: NBDIoctlDevice?
     private let logger: Logger
 
@@ -71,7 +69,6 @@ final class KernelAttachment: Sendable {
 
     private init(index: Int, device: any BlockDevice, options: KernelAttachOptions, byPathLink: String?,
                  server: NBDServer, served: [NBDServedConnection], ioctlDevice: NBDIoctlDevice?, logger: Logger) {
-        self.interface = ioctlDevice == nil ? .netlink : .ioctl
         self.ioctlDevice = ioctlDevice
         self.options = options
         let backendIdentifier = options.backendIdentifier
@@ -186,24 +183,21 @@ final class KernelAttachment: Sendable {
     }
 
     /// The LUN grew (CAPACITY DATA HAS CHANGED, or found larger at re-login): our connections accept the new
-    /// range first, then the kernel is told (NBD_SET_SIZE, ioctl devices only). Returns false, with a
-    /// warning, where the kernel cannot resize the device in use (netlink: NBD_CMD_RECONFIGURE takes no size).
-    @discardableResult
-    func grow(to size: UInt64) async -> Bool {
+    /// range first, then the kernel is told (NBD_SET_SIZE, ioctl devices only). A warning says so where the
+    /// kernel cannot resize the device in use (netlink: NBD_CMD_RECONFIGURE takes no size).
+    func grow(to size: UInt64) async {
         for c in served.withLockedValue({ $0 }) { try? await c.exportGrew(to: size).get() }
         guard let ioctlDevice else {
             logger.warning("the LUN grew, but the kernel cannot resize a netlink-configured device in use: \(devicePath) keeps its size until logout and login (attach with --kernel-interface ioctl for online resize)", metadata: [
                 "device": "\(devicePath)", "size.new": "\(size)",
             ])
-            return false
+            return
         }
         do {
             try await NIOThreadPool.singleton.runIfActive { () throws -> Void in try ioctlDevice.resize(to: size) }
             logger.notice("resized", metadata: ["device": "\(devicePath)", "size": "\(size)"])
-            return true
         } catch {
             logger.error("cannot resize \(devicePath): \(error)")
-            return false
         }
     }
 
