@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import perfprofile  # noqa: E402  (scripts/bench/perfprofile.py)
 import report  # noqa: E402  (scripts/bench/report.py)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -91,6 +92,8 @@ FULL_JOBS = [
     Job("4k-randwrite-qd32-4conn", "randwrite", 4 * KIB, 32, numjobs=4),
 ]
 SMOKE_JOBS = ["4k-randread-qd32", "4k-randwrite-qd32"]
+# `--profile` without a list: the jobs behind the targets still missed (QD1 latency, 4k QD32, 1M read).
+PROFILE_JOBS = "4k-randread-qd1,4k-randread-qd32,1m-read-qd8"
 
 
 def human_size(n: int) -> str:
@@ -700,7 +703,21 @@ def machine_info() -> dict:
         pass
     mem = proc_meminfo_total()
     return {"hostname": platform.node(), "nproc": os.cpu_count(), "cpu_model": cpu, "kernel": platform.release(),
-            "mem_total_mib": mem, "os": first_line(["sh", "-c", ". /etc/os-release && echo $PRETTY_NAME"])}
+            "mem_total_mib": mem, "os": first_line(["sh", "-c", ". /etc/os-release && echo $PRETTY_NAME"]),
+            "cpuidle": cpuidle_info()}
+
+
+def cpuidle_info() -> str:
+    """How an idle CPU waits: in a VM, a halted vCPU costs a VM exit to wake, which dominates QD1 latency;
+    the haltpoll driver's guest_halt_poll_ns is how long it spins first (0: it halts at once)."""
+    def read(path: str) -> str | None:
+        try:
+            return Path(path).read_text().strip()
+        except OSError:
+            return None
+    driver = read("/sys/devices/system/cpu/cpuidle/current_driver") or "none"
+    poll = read("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
+    return f"cpuidle driver {driver}" + (f", guest_halt_poll_ns {poll}" if poll is not None else "")
 
 
 def proc_meminfo_total() -> int | None:
@@ -763,6 +780,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--no-iscsi-perf", action="store_true", help="skip the iscsi-perf ceiling runs")
     p.add_argument("--results", metavar="DIR", help="results folder (default <repo>/results/bench-<timestamp>)")
     p.add_argument("--strict", action="store_true", help="exit 3 when a target from issue 6 is missed (not with --smoke)")
+    p.add_argument("--profile", nargs="?", const=PROFILE_JOBS, metavar="JOBS",
+                   help="after the timed repeats, run these jobs (default: " + PROFILE_JOBS + ") once more per "
+                        "server under `perf record -a -g` and add where the time goes to the report")
+    p.add_argument("--awake", action="store_true",
+                   help="run a SCHED_IDLE busy loop on every CPU so no CPU ever halts: in a VM whose idle vCPUs "
+                        "halt at once, this shows how much of QD1 latency is waking a halted vCPU")
     p.add_argument("--list-jobs", action="store_true", help="print the job matrix and exit")
     args = p.parse_args(argv)
     if args.warmup is None:
@@ -776,15 +799,59 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def select_jobs(args) -> list[Job]:
     if args.jobs:
-        pats = [s.strip() for s in args.jobs.split(",") if s.strip()]
-    elif args.smoke:
-        pats = SMOKE_JOBS
-    else:
-        return list(FULL_JOBS)
+        return match_jobs(args.jobs)
+    if args.smoke:
+        return match_jobs(",".join(SMOKE_JOBS))
+    return list(FULL_JOBS)
+
+
+def match_jobs(patterns: str) -> list[Job]:
+    pats = [s.strip() for s in patterns.split(",") if s.strip()]
     jobs = [j for j in FULL_JOBS if any(fnmatch.fnmatch(j.name, pat) for pat in pats)]
     if not jobs:
-        raise SystemExit(f"bench: no job matches {args.jobs!r}; try --list-jobs")
+        raise SystemExit(f"bench: no job matches {patterns!r}; try --list-jobs")
     return jobs
+
+
+def start_spinners() -> list[subprocess.Popen]:
+    """One SCHED_IDLE busy loop per CPU (`--awake`). SCHED_IDLE tasks run only when nothing else wants
+    the CPU and the scheduler treats their CPU as idle when placing a woken task, so they change when a
+    CPU halts, not who gets it."""
+    procs = []
+    for cpu in sorted(os.sched_getaffinity(0)):
+        procs.append(subprocess.Popen(["chrt", "--idle", "0", "taskset", "-c", str(cpu), "sh", "-c", "while :; do :; done"],
+                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    return procs
+
+
+def profile_run(job: Job, server: Server, lun: str, runtime: float, outdir: Path, target_pid: int | None) -> dict:
+    """One untimed fio run of `job` against `server` under a system-wide perf recording."""
+    rec: dict = {"lun": lun, "job": job.name, "server": server.name}
+    data = outdir / "perf" / f"{lun}-{job.name}-{server.name}.data"
+    data.parent.mkdir(exist_ok=True)
+    perf = perfprofile.start_recording(data, runtime + 0.5)
+    try:
+        time.sleep(0.3)  # perf is sampling before fio starts
+        fio = run_fio(job, server, runtime, 0.0, None, outdir / "perf" / f"{lun}-{job.name}-{server.name}.json",
+                      target_pid=target_pid)
+        _, err = perf.communicate(timeout=runtime + 120)
+    except BaseException:
+        perf.kill()
+        perf.wait()
+        raise
+    if "error" in fio:
+        rec["error"] = f"fio: {fio['error']}"
+        return rec
+    if perf.returncode != 0:
+        rec["error"] = f"perf record exited {perf.returncode}: {(err or '').strip()[-200:]}"
+        return rec
+    rec.update(iops=fio.get("iops"), cpu_ms_per_1k_io=fio.get("cpu_ms_per_1k_io"), data=str(data))
+    binary = server.binary if isinstance(server, ISCSINBD) else "qemu-nbd"
+    try:
+        rec.update(perfprofile.analyse(data, server.pid, binary, perfprofile.thread_names(server.pid)))
+    except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+        rec["error"] = f"perf report: {e}"
+    return rec
 
 
 def check_tools(need: list[str]) -> None:
@@ -803,6 +870,7 @@ def main(argv: list[str]) -> int:
     os.environ["PATH"] = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
     runtime = args.runtime if args.runtime is not None else (2.0 if args.smoke else 3.0)
     jobs = select_jobs(args)
+    profile_jobs = match_jobs(args.profile) if args.profile else []
     luns = [s.strip() for s in (args.luns or ("ram" if args.smoke else "ram,null")).split(",") if s.strip()]
     if any(l not in ("ram", "null") for l in luns):
         raise SystemExit("bench: --luns takes ram and/or null")
@@ -826,7 +894,7 @@ def main(argv: list[str]) -> int:
         "mode": "smoke" if args.smoke else "full",
         "calibration": args.calibrate,
         "aa_control": AA_CONTROL if args.aa else None,
-        "config": {"runtime_s": runtime, "ramp_s": args.ramp, "warmup_s": args.warmup, "repeat": args.repeat, "luns": luns,
+        "config": {"awake": args.awake, "runtime_s": runtime, "ramp_s": args.ramp, "warmup_s": args.warmup, "repeat": args.repeat, "luns": luns,
                    "lun_size_mib": args.lun_size_mib, "block_size": args.block_size,
                    "transport": args.transport, "qemu_shared": args.qemu_shared,
                    "iscsi_nbd_args": args.iscsi_nbd_args, "jobs": [j.__dict__ | {"describe": j.describe()} for j in jobs]},
@@ -837,6 +905,7 @@ def main(argv: list[str]) -> int:
         "servers": {},
         "cross_check": {},
         "runs": [],
+        "profiles": [],
     }
     status = 0
     iscsi_nbd_bin = None
@@ -853,6 +922,7 @@ def main(argv: list[str]) -> int:
     results["iscsi_nbd_binary"] = iscsi_nbd_bin
 
     tgt = TGTD(outdir)
+    spinners: list[subprocess.Popen] = []
     active: list[Server] = []
     interrupted = False
 
@@ -863,6 +933,9 @@ def main(argv: list[str]) -> int:
     try:
         check_tools(["tgtd", "tgtadm", "fio", "nbdinfo", "iscsi-readcapacity16"] + (["qemu-nbd"] if "qemu-nbd" in servers_wanted else []) +
                     ([] if args.no_iscsi_perf else ["iscsi-perf"]))
+        if args.awake:
+            spinners = start_spinners()
+            log(f"--awake: {len(spinners)} idle-priority spinners keep every CPU from halting")
         tgt.start()
         lun_size = args.lun_size_mib * MIB
         lun_ids = tgt.setup(lun_size, args.block_size)
@@ -944,6 +1017,24 @@ def main(argv: list[str]) -> int:
                         if "error" in rec:
                             results["problems"].append(f"{lun_name}/{job.name} iscsi-perf: {rec['error']}")
                             status = max(status, 1)
+            if profile_jobs and "profile_problem" not in results:
+                problem = perfprofile.available()
+                if problem:
+                    results["profile_problem"] = problem
+                    log("WARNING: no profiles: " + problem)
+            if profile_jobs and "profile_problem" not in results:
+                for job in profile_jobs:
+                    for s in running:
+                        if not s.alive():
+                            continue
+                        rec = profile_run(job, s, lun_name, runtime, outdir, tgt.proc.pid if tgt.proc else None)
+                        results["profiles"].append(rec)
+                        if "error" in rec:
+                            log(f"{lun_name}/{job.name} {s.name}: profile failed: {rec['error']}")
+                        else:
+                            log(f"{lun_name}/{job.name} {s.name}: profiled ({rec['iops']:.0f} IOPS under perf; "
+                                f"server {rec['machine']['server']:.0f} % of the machine, kernel "
+                                f"{rec['categories']['kernel']:.0f} % of the server)")
             for s in servers:
                 if s.proc is None:
                     continue
@@ -975,6 +1066,8 @@ def main(argv: list[str]) -> int:
         for s in active:
             s.stop()
         tgt.stop()
+        for sp in spinners:
+            stop_pid(sp, "spinner", grace=1.0)
 
     results["finished"] = dt.datetime.now().isoformat(timespec="seconds")
     results["loadavg_end"] = Path("/proc/loadavg").read_text().strip()

@@ -217,7 +217,7 @@ def markdown(results: dict) -> str:
         out += ["## Notes", ""] + ["- " + n for n in results["notes"]] + [""]
     out += ["## Machine and versions", "",
             f"- Machine: {m.get('nproc')} CPUs, {m.get('cpu_model')}, {m.get('mem_total_mib')} MiB RAM",
-            f"- Kernel: {m.get('kernel')} ({m.get('os')})",
+            f"- Kernel: {m.get('kernel')} ({m.get('os')}); idle CPUs: {m.get('cpuidle', 'not recorded')}",
             f"- Load average (1/5/15 min) at start: {results.get('loadavg_start')}; at end: {results.get('loadavg_end')}"]
     out += [f"- {k}: {val}" for k, val in v.items()]
     out += [f"- iscsi-nbd binary: {results.get('iscsi_nbd_binary') or 'not used'}", "",
@@ -230,6 +230,8 @@ def markdown(results: dict) -> str:
             f"- fio {c.get('runtime_s')} s per job (ramp {c.get('ramp_s')} s), ioengine=nbd (libnbd); "
             f"{c.get('repeat')} repeat(s); the two servers alternate job by job (order flips every job and repeat).",
             "- iscsi-perf (libiscsi) reads the LUN directly with the same queue depth and request size: the ceiling.",
+            *(["- `--awake`: a SCHED_IDLE busy loop ran on every CPU, so no CPU halted while idle (not the normal "
+               "condition: it removes the cost of waking a halted vCPU)."] if c.get("awake") else []),
             "- CPU = user+sys of the server process (all threads) from /proc/PID/stat around each fio job; "
             "`cpu ms/1kIO` = CPU milliseconds per 1,000 I/Os. RSS = VmHWM from /proc/PID/status, reset before "
             "each job via /proc/PID/clear_refs, so it is the job's peak.",
@@ -276,6 +278,7 @@ def markdown(results: dict) -> str:
                 "", "| LUN | target | measured | status |", "|---|---|---|---|"]
         out += [f"| {t['lun']} | {t['name']} | {t['shown']} | {t['status']} |" for t in targets]
         out.append("")
+    out += profile_section(results)
     if results.get("servers"):
         out += ["## Server processes", ""]
         for k, s in results["servers"].items():
@@ -284,6 +287,44 @@ def markdown(results: dict) -> str:
         out.append("")
     out += ["![chart](chart.png)", ""]
     return "\n".join(out)
+
+
+def profile_section(results: dict) -> list[str]:
+    """`--profile`: where each server's CPU goes, and where the machine's two cores go, per job."""
+    profiles = results.get("profiles") or []
+    if not profiles and not results.get("profile_problem"):
+        return []
+    out = ["## Where the time goes (perf profiles)", "",
+           "One extra, untimed run per job and server under `perf record -a -g -e cpu-clock` (every CPU sampled at "
+           "the same rate, idle included). *Machine* splits all samples of both CPUs by process; *server* splits "
+           "the server's own samples by where the code lives: kernel (syscalls, socket copies, scheduling), the "
+           "server's binary, its runtime (Swift runtime, Foundation and libdispatch for iscsi-nbd; glib for qemu-nbd), "
+           "libiscsi (qemu-nbd's iSCSI), libc. `cpu ms/1kIO` is the server's user+sys time in that run.", ""]
+    if results.get("profile_problem"):
+        out += [f"No profiles: {results['profile_problem']}", ""]
+    if not profiles:
+        return out
+    out += ["| LUN | job | server | IOPS (under perf) | cpu ms/1kIO | machine: server / tgtd / fio / idle / other % "
+            "| server: kernel / own binary / runtime / libiscsi / libc / other % |",
+            "|---|---|---|---:|---:|---|---|"]
+    for p in profiles:
+        if p.get("error"):
+            out.append(f"| {p['lun']} | {p['job']} | {p['server']} | - | - | {p['error']} | |")
+            continue
+        m, c = p["machine"], p["categories"]
+        out.append(f"| {p['lun']} | {p['job']} | {p['server']} | {_f(p.get('iops'))} | "
+                   f"{_f(p.get('cpu_ms_per_1k_io'), '{:.1f}')} | "
+                   f"{m['server']:.0f} / {m['tgtd']:.0f} / {m['fio']:.0f} / {m['idle']:.0f} / {m['other']:.0f} | "
+                   f"{c['kernel']:.0f} / {c['server binary']:.0f} / {c['runtime']:.0f} / {c['libiscsi']:.0f} / "
+                   f"{c['libc']:.0f} / {c['other']:.0f} |")
+    out.append("")
+    for p in profiles:
+        if p.get("error") or not p.get("top"):
+            continue
+        out += [f"Heaviest symbols, {p['lun']} LUN, `{p['job']}`, {p['server']} (percent of the server's samples):", ""]
+        out += [f"- {t['percent']:.1f} % {t['category']} ({t['dso']}): `{t['symbol']}`" for t in p["top"]]
+        out.append("")
+    return out
 
 
 def chart(results: dict, path: Path) -> str | None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402
+import perfprofile  # noqa: E402
 import report  # noqa: E402
 
 
@@ -251,6 +252,74 @@ class CrossCheckTests(unittest.TestCase):
     def test_unreachable_server_is_a_problem(self):
         s = bench.Server("gone", self.dir, "unix", uri=f"nbd+unix:///?socket={self.dir}/none.sock")
         self.assertIn("write through gone failed", bench.cross_check([s], 16 * 2**20, self.dir))
+
+
+SYMBOL_REPORT = """
+    30.00%  [kernel.kallsyms]          [k] finish_task_switch.isra.0
+    20.00%  iscsi-nbd                  [.] $s7NIOCore10ByteBufferV
+    15.00%  libswiftCore.so            [.] swift_retain
+     5.00%  libswift_Concurrency.so    [.] swift_task_alloc
+    10.00%  libc.so.6                  [.] __memmove_avx_unaligned_erms
+     8.00%  libiscsi.so.7.0.0          [.] iscsi_service
+     7.00%  libglib-2.0.so.0.7400.6    [.] g_main_context_dispatch
+     5.00%  [unknown]                  [k] 0xffffffff8100
+"""
+
+COMM_REPORT = """
+# comment
+    40.00%  swapper
+    25.00%  tgtd
+    20.00%  NIO-ELT-0-#0
+     5.00%  iscsi-nbd
+     6.00%  fio
+     4.00%  kworker/0:1
+"""
+
+
+class ProfileTests(unittest.TestCase):
+    def test_symbol_lines_parse(self):
+        rows = perfprofile.parse_symbol_report(SYMBOL_REPORT)
+        self.assertEqual(len(rows), 8)
+        self.assertEqual(rows[0], (30.0, "[kernel.kallsyms]", "k", "finish_task_switch.isra.0"))
+        self.assertEqual(rows[1][1:3], ("iscsi-nbd", "."))
+
+    def test_categories_of_a_swift_server(self):
+        rows = perfprofile.parse_symbol_report(SYMBOL_REPORT)
+        s = perfprofile.summarize_server(rows, "/work/main/.build/release/iscsi-nbd", top=3)
+        c = s["categories"]
+        self.assertEqual(c["kernel"], 35.0)
+        self.assertEqual(c["server binary"], 20.0)
+        self.assertEqual(c["runtime"], 27.0)  # Swift runtime, concurrency, glib
+        self.assertEqual(c["libc"], 10.0)
+        self.assertEqual(c["libiscsi"], 8.0)
+        self.assertEqual(c["other"], 0.0)
+        self.assertEqual([t["percent"] for t in s["top"]], [30.0, 20.0, 15.0])
+        self.assertEqual(s["top"][1]["category"], "server binary")
+
+    def test_qemu_binary_is_its_own_category(self):
+        self.assertEqual(perfprofile.dso_category("/usr/bin/qemu-nbd", ".", "qemu-nbd"), "server binary")
+        self.assertEqual(perfprofile.dso_category("/usr/bin/qemu-nbd", ".", "iscsi-nbd"), "other")
+
+    def test_machine_groups(self):
+        m = perfprofile.summarize_machine(perfprofile.parse_comm_report(COMM_REPORT), {"NIO-ELT-0-#0", "iscsi-nbd"})
+        self.assertEqual(m, {"server": 25.0, "tgtd": 25.0, "fio": 6.0, "idle": 40.0, "other": 4.0})
+
+    def test_report_section_lists_profiles_and_errors(self):
+        rows = perfprofile.parse_symbol_report(SYMBOL_REPORT)
+        ok = {"lun": "ram", "job": "4k-randread-qd1", "server": "iscsi-nbd", "iops": 5000, "cpu_ms_per_1k_io": 70.0,
+              "machine": {"server": 25.0, "tgtd": 25.0, "fio": 6.0, "idle": 40.0, "other": 4.0},
+              **perfprofile.summarize_server(rows, "iscsi-nbd", top=2)}
+        bad = {"lun": "ram", "job": "4k-randread-qd1", "server": "qemu-nbd", "error": "perf record exited 1"}
+        text = "\n".join(report.profile_section({"profiles": [ok, bad]}))
+        self.assertIn("| ram | 4k-randread-qd1 | iscsi-nbd | 5000 | 70.0 | 25 / 25 / 6 / 40 / 4 | 35 / 20 / 27 / 8 / 10 / 0 |", text)
+        self.assertIn("perf record exited 1", text)
+        self.assertIn("30.0 % kernel", text)
+        self.assertEqual(report.profile_section({"profiles": []}), [])
+        self.assertIn("No profiles: perf missing", "\n".join(report.profile_section({"profile_problem": "perf missing"})))
+
+    def test_default_profile_jobs_exist(self):
+        self.assertEqual([j.name for j in bench.match_jobs(bench.PROFILE_JOBS)],
+                         ["4k-randread-qd1", "4k-randread-qd32", "1m-read-qd8"])
 
 
 if __name__ == "__main__":
