@@ -111,13 +111,6 @@ public final class ISCSISession: SCSITransport, Sendable {
                 redirectsLeft: configuration.maxRedirects, on: eventLoop, logger: logger)
     }
 
-    /// Socket reads grow up to 1 MiB when the target sends faster than we read (NIO's default stops at
-    /// 64 KiB). A Data-In PDU that arrives within one read reaches the NBD reply as a slice of that read;
-    /// one that spans reads is first copied together (`completeCarriedPDU`), so with 64 KiB reads every
-    /// 256 KiB Data-In of a large read was copied once more.
-    private static let receiveAllocator = AdaptiveRecvByteBufferAllocator(
-        minimum: 4096, initial: 64 * 1024, maximum: 1024 * 1024)
-
     private static func attempt(
         _ configuration: ISCSISessionConfiguration, host: String, port: Int, redirectsLeft: Int,
         on eventLoop: any EventLoop, logger: Logger
@@ -128,7 +121,6 @@ public final class ISCSISession: SCSITransport, Sendable {
         let baseLogger = logger
         let bootstrap = ClientBootstrap(group: eventLoop)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
-            .channelOption(.recvAllocator, value: receiveAllocator)
             .connectTimeout(configuration.loginTimeout)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
