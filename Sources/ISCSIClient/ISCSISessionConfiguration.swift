@@ -45,6 +45,10 @@ public struct ISCSISessionConfiguration: Sendable {
     /// times fails with a timeout instead of being re-issued again: a target that never answers one command
     /// cannot hold it (and its NBD client) for ever. The SCSI midlayer gives up after its retries the same way.
     public var maxTimeoutRecoveries = 3
+    /// Busy-poll the event loop for up to this many microseconds before it sleeps (0: never), with an
+    /// adaptive window (`BusyPollPolicy`). Lowers queue-depth-1 latency by keeping the thread awake
+    /// between a request and its answer, at the price of CPU time spent polling.
+    public var busyPollMicroseconds = 0
 
     public init(
         host: String,

@@ -153,3 +153,41 @@ struct TaskTableTests {
         #expect(table[slot: slot] == [5])
     }
 }
+
+@Suite struct BusyPollPolicyTests {
+    @Test func startsSmallAndNeverExceedsTheMaximum() {
+        #expect(BusyPollPolicy(maximumNanoseconds: 100_000).windowNanoseconds == 4_000)
+        #expect(BusyPollPolicy(maximumNanoseconds: 2_000).windowNanoseconds == 2_000)
+        var p = BusyPollPolicy(maximumNanoseconds: 100_000)
+        var seen: [UInt64] = []
+        for _ in 0..<8 {
+            p.windowExpired(thenSlept: 30_000)  // the answer came 30 us after the window: a longer one would have caught it
+            seen.append(p.windowNanoseconds)
+        }
+        #expect(seen == [8_000, 16_000, 32_000, 64_000, 100_000, 100_000, 100_000, 100_000])
+    }
+
+    @Test func longSleepsShrinkTheWindowToNothing() {
+        var p = BusyPollPolicy(maximumNanoseconds: 100_000)
+        for _ in 0..<5 { p.windowExpired(thenSlept: 50_000) }
+        #expect(p.windowNanoseconds == 100_000)
+        p.windowExpired(thenSlept: 5_000_000)  // idle: polling only burns CPU
+        #expect(p.windowNanoseconds == 50_000)
+        for _ in 0..<4 { p.windowExpired(thenSlept: 5_000_000) }
+        #expect(p.windowNanoseconds == 0)  // 3_125 is below the 4 us start: off
+        p.windowExpired(thenSlept: 5_000_000)
+        #expect(p.windowNanoseconds == 0)
+    }
+
+    @Test func aShortGapRestartsPollingFromZero() {
+        var p = BusyPollPolicy(maximumNanoseconds: 100_000)
+        for _ in 0..<3 { p.windowExpired(thenSlept: 10_000_000) }
+        #expect(p.windowNanoseconds == 0)
+        p.windowExpired(thenSlept: 80_000)
+        #expect(p.windowNanoseconds == BusyPollPolicy.startNanoseconds)
+        p.windowExpired(thenSlept: 100_000)  // exactly the maximum still counts as "soon"
+        #expect(p.windowNanoseconds == 8_000)
+        p.windowExpired(thenSlept: 100_001)
+        #expect(p.windowNanoseconds == 4_000)
+    }
+}

@@ -126,6 +126,35 @@ struct ServeTests {
         #expect(try server.terminate() == 0)
     }
 
+    /// `--poll-us`: the poller finds the loop's epoll descriptor, catches events while polling at QD1, and
+    /// data stays right (fio verify at QD1 and QD32, then the backing file against what fio read back).
+    @Test func busyPollingServesQD1AndQD32Correctly() throws {
+        let (tgt, backing) = try startTarget(size: 64 << 20)
+        defer { tgt.stop() }
+        let (server, sock) = try serve(tgt, extra: ["--poll-us", "200", "--log-level", "debug"])
+        for depth in [1, 32] {
+            let r = try run("fio", [
+                "--name=poll", "--ioengine=nbd", "--uri=\(uri(sock))", "--rw=randwrite", "--bs=4k",
+                "--iodepth=\(depth)", "--size=8m", "--offset=\(depth == 1 ? 0 : 16 << 20)", "--verify=crc32c",
+                "--verify_state_save=0", "--do_verify=1", "--verify_fatal=1", "--randseed=\(depth)",
+            ])
+            #expect(r.status == 0, "fio QD\(depth): \(r.stdout.suffix(600))")
+        }
+        let readBack = server.directory.appendingPathComponent("readback.bin").path
+        _ = try run("nbdcopy", [uri(sock), readBack])
+        #expect(try Data(contentsOf: URL(fileURLWithPath: readBack)) == Data(contentsOf: URL(fileURLWithPath: backing)))
+        #expect(try server.terminate() == 0)
+        #expect(server.output.contains("busy polling"), "no poller: \(server.output.suffix(800))")
+        #expect(server.output.contains("busy polling caught its first event"), "polling never caught an event")
+        #expect(!server.output.contains("busy polling unavailable"))
+    }
+
+    @Test func pollUsIsValidated() throws {
+        let p = try ISCSINBDProcess(["serve", "iscsi://127.0.0.1/iqn.2026-01.x:y/1", "--socket", "/tmp/unused.sock", "--poll-us", "20000"])
+        #expect(try p.waitForExit() != 0)
+        #expect(p.output.contains("--poll-us must be 0 to 10000"))
+    }
+
     @Test func oneWayCHAP() throws {
         let (tgt, _) = try startTarget(size: 64 << 20)
         defer { tgt.stop() }

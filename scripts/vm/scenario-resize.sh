@@ -1,6 +1,6 @@
 #!/bin/bash
 # scenario-resize.sh - inside the VM: online resize of /dev/nbdN when the LUN grows.
-#   ioctl interface (`attach --kernel-interface ioctl`): tgtd LUN of 64 MiB -> ext4 mounted on /dev/nbd3 ->
+#   ioctl interface (`attach --kernel-interface ioctl --poll-us 200`, so busy polling runs on the kernel path): tgtd LUN of 64 MiB -> ext4 mounted on /dev/nbd3 ->
 #   tgtd stopped, the backing file grown to 128 MiB, tgtd started again -> the session recovers, finds the
 #   same LU larger, tells the kernel (NBD_SET_SIZE) -> /dev/nbd3 is 128 MiB while mounted -> resize2fs online
 #   -> a file written into the new space -> detach -> e2fsck on the backing file, checksums.
@@ -53,10 +53,11 @@ step "tgtd start" start_tgtd $PORT
 step "LUN 64MiB" eval 'truncate -s 64M "$IMG" && tgt_add_target 1 $IQN "$IMG"'
 
 # ---- ioctl: online resize -----------------------------------------------------------------------
-step "attach --kernel-interface ioctl /dev/nbd3" eval 'bg_start attach-ioctl "$BIN" attach --kernel-interface ioctl \
-  --device /dev/nbd3 --by-path-dir "" "iscsi://127.0.0.1:$PORT/$IQN/1"; A1=$BG_PID; wait_for 30 up /dev/nbd3 attach-ioctl'
+step "attach --kernel-interface ioctl --poll-us 200 /dev/nbd3" eval 'bg_start attach-ioctl "$BIN" attach --kernel-interface ioctl \
+  --poll-us 200 --log-level debug --device /dev/nbd3 --by-path-dir "" "iscsi://127.0.0.1:$PORT/$IQN/1"; A1=$BG_PID; wait_for 30 up /dev/nbd3 attach-ioctl'
 step "64MiB, set up by ioctl (sysfs: pid, no backend)" eval 'has_sectors /dev/nbd3 131072 && [ -e /sys/block/nbd3/pid ] && [ -z "$(cat /sys/block/nbd3/backend 2>/dev/null)" ]'
 step "mkfs.ext4 + mount" eval 'mkfs.ext4 -q -F -b 4096 /dev/nbd3 && mount /dev/nbd3 "$MNT"'
+step "busy polling engaged on the kernel path" eval 'dd if=/dev/nbd3 of=/dev/null bs=4k count=256 iflag=direct status=none && grep -q "busy polling caught its first event" "$VM_RESULTS/attach-ioctl.log"'
 step "write 8MiB before" eval 'head -c 8M /dev/urandom > /tmp/before.bin && cp /tmp/before.bin "$MNT/" && sync'
 step "grow the LUN to 128MiB (tgtd restart)" restart_grown 128
 step "/dev/nbd3 grows to 128MiB while mounted" wait_for 60 has_sectors /dev/nbd3 262144

@@ -77,6 +77,8 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
     private let configuration: ISCSISessionConfiguration
     private var logger: Logger
     private var context: ChannelHandlerContext?
+    /// Busy polling before the loop sleeps (`ISCSISessionConfiguration.busyPollMicroseconds`).
+    private var poller: BusyPoller?
     private var state = State.idle
     private var parser: PDUParser
     private var encoder = PDUEncoder()
@@ -224,6 +226,8 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
     func channelReadComplete(context: ChannelHandlerContext) {
         flushIfNeeded()
         context.fireChannelReadComplete()
+        // The next event is the client's next request, or the target's next answer.
+        poller?.arm(on: context.eventLoop, outstanding: tasks.count)
     }
 
     private var isClosed: Bool {
@@ -241,6 +245,7 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
         var machine = machine
         let step = machine.start()
         state = .loggingIn(machine, promise)
+        poller = BusyPoller.make(for: context.channel, microseconds: configuration.busyPollMicroseconds, logger: logger)
         loginTimeout = context.eventLoop.assumeIsolated().scheduleTask(in: configuration.loginTimeout) { [self] in
             self.fail(.timeout("login"))
         }
@@ -920,6 +925,8 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
         guard needsFlush, let context else { return }
         needsFlush = false
         context.flush()
+        // Commands went out: their answers are the next event.
+        if let poller, !tasks.isEmpty { poller.arm(on: context.eventLoop, outstanding: tasks.count) }
     }
 
     /// One flush per event-loop tick for commands submitted outside a read.

@@ -14,6 +14,8 @@ struct DaemonSettings: Sendable {
     var connectionsPerDevice = 1
     var requestTimeout: Duration? = .seconds(30)
     var kernelInterface: KernelInterface = .auto
+    /// `--poll-us` for every session.
+    var busyPollMicroseconds = 0
 }
 
 /// Holds every session of the daemon and its /dev/nbdN devices. All requests (control socket, automatic
@@ -213,9 +215,10 @@ actor DaemonCore {
     /// One login: session, REPORT LUNS, every disk LUN attached as /dev/nbdN.
     private func attempt(id: Int, record: NodeRecord, context: LoginContext) async throws {
         let nodeSettings = try EffectiveNodeSettings.resolve(iscsid: context.iscsid, node: record)
-        let configuration = ISCSISessionConfiguration(
+        var configuration = ISCSISessionConfiguration(
             node: record.id, settings: nodeSettings, initiatorName: context.initiator.name.rawValue,
             initiatorAlias: context.initiator.alias)
+        configuration.busyPollMicroseconds = settings.busyPollMicroseconds
         var sessionLogger = logger
         sessionLogger[metadataKey: "sid"] = "\(id)"
         let session = try await SessionWiring.login(configuration, on: group.next(), logger: sessionLogger)
@@ -283,9 +286,10 @@ actor DaemonCore {
             n += 1
             var newSession: ISCSISession?
             do {
-                let configuration = ISCSISessionConfiguration(
+                var configuration = ISCSISessionConfiguration(
                     node: old.record.id, settings: old.settings, initiatorName: old.context.initiator.name.rawValue,
                     initiatorAlias: old.context.initiator.alias)
+                configuration.busyPollMicroseconds = settings.busyPollMicroseconds
                 let session = try await SessionWiring.login(configuration, on: group.next(), logger: logger)
                 newSession = session
                 var attachments: [(lun: UInt16, attachment: KernelAttachment)] = []
