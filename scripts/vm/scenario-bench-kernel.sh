@@ -7,15 +7,18 @@
 # and prints the ratios iscsi-nbd / open-iscsi and iscsi-nbd / qemu-nbd per job.
 # Run:  scripts/vm/run-in-vm.sh -t 900 -r results/vm-bench scripts/vm/scenario-bench-kernel.sh [LUN_MiB] [FIO_SECONDS] [CONNECTIONS]
 # (TCG emulation: absolute numbers are far below bare metal; only the ratios of one run mean anything.)
+# Knobs (-e VAR=VAL): ATTACH_ARGS, extra arguments for `iscsi-nbd attach` (e.g. "--poll-us 100");
+#   FIO_JOBS, the fio jobs as RW:BS:QD words (default "randread:4k:32 randwrite:4k:32 read:1M:8").
 # vm-apt: open-iscsi tgt qemu-utils qemu-block-extra nbd-client fio libiscsi-bin e2fsprogs python3
 set -u
 . "$(dirname "${VM_SCRIPT:-$0}")/lib.sh"
 SIZE_MB=${1:-512} FIO_RT=${2:-10} CONNS=${3:-1}
 BIN=${ISCSI_NBD:-$PWD/.build/debug/iscsi-nbd}
+ATTACH_ARGS=${ATTACH_ARGS:-}
 trap 'cleanup_bg' EXIT
 IQN=iqn.2026-11.org.iscsi-nbd.vm:bench PORT=3260 P=127.0.0.1:3260 IMG=/var/tmp/bench.img
 
-log "kernel $(uname -r); iscsi-nbd: $BIN; LUN ${SIZE_MB} MiB; fio ${FIO_RT} s per job; $CONNS NBD connection(s)"
+log "kernel $(uname -r); iscsi-nbd: $BIN ${ATTACH_ARGS:+(attach $ATTACH_ARGS)}; LUN ${SIZE_MB} MiB; fio ${FIO_RT} s per job; $CONNS NBD connection(s)"
 [ -x "$BIN" ] || { log "no iscsi-nbd binary at $BIN (swift build first)"; exit 2; }
 step "create LUN file" truncate -s "${SIZE_MB}M" $IMG
 step "start tgtd" start_tgtd $PORT
@@ -29,7 +32,7 @@ step "iscsiadm logout" iscsi_logout $P $IQN
 
 # 2. iscsi-nbd attach -> /dev/nbd0
 att_up() { grep -qx /dev/nbd0 "$VM_RESULTS/attach.log" 2>/dev/null && nbd_connected /dev/nbd0; }
-step "iscsi-nbd attach" eval 'bg_start attach "$BIN" attach "iscsi://$P/$IQN/1" --device /dev/nbd0 --connections $CONNS --by-path-dir ""; ATT_PID=$BG_PID; wait_for 60 att_up'
+step "iscsi-nbd attach" eval 'bg_start attach "$BIN" attach "iscsi://$P/$IQN/1" --device /dev/nbd0 --connections $CONNS --by-path-dir "" $ATTACH_ARGS; ATT_PID=$BG_PID; wait_for 60 att_up'
 fio_suite /dev/nbd0 "iscsi-nbd" "$FIO_RT"
 step "iscsi-nbd detach" eval '"$BIN" detach /dev/nbd0; wait_for 30 eval "! alive $ATT_PID"'
 
