@@ -57,7 +57,9 @@ step "attach --kernel-interface ioctl --poll-us 200 /dev/nbd3" eval 'bg_start at
   --poll-us 200 --log-level debug --device /dev/nbd3 --by-path-dir "" "iscsi://127.0.0.1:$PORT/$IQN/1"; A1=$BG_PID; wait_for 30 up /dev/nbd3 attach-ioctl'
 step "64MiB, set up by ioctl (sysfs: pid, no backend)" eval 'has_sectors /dev/nbd3 131072 && [ -e /sys/block/nbd3/pid ] && [ -z "$(cat /sys/block/nbd3/backend 2>/dev/null)" ]'
 step "mkfs.ext4 + mount" eval 'mkfs.ext4 -q -F -b 4096 /dev/nbd3 && mount /dev/nbd3 "$MNT"'
-step "busy polling engaged on the kernel path" eval 'dd if=/dev/nbd3 of=/dev/null bs=4k count=256 iflag=direct status=none && grep -q "busy polling caught its first event" "$VM_RESULTS/attach-ioctl.log"'
+# Set up, not "caught an event": under TCG the target answers in milliseconds, so the adaptive window
+# rightly shrinks to nothing here (ServeTests checks the catching on the host).
+step "busy polling set up on the kernel path" eval 'grep -q "poll.epollFD=.* busy polling" "$VM_RESULTS/attach-ioctl.log" && ! grep -q "busy polling unavailable" "$VM_RESULTS/attach-ioctl.log"'
 step "write 8MiB before" eval 'head -c 8M /dev/urandom > /tmp/before.bin && cp /tmp/before.bin "$MNT/" && sync'
 step "grow the LUN to 128MiB (tgtd restart)" restart_grown 128
 step "/dev/nbd3 grows to 128MiB while mounted" wait_for 60 has_sectors /dev/nbd3 262144
