@@ -19,6 +19,18 @@ public struct ISCSINBDRootCommand: AsyncParsableCommand {
     public init() {}
 }
 
+/// `--poll-us`, shared by the commands that hold an iSCSI session (serve, attach, daemon).
+struct PollOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp(
+        "Busy-poll up to this many microseconds before the event loop sleeps (0: never). Lowers queue-depth-1 latency; costs CPU while polling.",
+        discussion: "The window adapts like QEMU's poll-max-ns: it grows while answers arrive just after it ends and shrinks to nothing when they do not. Polling covers the connections on the iSCSI session's event loop (all of them with --threads 1)."))
+    var pollUs: Int = 0
+
+    func validate() throws {
+        guard (0...10_000).contains(pollUs) else { throw ValidationError("--poll-us must be 0 to 10000 microseconds") }
+    }
+}
+
 /// Options shared by commands that log.
 struct LoggingOptions: ParsableArguments {
     @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")

@@ -57,10 +57,7 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .long, help: "Event loop threads.")
     var threads: Int = 1
 
-    @Option(name: .long, help: ArgumentHelp(
-        "Busy-poll up to this many microseconds before the event loop sleeps (0: never). Lowers queue-depth-1 latency; costs CPU while polling.",
-        discussion: "The window adapts like QEMU's poll-max-ns: it grows while answers arrive just after it ends and shrinks to nothing when they do not. Polling covers the connections on the iSCSI session's event loop (all of them with --threads 1)."))
-    var pollUs: Int = 0
+    @OptionGroup var polling: PollOptions
 
     @Option(name: .long, help: "TLS for --listen (PEM server certificate chain); clients must use NBD_OPT_STARTTLS.")
     var tlsCertificate: String?
@@ -112,7 +109,6 @@ struct Serve: AsyncParsableCommand {
         default: break
         }
         guard (1...64).contains(threads) else { throw ValidationError("--threads must be 1 to 64") }
-        guard (0...10_000).contains(pollUs) else { throw ValidationError("--poll-us must be 0 to 10000 microseconds") }
         guard (1...65536).contains(maxConnections) else { throw ValidationError("--max-connections must be 1 to 65536") }
         guard (64...65536).contains(maxBufferedWrites) else { throw ValidationError("--max-buffered-writes must be 64 to 65536 MiB") }
         guard (0...86400).contains(stallTimeout) else { throw ValidationError("--stall-timeout must be 0 to 86400 seconds") }
@@ -138,7 +134,7 @@ struct Serve: AsyncParsableCommand {
             do { _ = try tls.makeContext() } catch { throw ValidationError(error.description) }
         }
         var plan = try url.map { try planFromURL($0) } ?? planFromNode(logger: logger)
-        plan.session.busyPollMicroseconds = pollUs
+        plan.session.busyPollMicroseconds = polling.pollUs
         try await ServeRuntime(
             session: plan.session, lun: plan.lun,
             sockets: socket, tcp: try listen.map(ListenAddress.parseTCP),

@@ -907,6 +907,12 @@ def main(argv: list[str]) -> int:
         "runs": [],
         "profiles": [],
     }
+    if profile_jobs:
+        problem = perfprofile.available()
+        if problem:
+            results["profile_problem"] = problem  # the report says why; the timed results are unaffected
+            log("WARNING: no profiles: " + problem)
+            profile_jobs = []
     status = 0
     iscsi_nbd_bin = None
     if "iscsi-nbd" in servers_wanted and not args.calibrate:
@@ -1017,24 +1023,18 @@ def main(argv: list[str]) -> int:
                         if "error" in rec:
                             results["problems"].append(f"{lun_name}/{job.name} iscsi-perf: {rec['error']}")
                             status = max(status, 1)
-            if profile_jobs and "profile_problem" not in results:
-                problem = perfprofile.available()
-                if problem:
-                    results["profile_problem"] = problem
-                    log("WARNING: no profiles: " + problem)
-            if profile_jobs and "profile_problem" not in results:
-                for job in profile_jobs:
-                    for s in running:
-                        if not s.alive():
-                            continue
-                        rec = profile_run(job, s, lun_name, runtime, outdir, tgt.proc.pid if tgt.proc else None)
-                        results["profiles"].append(rec)
-                        if "error" in rec:
-                            log(f"{lun_name}/{job.name} {s.name}: profile failed: {rec['error']}")
-                        else:
-                            log(f"{lun_name}/{job.name} {s.name}: profiled ({rec['iops']:.0f} IOPS under perf; "
-                                f"server {rec['machine']['server']:.0f} % of the machine, kernel "
-                                f"{rec['categories']['kernel']:.0f} % of the server)")
+            for job in profile_jobs:
+                for s in running:
+                    if not s.alive():
+                        continue
+                    rec = profile_run(job, s, lun_name, runtime, outdir, tgt.proc.pid if tgt.proc else None)
+                    results["profiles"].append(rec)
+                    if "error" in rec:
+                        log(f"{lun_name}/{job.name} {s.name}: profile failed: {rec['error']}")
+                    else:
+                        log(f"{lun_name}/{job.name} {s.name}: profiled ({rec['iops']:.0f} IOPS under perf; "
+                            f"server {rec['machine']['server']:.0f} % of the machine, kernel "
+                            f"{rec['categories']['kernel']:.0f} % of the server)")
             for s in servers:
                 if s.proc is None:
                     continue

@@ -57,8 +57,8 @@ def parse_comm_report(text: str) -> list[tuple[float, str]]:
 def dso_category(dso: str, kind: str, server_binary: str) -> str:
     """Which part of a server a sample's DSO belongs to."""
     name = Path(dso).name
-    if kind == "k" or dso.startswith("[kernel") or name.startswith("[") and name not in ("[unknown]", "[vdso]"):
-        return "kernel"
+    if kind == "k" or (name.startswith("[") and name not in ("[unknown]", "[vdso]")):
+        return "kernel"  # [kernel.kallsyms], kernel modules such as [nf_tables]
     if name == Path(server_binary).name:
         return "server binary"
     if name.startswith(("libswift", "libFoundation", "lib_FoundationICU", "libdispatch", "libBlocksRuntime",

@@ -33,7 +33,6 @@ public struct BusyPollPolicy: Sendable, Hashable {
             if windowNanoseconds < Self.startNanoseconds { windowNanoseconds = 0 }
         }
     }
-
 }
 
 /// Busy-polls an event loop's epoll descriptor before NIO blocks in `epoll_wait`: at queue depth 1 every
@@ -81,8 +80,8 @@ final class BusyPoller {
 
     /// Polling pays only when the loop would otherwise sleep between a request and its answer: with
     /// more commands than this in flight the loop rarely sleeps, and on a busy machine the polling
-    /// thread would take CPU time from the target and the client (measured: 4k QD32 on 2 CPUs lost
-    /// 10-20 % IOPS with polling at every depth).
+    /// thread would take CPU time from the target and the client (measured: polling at every depth
+    /// raised CPU per I/O at 4k QD32 on 2 CPUs by a third).
     static let maximumOutstandingToPoll = 2
 
     /// Call when the loop has just had work, with the commands now in flight: once the tasks queued so
@@ -124,11 +123,7 @@ final class BusyPoller {
         return false
     }
 
-    static func monotonicNanoseconds() -> UInt64 {
-        var now = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &now)
-        return UInt64(now.tv_sec) &* 1_000_000_000 &+ UInt64(now.tv_nsec)
-    }
+    private static func monotonicNanoseconds() -> UInt64 { NIODeadline.now().uptimeNanoseconds }
 
     #if os(Linux)
     private static func openDescriptors() -> [Int32] {

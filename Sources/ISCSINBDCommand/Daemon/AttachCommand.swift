@@ -32,8 +32,7 @@ struct AttachCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Sockets for the device (kernel multi-queue; used when the LUN allows multi-conn).")
     var connections: Int = 1
 
-    @Option(name: .long, help: "Busy-poll up to this many microseconds before the event loop sleeps (0: never; adaptive). Lowers queue-depth-1 latency; costs CPU while polling.")
-    var pollUs: Int = 0
+    @OptionGroup var polling: PollOptions
 
     @Option(name: .long, help: "Per-request timeout in seconds (NBD_ATTR_TIMEOUT; 0 = kernel default).")
     var requestTimeout: Int = 30
@@ -60,7 +59,6 @@ struct AttachCommand: AsyncParsableCommand {
     func validate() throws {
         if let device { _ = try DetachCommand.index(of: device) }
         guard (1...16).contains(connections) else { throw ValidationError("--connections must be 1 to 16") }
-        guard (0...10_000).contains(pollUs) else { throw ValidationError("--poll-us must be 0 to 10000 microseconds") }
         guard (0...3600).contains(requestTimeout), (0...86400).contains(deadConnectionTimeout) else {
             throw ValidationError("timeouts out of range")
         }
@@ -83,7 +81,7 @@ struct AttachCommand: AsyncParsableCommand {
             initiatorName: try initiatorName ?? InitiatorIdentity.defaultName())
         configuration.chap = chap.map(\.credentials)
         configuration.replacementTimeout = .seconds(Int64(deadConnectionTimeout))
-        configuration.busyPollMicroseconds = pollUs
+        configuration.busyPollMicroseconds = polling.pollUs
         let session = try await SessionWiring.login(configuration, on: group.next(), logger: logger)
         let attachment: KernelAttachment
         do {

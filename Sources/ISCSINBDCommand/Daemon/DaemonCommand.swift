@@ -33,8 +33,7 @@ struct DaemonCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Sockets per /dev/nbdN (kernel multi-queue; used when the LUN allows multi-conn).")
     var connections: Int = 1
 
-    @Option(name: .long, help: "Busy-poll up to this many microseconds before the event loop sleeps (0: never; adaptive). Lowers queue-depth-1 latency; costs CPU while polling.")
-    var pollUs: Int = 0
+    @OptionGroup var polling: PollOptions
 
     @Option(name: .long, help: "Per-request timeout of the kernel device in seconds (NBD_ATTR_TIMEOUT; 0 = kernel default).")
     var requestTimeout: Int = 30
@@ -55,7 +54,6 @@ struct DaemonCommand: AsyncParsableCommand {
 
     func validate() throws {
         guard (1...16).contains(connections) else { throw ValidationError("--connections must be 1 to 16") }
-        guard (0...10_000).contains(pollUs) else { throw ValidationError("--poll-us must be 0 to 10000 microseconds") }
         guard (0...3600).contains(requestTimeout) else { throw ValidationError("--request-timeout must be 0 to 3600") }
         guard (1...64).contains(threads) else { throw ValidationError("--threads must be 1 to 64") }
     }
@@ -78,7 +76,7 @@ struct DaemonCommand: AsyncParsableCommand {
             byPathDirectory: byPathDir.isEmpty ? nil : byPathDir,
             connectionsPerDevice: connections,
             requestTimeout: requestTimeout == 0 ? nil : .seconds(requestTimeout),
-            kernelInterface: kernelInterface, busyPollMicroseconds: pollUs)
+            kernelInterface: kernelInterface, busyPollMicroseconds: polling.pollUs)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
         let core = DaemonCore(settings: settings, group: group, logger: logger)
         let path = controlSocket ?? ControlProtocol.socketPath(environment: environment)

@@ -212,13 +212,20 @@ actor DaemonCore {
         }
     }
 
+    /// The session configuration of a node: its effective settings plus the daemon's own (`--poll-us`).
+    private func sessionConfiguration(_ node: NodeID, _ nodeSettings: EffectiveNodeSettings,
+                                      _ context: LoginContext) -> ISCSISessionConfiguration {
+        var configuration = ISCSISessionConfiguration(
+            node: node, settings: nodeSettings, initiatorName: context.initiator.name.rawValue,
+            initiatorAlias: context.initiator.alias)
+        configuration.busyPollMicroseconds = settings.busyPollMicroseconds
+        return configuration
+    }
+
     /// One login: session, REPORT LUNS, every disk LUN attached as /dev/nbdN.
     private func attempt(id: Int, record: NodeRecord, context: LoginContext) async throws {
         let nodeSettings = try EffectiveNodeSettings.resolve(iscsid: context.iscsid, node: record)
-        var configuration = ISCSISessionConfiguration(
-            node: record.id, settings: nodeSettings, initiatorName: context.initiator.name.rawValue,
-            initiatorAlias: context.initiator.alias)
-        configuration.busyPollMicroseconds = settings.busyPollMicroseconds
+        let configuration = sessionConfiguration(record.id, nodeSettings, context)
         var sessionLogger = logger
         sessionLogger[metadataKey: "sid"] = "\(id)"
         let session = try await SessionWiring.login(configuration, on: group.next(), logger: sessionLogger)
@@ -286,10 +293,7 @@ actor DaemonCore {
             n += 1
             var newSession: ISCSISession?
             do {
-                var configuration = ISCSISessionConfiguration(
-                    node: old.record.id, settings: old.settings, initiatorName: old.context.initiator.name.rawValue,
-                    initiatorAlias: old.context.initiator.alias)
-                configuration.busyPollMicroseconds = settings.busyPollMicroseconds
+                let configuration = sessionConfiguration(old.record.id, old.settings, old.context)
                 let session = try await SessionWiring.login(configuration, on: group.next(), logger: logger)
                 newSession = session
                 var attachments: [(lun: UInt16, attachment: KernelAttachment)] = []
