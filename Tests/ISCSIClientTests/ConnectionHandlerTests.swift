@@ -18,7 +18,7 @@ final class FakeTargetHarness {
     var parser = PDUParser(maxDataSegmentLength: 1 << 24, direction: .initiatorToTarget)
 
     init(window: UInt32 = 64, targetKeys: [(String, String)] = FakeTargetHarness.defaultKeys,
-         noopOutInterval: TimeAmount? = nil, commandTimeout: TimeAmount? = nil) throws {
+         noopOutInterval: TimeAmount? = nil, commandTimeout: TimeAmount? = nil, digests: Bool = false) throws {
         var configuration = ISCSISessionConfiguration(
             host: "127.0.0.1", targetName: "iqn.2026-11.test:fake", initiatorName: "iqn.2026-11.test:init",
             queueDepth: 8, noopOutInterval: noopOutInterval
@@ -26,6 +26,12 @@ final class FakeTargetHarness {
         configuration.commandTimeout = commandTimeout
         configuration.taskManagementTimeout = .seconds(2)
         configuration.proposal.maxRecvDataSegmentLength = 65536
+        var targetKeys = targetKeys
+        if digests {
+            configuration.proposal.headerDigests = [.crc32c, .none]
+            configuration.proposal.dataDigests = [.crc32c, .none]
+            targetKeys = targetKeys.map { $0.0.hasSuffix("Digest") ? ($0.0, "CRC32C") : $0 }
+        }
         handler = ISCSIConnectionHandler(configuration: configuration, logger: Logger(label: "test.fake"))
         maxCmdSN = SerialNumber(window)
         self.targetKeys = targetKeys
@@ -86,6 +92,9 @@ final class FakeTargetHarness {
             statSN += 1
             try deliver(.loginResponse(response))
         }
+        // Digests start with the first PDU after the Login Phase (RFC 7143 §13.1).
+        let digests = Dictionary(targetKeys, uniquingKeysWith: { a, _ in a })
+        parser.digests = DigestSettings(header: digests["HeaderDigest"] == "CRC32C", data: digests["DataDigest"] == "CRC32C")
         return promise.futureResult
     }
 
@@ -218,41 +227,78 @@ struct ConnectionHandlerTests {
     }
 
     /// The receive path completes a PDU cut by a read from the front of the next read (the rest is parsed
-    /// in place): cuts inside the BHS, right after it, inside payloads, and a 48 KiB Data-In spread over
-    /// many reads must all frame correctly and deliver byte-exact data.
-    @Test(arguments: [1, 7, 47, 48, 49, 1000, 4145, 65536])
-    func pdusCutAcrossReadsAreFramedAndPayloadsIntact(chunk: Int) throws {
-        let h = try FakeTargetHarness()
-        _ = try h.login()
-        func pattern(_ count: Int, seed: Int) -> ByteBuffer {
-            var b = ByteBuffer()
-            for i in 0..<count { b.writeInteger(UInt8(truncatingIfNeeded: i &* 31 &+ seed)) }
-            return b
+    /// in place): cuts inside the BHS, right after it, inside payloads and trailers, and a 48 KiB Data-In
+    /// spread over many reads must all frame correctly and deliver byte-exact data, with and without
+    /// digests, assembled or as pieces.
+    @Test(arguments: [1, 7, 47, 48, 49, 1000, 4145, 65536], [false, true])
+    func pdusCutAcrossReadsAreFramedAndPayloadsIntact(chunk: Int, digests: Bool) throws {
+        for segmented in [false, true] {
+            let h = try FakeTargetHarness(digests: digests)
+            _ = try h.login()
+            #expect(h.parser.digests == DigestSettings(header: digests, data: digests))
+            func pattern(_ count: Int, seed: Int) -> ByteBuffer {
+                var b = ByteBuffer()
+                for i in 0..<count { b.writeInteger(UInt8(truncatingIfNeeded: i &* 31 &+ seed)) }
+                return b
+            }
+            let lengths = [4096, 49152, 12288, 1022]
+            let futures = lengths.map {
+                h.submit(SCSICommand(cdb: readCDB(blocks: UInt32(($0 + 511) / 512)), expectedDataInLength: UInt32($0),
+                                     segmentedDataIn: segmented))
+            }
+            let itts = try h.sent().map { try ISCSIPDU.SCSICommand($0).initiatorTaskTag }
+            try #require(itts.count == 4)
+            let data = lengths.enumerated().map { pattern($0.element, seed: $0.offset + 1) }
+            var messages: [ISCSIMessage] = []
+            messages.append(h.dataIn(itt: itts[0], dataSN: 0, offset: 0, data: data[0], status: 0))
+            messages.append(h.dataIn(itt: itts[1], dataSN: 0, offset: 0, data: data[1]))
+            messages.append(h.response(itt: itts[1]))
+            messages.append(h.dataIn(itt: itts[2], dataSN: 0, offset: 0, data: data[2].getSlice(at: 0, length: 8192)!))
+            messages.append(h.dataIn(itt: itts[2], dataSN: 1, offset: 8192, data: data[2].getSlice(at: 8192, length: 4096)!, status: 0))
+            messages.append(h.dataIn(itt: itts[3], dataSN: 0, offset: 0, data: data[3], status: 0))  // padded
+            var wire = ByteBuffer()
+            for message in messages { PDUEncoder(digests: h.parser.digests).encode(message.pdu, into: &wire) }
+            while wire.readableBytes > 0 {
+                let piece = wire.readSlice(length: min(chunk, wire.readableBytes))!
+                try h.channel.writeInbound(piece)
+                h.channel.embeddedEventLoop.run()
+            }
+            for (i, future) in futures.enumerated() {
+                let result = try #require(try outcome(future)?.get(), "command \(i) did not complete")
+                #expect(result.status == .good)
+                var joined = ByteBuffer()
+                for piece in result.dataInPieces { joined.writeImmutableBuffer(piece) }
+                #expect(joined == data[i], "command \(i): data differs")
+                if !segmented { #expect(result.dataIn == data[i] && result.dataInSegments.isEmpty) }
+            }
+            if segmented && chunk < 49152 {
+                // The 48 KiB Data-In came over several reads: kept as their slices, not copied into one buffer.
+                let result = try #require(try outcome(futures[1])?.get())
+                #expect(result.dataInPieces.count > 1)
+            }
+            #expect(h.channel.isActive)
         }
-        let lengths = [4096, 49152, 12288]
-        let futures = lengths.map { h.submit(SCSICommand(cdb: readCDB(blocks: UInt32($0 / 512)), expectedDataInLength: UInt32($0))) }
-        let itts = try h.sent().map { try ISCSIPDU.SCSICommand($0).initiatorTaskTag }
-        try #require(itts.count == 3)
-        let data = lengths.enumerated().map { pattern($0.element, seed: $0.offset + 1) }
-        var messages: [ISCSIMessage] = []
-        messages.append(h.dataIn(itt: itts[0], dataSN: 0, offset: 0, data: data[0], status: 0))
-        messages.append(h.dataIn(itt: itts[1], dataSN: 0, offset: 0, data: data[1]))
-        messages.append(h.response(itt: itts[1]))
-        messages.append(h.dataIn(itt: itts[2], dataSN: 0, offset: 0, data: data[2].getSlice(at: 0, length: 8192)!))
-        messages.append(h.dataIn(itt: itts[2], dataSN: 1, offset: 8192, data: data[2].getSlice(at: 8192, length: 4096)!, status: 0))
+    }
+
+    /// A data digest over a Data-In that spans reads is checked too: one flipped payload byte drops the
+    /// connection and fails the command instead of handing over bad data.
+    @Test(arguments: [1000, 4145])
+    func dataDigestOverPiecesIsChecked(chunk: Int) throws {
+        let h = try FakeTargetHarness(digests: true)
+        _ = try h.login()
+        let future = h.submit(SCSICommand(cdb: readCDB(blocks: 96), expectedDataInLength: 49152, segmentedDataIn: true))
+        let itt = try ISCSIPDU.SCSICommand(try #require(try h.sent().first)).initiatorTaskTag
         var wire = ByteBuffer()
-        for message in messages { PDUEncoder(digests: h.parser.digests).encode(message.pdu, into: &wire) }
-        while wire.readableBytes > 0 {
+        let message = h.dataIn(itt: itt, dataSN: 0, offset: 0, data: ByteBuffer(repeating: 0x5A, count: 49152), status: 0)
+        PDUEncoder(digests: h.parser.digests).encode(message.pdu, into: &wire)
+        wire.setInteger(UInt8(0x5B), at: 48 + 4 + 30000)
+        while wire.readableBytes > 0, h.channel.isActive {
             let piece = wire.readSlice(length: min(chunk, wire.readableBytes))!
             try h.channel.writeInbound(piece)
             h.channel.embeddedEventLoop.run()
         }
-        for (i, future) in futures.enumerated() {
-            let result = try #require(try outcome(future)?.get(), "command \(i) did not complete")
-            #expect(result.status == .good)
-            #expect(result.dataIn == data[i], "command \(i): data differs")
-        }
-        #expect(h.channel.isActive)
+        #expect(!h.channel.isActive)
+        #expect(throws: (any Error).self) { try outcome(future)?.get() }
     }
 
     @Test func writeUsesImmediateUnsolicitedAndR2TData() throws {

@@ -292,6 +292,93 @@ struct PDUCodecTests {
     }
 }
 
+/// `PDUParser.frame` + `DataSegmentCollector`: the receive path for PDUs spread over several reads must
+/// give exactly what `parse` gives for the same bytes, whatever the cuts, and check the same digests.
+struct DataSegmentCollectorTests {
+    static let digestModes = PDUCodecTests.digestModes
+
+    /// Frames the header group from a contiguous copy, then feeds the rest in `chunk`-byte reads.
+    func collect(_ wire: ByteBuffer, digests: DigestSettings, chunk: Int) throws -> ISCSIPDU {
+        let parser = PDUParser(digests: digests, maxDataSegmentLength: 65536)
+        var rest = wire
+        let frame = try #require(try parser.frame(rest))
+        rest.moveReaderIndex(forwardBy: frame.headerGroupLength)
+        var collector = DataSegmentCollector(frame: frame)
+        var done = collector.isComplete
+        while !done {
+            var read = rest.readSlice(length: min(chunk, rest.readableBytes))!
+            done = collector.take(from: &read)
+            #expect(done || read.readableBytes == 0, "a read is used up before the PDU is whole")
+            if done { #expect(read.readableBytes == 0) }
+        }
+        #expect(rest.readableBytes == 0)
+        var data = ByteBuffer()
+        for piece in try collector.finish() { data.writeImmutableBuffer(piece) }
+        return ISCSIPDU(header: frame.header, additionalHeaderSegments: frame.additionalHeaderSegments, data: data)
+    }
+
+    @Test(arguments: digestModes)
+    func samePDUsAsParseWhateverTheCuts(digests: DigestSettings) throws {
+        var big = ISCSIPDU.DataIn()
+        big.initiatorTaskTag = 9
+        big.data = ByteBuffer(bytes: (0..<40_001).map { UInt8(truncatingIfNeeded: $0 &* 13) })
+        for message in Samples.all + [.dataIn(big)] {
+            var wire = ByteBuffer()
+            PDUEncoder(digests: digests).encode(message.pdu, into: &wire)
+            var copy = wire
+            let parsed = try #require(try PDUParser(digests: digests, maxDataSegmentLength: 65536).parse(&copy))
+            for chunk in [1, 2, 3, 5, 4096, 65536] {
+                #expect(try collect(wire, digests: digests, chunk: chunk) == parsed, "\(message.pdu.opcode) in \(chunk)-byte reads")
+            }
+        }
+    }
+
+    @Test func piecesAreSlicesOfTheReads() throws {
+        var dataIn = ISCSIPDU.DataIn()
+        dataIn.data = ByteBuffer(repeating: 1, count: 10_000)
+        var wire = ByteBuffer()
+        PDUEncoder().encode(dataIn.pdu, into: &wire)
+        let frame = try #require(try PDUParser(maxDataSegmentLength: 65536).frame(wire))
+        wire.moveReaderIndex(forwardBy: frame.headerGroupLength)
+        var collector = DataSegmentCollector(frame: frame)
+        var first = wire.readSlice(length: 6000)!
+        let base = first.withUnsafeReadableBytes { $0.baseAddress! }
+        let afterFirst = collector.take(from: &first)
+        let afterSecond = collector.take(from: &wire)
+        #expect(!afterFirst && afterSecond)
+        let pieces = try collector.finish()
+        #expect(pieces.map(\.readableBytes) == [6000, 4000])
+        #expect(pieces[0].withUnsafeReadableBytes { $0.baseAddress! } == base)
+    }
+
+    /// A flipped byte anywhere in the data, the padding or the digest is caught, wherever the reads cut.
+    @Test func dataDigestMismatchIsCaught() throws {
+        let digests = DigestSettings(header: true, data: true)
+        var dataIn = ISCSIPDU.DataIn()
+        dataIn.data = ByteBuffer(bytes: (0..<1001).map { UInt8(truncatingIfNeeded: $0) })
+        var wire = ByteBuffer()
+        PDUEncoder(digests: digests).encode(dataIn.pdu, into: &wire)
+        for position in [52, 52 + 500, 52 + 1001, 52 + 1003, wire.readableBytes - 1] {
+            var bad = wire
+            bad.setInteger(bad.getInteger(at: position, as: UInt8.self)! ^ 0x10, at: position)
+            for chunk in [1, 7, 4096] {
+                #expect(throws: ISCSIPDUError.self) { _ = try collect(bad, digests: digests, chunk: chunk) }
+            }
+        }
+    }
+
+    @Test func frameWaitsForTheWholeHeaderGroupAndChecksItsDigest() throws {
+        let digests = DigestSettings(header: true, data: false)
+        var wire = ByteBuffer()
+        PDUEncoder(digests: digests).encode(Samples.all[0].pdu, into: &wire)
+        let parser = PDUParser(digests: digests, maxDataSegmentLength: 65536)
+        for cut in [0, 47, 48, 51] { #expect(try parser.frame(wire.getSlice(at: 0, length: cut)!) == nil) }
+        #expect(try parser.frame(wire.getSlice(at: 0, length: 52)!)?.headerGroupLength == 52)
+        wire.setInteger(UInt8(0xFF), at: 50)
+        #expect(throws: ISCSIPDUError.self) { _ = try parser.frame(wire) }
+    }
+}
+
 struct PDUMalformedTests {
     func wire(_ message: ISCSIMessage, digests: DigestSettings = .none) -> ByteBuffer {
         var w = ByteBuffer()

@@ -82,9 +82,10 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
     private var state = State.idle
     private var parser: PDUParser
     private var encoder = PDUEncoder()
+    /// The front of a PDU cut by the end of a read, until its header segment group is whole.
     private var cumulation: ByteBuffer?
-    /// `cumulation` was allocated here for its one partial PDU: appending to it never reallocates or copies.
-    private var cumulationExclusive = false
+    /// The rest of that PDU once its header is framed: its data segment gathered as slices of the reads.
+    private var collector: DataSegmentCollector?
     private(set) var parameters = SessionParameters()
     /// A Text Request exchange in progress (discovery): the text so far and who waits for it.
     private var textExchange: (text: ByteBuffer, promise: EventLoopPromise<ByteBuffer>)?
@@ -152,7 +153,7 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
         do {
             // A PDU cut by the previous read is completed from the front of this read, copying only its own
             // bytes; the rest of the read is parsed in place (PDU payloads stay slices of the receive buffer).
-            if cumulation != nil, try !completeCarriedPDU(from: &buffer, allocator: context.channel.allocator) {
+            if cumulation != nil || collector != nil, try !completeCarriedPDU(from: &buffer, allocator: context.channel.allocator) {
                 return
             }
             while !isClosed, let pdu = try parser.parse(&buffer) {
@@ -175,52 +176,66 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
             fail(.protocolViolation("\(error)"))
             return
         }
-        if buffer.readableBytes > 0 {
-            cumulation = buffer
-            cumulationExclusive = false
-        }
+        if buffer.readableBytes > 0 { cumulation = buffer }
         drainPending()
     }
 
-    /// The whole length of the PDU starting at the buffer's reader index once its BHS is there (nil before).
-    /// A data segment longer than the parser accepts gives the bytes at hand, so that `parse` reports it
-    /// before anything is allocated for it.
-    private func framedLength(_ buffer: ByteBuffer) -> Int? {
-        guard let header = buffer.getBasicHeaderSegment(at: buffer.readerIndex) else { return nil }
-        let dataLength = Int(header.dataSegmentLength)
-        guard dataLength <= parser.maxDataSegmentLength else { return buffer.readableBytes }
-        let digests = parser.digests
-        return BasicHeaderSegment.length + Int(header.totalAHSLength) * 4 + (digests.header ? 4 : 0)
-            + ((dataLength + 3) & ~3) + (digests.data && dataLength > 0 ? 4 : 0)
-    }
-
-    /// Moves bytes from `incoming` into the carried-over partial PDU (`cumulation`) until that PDU is whole,
-    /// then processes it. The partial PDU lives in a buffer sized for exactly that PDU (bounded by our
-    /// MaxRecvDataSegmentLength), so a large Data-In arriving over many reads is copied once and its slice
-    /// pins no spare capacity. Returns false when `incoming` ran out first (the PDU stays carried over).
+    /// Completes the PDU cut by the end of an earlier read from the front of `incoming`; the rest of
+    /// `incoming` is then parsed in place. Only the header segment group (at most 1,072 bytes) is ever
+    /// copied; the data segment is gathered as slices of the reads (`DataSegmentCollector`), so a Data-In
+    /// larger than a socket read reaches the NBD reply without being copied in userspace. Returns false
+    /// when `incoming` ran out first (the PDU stays carried over).
     private func completeCarriedPDU(from incoming: inout ByteBuffer, allocator: ByteBufferAllocator) throws -> Bool {
-        while var partial = cumulation {
+        if var partial = cumulation {
             cumulation = nil
-            let target = framedLength(partial) ?? BasicHeaderSegment.length
-            let take = min(max(target - partial.readableBytes, 0), incoming.readableBytes)
-            if take > 0 {
-                if !cumulationExclusive || partial.writableBytes < take {
-                    var fresh = allocator.buffer(capacity: max(target, partial.readableBytes + take))
-                    fresh.writeBuffer(&partial)
-                    partial = fresh
+            var frame = try parser.frame(partial)
+            if frame == nil {
+                // The header segment group itself was cut: copy it whole, a few bytes at a time if need be.
+                var head = allocator.buffer(capacity: BasicHeaderSegment.length + 1024 + 4)
+                head.writeBuffer(&partial)
+                while frame == nil, incoming.readableBytes > 0 {
+                    let wanted = headerGroupLength(head) - head.readableBytes
+                    if var piece = incoming.readSlice(length: min(wanted, incoming.readableBytes)) { head.writeBuffer(&piece) }
+                    frame = try parser.frame(head)
                 }
-                if var piece = incoming.readSlice(length: take) { partial.writeBuffer(&piece) }
+                partial = head
             }
-            cumulationExclusive = true
-            guard let total = framedLength(partial), partial.readableBytes >= total else {
+            guard let frame else {
                 cumulation = partial
-                if incoming.readableBytes == 0 { return false }
-                continue  // the header just became complete: take the rest of this PDU
+                return false
             }
-            if let pdu = try parser.parse(&partial), !isClosed { try process(pdu) }
-            if partial.readableBytes > 0 { cumulation = partial }  // not reached: `partial` held one PDU
+            partial.moveReaderIndex(forwardBy: frame.headerGroupLength)
+            var gathered = DataSegmentCollector(frame: frame)
+            _ = gathered.take(from: &partial)  // `partial` held less than one PDU: all of it is this PDU's
+            collector = gathered
+        }
+        guard var gathered = collector else { return true }
+        collector = nil
+        guard gathered.take(from: &incoming) else {
+            collector = gathered
+            return false
+        }
+        let pieces = try gathered.finish()
+        if isClosed { return true }
+        let frame = gathered.frame
+        if frame.header.opcode == .dataIn, pieces.count > 1, inFullFeaturePhase {
+            try receiveDataIn(ISCSIPDU.DataIn(ISCSIPDU(header: frame.header)), pieces: pieces)
+        } else {
+            var data = pieces.first ?? ISCSIPDU.emptyData
+            if pieces.count > 1 {
+                data = allocator.buffer(capacity: frame.dataLength)
+                for piece in pieces { data.writeImmutableBuffer(piece) }
+            }
+            try process(ISCSIPDU(header: frame.header, additionalHeaderSegments: frame.additionalHeaderSegments, data: data))
         }
         return true
+    }
+
+    /// The length of the header segment group starting at the reader index, once the BHS is there (the
+    /// BHS length before).
+    private func headerGroupLength(_ buffer: ByteBuffer) -> Int {
+        guard let header = buffer.getBasicHeaderSegment(at: buffer.readerIndex) else { return BasicHeaderSegment.length }
+        return BasicHeaderSegment.length + Int(header.totalAHSLength) * 4 + (parser.digests.header ? 4 : 0)
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -228,6 +243,14 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
         context.fireChannelReadComplete()
         // The next event is the client's next request, or the target's next answer.
         poller?.arm(on: context.eventLoop, outstanding: tasks.count)
+    }
+
+    /// Full feature phase PDUs are accepted (also while logging out).
+    private var inFullFeaturePhase: Bool {
+        switch state {
+        case .fullFeature, .loggingOut: return true
+        default: return false
+        }
     }
 
     private var isClosed: Bool {
@@ -537,12 +560,13 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
 
     /// RFC 7143 §11.7: Data-In, checked for DataSN and Buffer Offset order (DataPDUInOrder=Yes) and
     /// the expected length; the status may ride on the last one (S bit).
-    private func receiveDataIn(_ dataIn: ISCSIPDU.DataIn) throws {
+    /// `pieces`: the data segment as the slices it arrived in, when it spanned reads (else `dataIn.data`).
+    private func receiveDataIn(_ dataIn: ISCSIPDU.DataIn, pieces: [ByteBuffer] = []) throws {
         window.update(expCmdSN: dataIn.expCmdSN, maxCmdSN: dataIn.maxCmdSN)
         let slot = try taskSlot(dataIn.initiatorTaskTag, "Data-In")
         let allocator = context?.channel.allocator ?? ByteBufferAllocator()
         try tasks.modify(slot: slot) { (task: inout SCSITask) throws in
-            let length = dataIn.data.readableBytes
+            let length = pieces.isEmpty ? dataIn.data.readableBytes : pieces.reduce(0) { $0 + $1.readableBytes }
             guard dataIn.dataSN == task.nextDataSN else {
                 throw ISCSISessionError.protocolViolation("Data-In DataSN \(dataIn.dataSN), expected \(task.nextDataSN)")
             }
@@ -553,26 +577,12 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
                 throw ISCSISessionError.protocolViolation("Data-In beyond the expected \(task.expectedDataIn) bytes")
             }
             task.nextDataSN += 1
-            if length > 0 {
-                if task.dataIn == nil && task.dataInSegments.isEmpty {
-                    task.dataIn = dataIn.data  // one PDU (the common case): no array, no copy
-                } else if task.original.command.segmentedDataIn {
-                    if let first = task.dataIn {
-                        task.dataInSegments = [first]
-                        task.dataIn = nil
-                    }
-                    task.dataInSegments.append(dataIn.data)
-                } else {
-                    if !task.dataInAssembled, let first = task.dataIn {
-                        var assembled = allocator.buffer(capacity: task.expectedDataIn)
-                        assembled.writeImmutableBuffer(first)
-                        task.dataIn = assembled
-                        task.dataInAssembled = true
-                    }
-                    task.dataIn!.writeImmutableBuffer(dataIn.data)
-                }
-                task.dataInReceived += length
+            if pieces.isEmpty {
+                if length > 0 { Self.store(dataIn.data, in: &task, allocator: allocator) }
+            } else {
+                for piece in pieces { Self.store(piece, in: &task, allocator: allocator) }
             }
+            task.dataInReceived += length
         }
         if dataIn.statusPresent {
             window.receiveStatSN(dataIn.statSN)
@@ -586,6 +596,28 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
             )
             task.promise.succeed(result)
             taskFinished()
+        }
+    }
+
+    /// Keeps one piece of Data-In: the first as it is (the common case: no array, no copy); later ones
+    /// as further slices with `SCSICommand.segmentedDataIn`, else appended to one assembled buffer.
+    private static func store(_ piece: ByteBuffer, in task: inout SCSITask, allocator: ByteBufferAllocator) {
+        if task.dataIn == nil && task.dataInSegments.isEmpty {
+            task.dataIn = piece
+        } else if task.original.command.segmentedDataIn {
+            if let first = task.dataIn {
+                task.dataInSegments = [first]
+                task.dataIn = nil
+            }
+            task.dataInSegments.append(piece)
+        } else {
+            if !task.dataInAssembled, let first = task.dataIn {
+                var assembled = allocator.buffer(capacity: task.expectedDataIn)
+                assembled.writeImmutableBuffer(first)
+                task.dataIn = assembled
+                task.dataInAssembled = true
+            }
+            task.dataIn!.writeImmutableBuffer(piece)
         }
     }
 

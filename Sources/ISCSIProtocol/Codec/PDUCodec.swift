@@ -36,8 +36,10 @@ public struct PDUParser: Sendable {
         self.direction = direction
     }
 
-    /// Reads one whole PDU; nil (buffer untouched) when it is not all there yet.
-    public func parse(_ buffer: inout ByteBuffer) throws(ISCSIPDUError) -> ISCSIPDU? {
+    /// Checks the header segment group at the reader index (opcode, direction, DataSegmentLength against
+    /// our MaxRecvDataSegmentLength, header digest) and says how long the rest of the PDU is, without
+    /// consuming anything. Nil until the whole header segment group is there.
+    public func frame(_ buffer: ByteBuffer) throws(ISCSIPDUError) -> PDUFrame? {
         guard let header = buffer.getBasicHeaderSegment(at: buffer.readerIndex) else { return nil }
         let opcode = header.opcode
         guard opcode.isDefined else { throw ISCSIPDUError.unknownOpcode(opcode.rawValue) }
@@ -54,11 +56,7 @@ public struct PDUParser: Sendable {
         let ahsLength = Int(header.totalAHSLength) * 4
         let headerGroup = BasicHeaderSegment.length + ahsLength
         let headerDigest = digests.header ? 4 : 0
-        // RFC 7143 §11.2.3: "A zero-length Data Segment also implies a zero-length Data-Digest."
-        let dataDigest = digests.data && dataLength > 0 ? 4 : 0
-        let total = headerGroup + headerDigest + paddedLength(dataLength) + dataDigest
-        guard buffer.readableBytes >= total else { return nil }
-
+        guard buffer.readableBytes >= headerGroup + headerDigest else { return nil }
         let start = buffer.readerIndex
         if digests.header {
             let computed = buffer.withUnsafeReadableBytes {
@@ -67,21 +65,97 @@ public struct PDUParser: Sendable {
             let received = buffer.getInteger(at: start + headerGroup, endianness: .little, as: UInt32.self) ?? 0
             guard computed == received else { throw ISCSIPDUError.headerDigestMismatch(expected: computed, received: received) }
         }
-        let dataStart = start + headerGroup + headerDigest
-        if dataDigest > 0 {
+        let ahs = ahsLength > 0 ? buffer.getSlice(at: start + BasicHeaderSegment.length, length: ahsLength) : nil
+        // RFC 7143 §11.2.3: "A zero-length Data Segment also implies a zero-length Data-Digest."
+        return PDUFrame(
+            header: header, additionalHeaderSegments: ahs, headerGroupLength: headerGroup + headerDigest,
+            dataLength: dataLength, dataDigest: digests.data && dataLength > 0
+        )
+    }
+
+    /// Reads one whole PDU; nil (buffer untouched) when it is not all there yet.
+    public func parse(_ buffer: inout ByteBuffer) throws(ISCSIPDUError) -> ISCSIPDU? {
+        guard let frame = try frame(buffer), buffer.readableBytes >= frame.totalLength else { return nil }
+        let dataStart = buffer.readerIndex + frame.headerGroupLength
+        let dataLength = frame.dataLength
+        if frame.dataDigest {
             let covered = paddedLength(dataLength)
             let computed = buffer.withUnsafeReadableBytes {
-                CRC32C.checksum(UnsafeRawBufferPointer(rebasing: $0[(dataStart - start)..<(dataStart - start + covered)]))
+                CRC32C.checksum(UnsafeRawBufferPointer(rebasing: $0[frame.headerGroupLength..<(frame.headerGroupLength + covered)]))
             }
             let received = buffer.getInteger(at: dataStart + covered, endianness: .little, as: UInt32.self) ?? 0
             guard computed == received else { throw ISCSIPDUError.dataDigestMismatch(expected: computed, received: received) }
         }
-        let ahs = ahsLength > 0 ? buffer.getSlice(at: start + BasicHeaderSegment.length, length: ahsLength) : nil
         let data = dataLength > 0 ? (buffer.getSlice(at: dataStart, length: dataLength) ?? ISCSIPDU.emptyData) : ISCSIPDU.emptyData
-        buffer.moveReaderIndex(forwardBy: total)
-        var pdu = ISCSIPDU(header: header, additionalHeaderSegments: ahs, data: data)
-        pdu.header = header
+        buffer.moveReaderIndex(forwardBy: frame.totalLength)
+        var pdu = ISCSIPDU(header: frame.header, additionalHeaderSegments: frame.additionalHeaderSegments, data: data)
+        pdu.header = frame.header
         return pdu
+    }
+}
+
+/// What a PDU's header segment group says about the whole PDU (RFC 7143 §11.2): the checked header, and
+/// the lengths of what follows it.
+public struct PDUFrame: Sendable {
+    public var header: BasicHeaderSegment
+    public var additionalHeaderSegments: ByteBuffer?
+    /// BHS, AHS and header digest.
+    public var headerGroupLength: Int
+    public var dataLength: Int
+    /// A data digest follows the padded data segment.
+    public var dataDigest: Bool
+
+    /// Padding and data digest after the data segment.
+    public var trailerLength: Int { paddedLength(dataLength) - dataLength + (dataDigest ? 4 : 0) }
+    public var totalLength: Int { headerGroupLength + dataLength + trailerLength }
+}
+
+/// Gathers the data segment of one PDU whose header segment group has been framed, from as many reads as it
+/// takes, keeping the payload as slices of the receive buffers (never copied, never joined). The data
+/// digest (RFC 7143 §13.1, covering the padding) is computed as the bytes arrive and checked by `finish`.
+/// For Data-In PDUs larger than one socket read, this saves copying every byte of a read once more.
+public struct DataSegmentCollector: Sendable {
+    public let frame: PDUFrame
+    public private(set) var pieces: [ByteBuffer] = []
+    private var dataCollected = 0
+    /// Padding and digest bytes so far (at most 7).
+    private var trailer: UInt64 = 0
+    private var trailerCollected = 0
+    private var crc: UInt32 = 0
+
+    public init(frame: PDUFrame) { self.frame = frame }
+
+    /// Every byte of the PDU has been taken.
+    public var isComplete: Bool { dataCollected == frame.dataLength && trailerCollected == frame.trailerLength }
+
+    /// Takes the bytes that belong to this PDU from the front of `buffer`; true once the PDU is whole.
+    public mutating func take(from buffer: inout ByteBuffer) -> Bool {
+        let wanted = min(frame.dataLength - dataCollected, buffer.readableBytes)
+        if wanted > 0, let piece = buffer.readSlice(length: wanted) {
+            if frame.dataDigest { crc = CRC32C.checksum(piece, continuing: crc) }
+            pieces.append(piece)
+            dataCollected += wanted
+        }
+        while trailerCollected < frame.trailerLength, let byte = buffer.readInteger(as: UInt8.self) {
+            trailer |= UInt64(byte) << (8 * UInt64(trailerCollected))
+            trailerCollected += 1
+        }
+        return isComplete
+    }
+
+    /// The data segment, in order, once the digest (if any) is checked.
+    public func finish() throws(ISCSIPDUError) -> [ByteBuffer] {
+        precondition(isComplete, "finish() before the PDU is whole")
+        if frame.dataDigest {
+            let padding = paddedLength(frame.dataLength) - frame.dataLength
+            var paddingBytes = (trailer & ((1 << (8 * UInt64(padding))) - 1)).littleEndian
+            let computed = withUnsafeBytes(of: &paddingBytes) {
+                CRC32C.checksum(UnsafeRawBufferPointer(rebasing: $0[0..<padding]), continuing: crc)
+            }
+            let received = UInt32(truncatingIfNeeded: trailer >> (8 * UInt64(padding)))
+            guard computed == received else { throw ISCSIPDUError.dataDigestMismatch(expected: computed, received: received) }
+        }
+        return pieces
     }
 }
 
