@@ -105,6 +105,7 @@ def human_size(n: int) -> str:
 
 
 AA_CONTROL = "qemu-nbd-b"  # --aa: a second, identical qemu-nbd
+BASELINE = "iscsi-nbd-base"  # --baseline BIN: another iscsi-nbd build, for A/B of a change in one run
 
 
 def run_order(servers: list, slot: int) -> list:
@@ -777,6 +778,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--aa", action="store_true",
                    help=f"also run a second qemu-nbd ({AA_CONTROL}) in every job: its ratio to qemu-nbd is the "
                         "noise floor measured in the same run, shown next to each target (1.5x the time)")
+    p.add_argument("--baseline", metavar="BIN",
+                   help=f"also run this iscsi-nbd binary ({BASELINE}, same --iscsi-nbd-args) in every job: the "
+                        "report's 'vs base' columns are iscsi-nbd / baseline paired within each repeat (A/B of a "
+                        "change in one run, instead of comparing ratios from two runs)")
     p.add_argument("--no-iscsi-perf", action="store_true", help="skip the iscsi-perf ceiling runs")
     p.add_argument("--results", metavar="DIR", help="results folder (default <repo>/results/bench-<timestamp>)")
     p.add_argument("--strict", action="store_true", help="exit 3 when a target from issue 6 is missed (not with --smoke)")
@@ -881,6 +886,14 @@ def main(argv: list[str]) -> int:
         raise SystemExit("bench: --servers takes qemu-nbd and/or iscsi-nbd")
     if args.aa and "qemu-nbd" in servers_wanted:
         servers_wanted.insert(servers_wanted.index("qemu-nbd") + 1, AA_CONTROL)
+    baseline_bin = None
+    if args.baseline:
+        b = Path(args.baseline)
+        if not (b.is_file() and os.access(b, os.X_OK)) or args.calibrate or "iscsi-nbd" not in servers_wanted:
+            raise SystemExit("bench: --baseline needs an executable iscsi-nbd binary and the iscsi-nbd server "
+                             "(not with --calibrate)")
+        baseline_bin = str(b.resolve())
+        servers_wanted.append(BASELINE)
 
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     outdir = Path(args.results) if args.results else REPO / "results" / f"bench-{stamp}"
@@ -894,6 +907,7 @@ def main(argv: list[str]) -> int:
         "mode": "smoke" if args.smoke else "full",
         "calibration": args.calibrate,
         "aa_control": AA_CONTROL if args.aa else None,
+        "baseline": baseline_bin,
         "config": {"awake": args.awake, "runtime_s": runtime, "ramp_s": args.ramp, "warmup_s": args.warmup, "repeat": args.repeat, "luns": luns,
                    "lun_size_mib": args.lun_size_mib, "block_size": args.block_size,
                    "transport": args.transport, "qemu_shared": args.qemu_shared,
@@ -960,6 +974,9 @@ def main(argv: list[str]) -> int:
                 elif args.calibrate:
                     # A/A run: the same qemu-nbd command in iscsi-nbd's slot measures the noise floor.
                     servers.append(QemuNBD(name, outdir, args.transport, shared=args.qemu_shared))
+                elif name == BASELINE:
+                    servers.append(ISCSINBD(name, outdir, args.transport, binary=baseline_bin,
+                                            extra=shlex.split(args.iscsi_nbd_args)))
                 elif iscsi_nbd_bin:
                     servers.append(ISCSINBD(name, outdir, args.transport, binary=iscsi_nbd_bin,
                                             extra=shlex.split(args.iscsi_nbd_args)))

@@ -12,7 +12,7 @@ import statistics
 import sys
 from pathlib import Path
 
-OURS, QEMU, PERF, AA = "iscsi-nbd", "qemu-nbd", "iscsi-perf", "qemu-nbd-b"
+OURS, QEMU, PERF, AA, BASE = "iscsi-nbd", "qemu-nbd", "iscsi-perf", "qemu-nbd-b", "iscsi-nbd-base"
 RSS_LIMIT_MIB = 40
 
 
@@ -75,6 +75,10 @@ def summarize(results: dict) -> dict:
                 "aa_iops": paired("iops", AA, QEMU),
                 "aa_lat": paired("lat_mean_us", AA, QEMU),
                 "aa_cpu": paired("cpu_ms_per_1k_io", AA, QEMU),
+                # --baseline: this build against another iscsi-nbd build, paired within each repeat.
+                "base_iops": paired("iops", OURS, BASE),
+                "base_lat": paired("lat_mean_us", OURS, BASE),
+                "base_cpu": paired("cpu_ms_per_1k_io", OURS, BASE),
             }
             entry["ratios"] = {k: _median(v) for k, v in samples.items()}
             entry["ratio_samples"] = samples
@@ -157,25 +161,28 @@ def table(results: dict, lun: str) -> tuple[list[str], list[list[str]]]:
     """Headers and rows for one LUN; A/A columns appear when the run had the --aa control."""
     per = results.get("summary", {}).get("per_lun", {}).get(lun, {})
     aa = any(e["ratios"].get("aa_iops") is not None for e in per.values())
-    headers = ["job", "qemu IOPS", "ours IOPS", "ours/qemu"] + (["A/A"] if aa else []) + \
+    base = any(e["ratios"].get("base_iops") is not None for e in per.values())
+    headers = ["job", "qemu IOPS", "ours IOPS", "ours/qemu"] + (["A/A"] if aa else []) + (["vs base"] if base else []) + \
         ["iscsi-perf", "ours/perf", "qemu lat us", "ours lat us", "lat ratio"] + (["A/A"] if aa else []) + \
-        ["qemu cpu ms/1kIO", "ours cpu ms/1kIO", "cpu ratio"] + (["A/A"] if aa else []) + \
-        ["qemu RSS MiB", "ours RSS MiB"]
+        (["vs base"] if base else []) + \
+        ["qemu cpu ms/1kIO", "ours cpu ms/1kIO", "cpu ratio"] + (["A/A"] if aa else []) + (["vs base"] if base else []) + \
+        ["qemu RSS MiB", "ours RSS MiB"] + (["base RSS MiB"] if base else [])
     rows = []
     for job, e in per.items():
         s = e["servers"]
-        q, o, p = s.get(QEMU, {}), s.get(OURS, {}), s.get(PERF, {})
+        q, o, p, b = s.get(QEMU, {}), s.get(OURS, {}), s.get(PERF, {}), s.get(BASE, {})
         r = e["ratios"]
         rows.append(
             [job, _f(q.get("iops")), _f(o.get("iops")), _ratio(r.get("iops_vs_qemu"))]
-            + ([_ratio(r.get("aa_iops"))] if aa else [])
+            + ([_ratio(r.get("aa_iops"))] if aa else []) + ([_ratio(r.get("base_iops"))] if base else [])
             + [_f(p.get("iops")), _ratio(r.get("iops_vs_perf")),
                _f(q.get("lat_mean_us")), _f(o.get("lat_mean_us")), _ratio(r.get("lat_vs_qemu"))]
-            + ([_ratio(r.get("aa_lat"))] if aa else [])
+            + ([_ratio(r.get("aa_lat"))] if aa else []) + ([_ratio(r.get("base_lat"))] if base else [])
             + [_f(q.get("cpu_ms_per_1k_io"), "{:.1f}"), _f(o.get("cpu_ms_per_1k_io"), "{:.1f}"),
                _ratio(r.get("cpu_vs_qemu"))]
-            + ([_ratio(r.get("aa_cpu"))] if aa else [])
-            + [_f(q.get("peak_rss_mib"), "{:.1f}"), _f(o.get("peak_rss_mib"), "{:.1f}")])
+            + ([_ratio(r.get("aa_cpu"))] if aa else []) + ([_ratio(r.get("base_cpu"))] if base else [])
+            + [_f(q.get("peak_rss_mib"), "{:.1f}"), _f(o.get("peak_rss_mib"), "{:.1f}")]
+            + ([_f(b.get("peak_rss_mib"), "{:.1f}")] if base else []))
     return headers, rows
 
 
@@ -241,7 +248,10 @@ def markdown(results: dict) -> str:
             ("- A/A columns: a second, identical qemu-nbd (`--aa`) ran in every job; its ratio to qemu-nbd is the "
              "noise floor of this very run. A target met by less than the A/A deviation is not established."
              if results.get("aa_control") else
-             "- No A/A control in this run (`--aa` adds one; `--calibrate` measures the noise floor alone).")]
+             "- No A/A control in this run (`--aa` adds one; `--calibrate` measures the noise floor alone)."),
+            *([f"- `vs base` columns: a second iscsi-nbd build (`--baseline {results['baseline']}`) ran in every "
+               "job; the ratio is this build / that build, paired within each repeat (below 1.00x is better for "
+               "latency and CPU, above for IOPS)."] if results.get("baseline") else [])]
     for lun, verdict in results.get("cross_check", {}).items():
         out.append(f"- Data cross-check ({lun} LUN): {verdict}")
     out += ["", "## Jobs", ""] + [f"- `{j['name']}`: {j['describe']}" for j in c.get("jobs", [])] + [""]

@@ -154,6 +154,22 @@ class SummaryTests(unittest.TestCase):
         self.assertEqual(headers.count("A/A"), 3)
         self.assertEqual(rows[0][headers.index("A/A")], "1.10x")
 
+    def test_baseline_columns_pair_this_build_with_the_baseline(self):
+        runs = [run("qemu-nbd", "1m-read-qd8", 0, 100, lat=10, cpu=8), run("iscsi-nbd", "1m-read-qd8", 0, 150, lat=6, cpu=3),
+                run("iscsi-nbd-base", "1m-read-qd8", 0, 120, lat=8, cpu=4, rss_kib=2048)]
+        s = report.summarize({"runs": runs})
+        r = s["per_lun"]["ram"]["1m-read-qd8"]["ratios"]
+        self.assertEqual((r["base_iops"], r["base_lat"], r["base_cpu"]), (1.25, 0.75, 0.75))
+        self.assertAlmostEqual(r["iops_vs_qemu"], 1.5)  # the baseline does not disturb the qemu-nbd ratios
+        results = {"runs": runs, "summary": s, "config": {"repeat": 1, "jobs": []}, "baseline": "/tmp/old"}
+        headers, rows = report.table(results, "ram")
+        self.assertEqual(headers.count("vs base"), 3)
+        self.assertEqual([c for h, c in zip(headers, rows[0]) if h == "vs base"], ["1.25x", "0.75x", "0.75x"])
+        self.assertEqual(rows[0][headers.index("base RSS MiB")], "2.0")
+        self.assertIn("--baseline /tmp/old", report.markdown(results))
+        no_base = report.table({"runs": runs[:2], "summary": report.summarize({"runs": runs[:2]})}, "ram")[0]
+        self.assertNotIn("vs base", no_base)
+
     def test_ratios_pair_within_repeat_and_take_median(self):
         runs = [
             run("qemu-nbd", "4k-randread-qd32", 0, 100), run("iscsi-nbd", "4k-randread-qd32", 0, 200),
