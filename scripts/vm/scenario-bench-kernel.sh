@@ -8,7 +8,8 @@
 # Run:  scripts/vm/run-in-vm.sh -t 900 -r results/vm-bench scripts/vm/scenario-bench-kernel.sh [LUN_MiB] [FIO_SECONDS] [CONNECTIONS]
 # (TCG emulation: absolute numbers are far below bare metal; only the ratios of one run mean anything.)
 # Knobs (-e VAR=VAL): ATTACH_ARGS, extra arguments for `iscsi-nbd attach` (e.g. "--poll-us 100");
-#   FIO_JOBS, the fio jobs as RW:BS:QD words (default "randread:4k:32 randwrite:4k:32 read:1M:8").
+#   FIO_JOBS, the fio jobs as RW:BS:QD words (default "randread:4k:32 randwrite:4k:32 read:1M:8");
+#   PROFILE=SECS, after each timed job one more run of SECS under perf (profile-*.txt in the results).
 # vm-apt: open-iscsi tgt qemu-utils qemu-block-extra nbd-client fio libiscsi-bin e2fsprogs python3
 set -u
 . "$(dirname "${VM_SCRIPT:-$0}")/lib.sh"
