@@ -280,6 +280,32 @@ struct ConnectionHandlerTests {
         }
     }
 
+    /// A header segment group longer than the BHS (an AHS, and the header digest) cut anywhere, the cut
+    /// header gathered across reads: the PDU is framed by its whole header group and its data delivered.
+    @Test(arguments: [1, 3, 47, 50, 53, 57, 61, 1000])
+    func headerGroupWithAHSCutAcrossReads(chunk: Int) throws {
+        let h = try FakeTargetHarness(digests: true)
+        _ = try h.login()
+        let future = h.submit(SCSICommand(cdb: readCDB(blocks: 6), expectedDataInLength: 3000, segmentedDataIn: true))
+        let itt = try ISCSIPDU.SCSICommand(try #require(try h.sent().first)).initiatorTaskTag
+        let data = ByteBuffer(bytes: (0..<3000).map { UInt8(truncatingIfNeeded: $0 &* 7) })
+        var pdu = h.dataIn(itt: itt, dataSN: 0, offset: 0, data: data, status: 0).pdu
+        pdu = ISCSIPDU(header: pdu.header, additionalHeaderSegments: ByteBuffer(bytes: [0, 8, 0xFF, 0, 1, 2, 3, 4, 5, 6, 7, 8]),
+                       data: pdu.data)
+        var wire = ByteBuffer()
+        PDUEncoder(digests: h.parser.digests).encode(pdu, into: &wire)
+        #expect(wire.readableBytes == 48 + 12 + 4 + 3000 + 4)
+        while wire.readableBytes > 0 {
+            try h.channel.writeInbound(wire.readSlice(length: min(chunk, wire.readableBytes))!)
+            h.channel.embeddedEventLoop.run()
+        }
+        let result = try #require(try outcome(future)?.get())
+        var joined = ByteBuffer()
+        for piece in result.dataInPieces { joined.writeImmutableBuffer(piece) }
+        #expect(result.status == .good && joined == data)
+        #expect(h.channel.isActive)
+    }
+
     /// A data digest over a Data-In that spans reads is checked too: one flipped payload byte drops the
     /// connection and fails the command instead of handing over bad data.
     @Test(arguments: [1000, 4145])

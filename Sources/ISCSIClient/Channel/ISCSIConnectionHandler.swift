@@ -194,7 +194,7 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
                 var head = allocator.buffer(capacity: BasicHeaderSegment.length + 1024 + 4)
                 head.writeBuffer(&partial)
                 while frame == nil, incoming.readableBytes > 0 {
-                    let wanted = headerGroupLength(head) - head.readableBytes
+                    let wanted = max(headerGroupLength(head) - head.readableBytes, 1)  // always progress
                     if var piece = incoming.readSlice(length: min(wanted, incoming.readableBytes)) { head.writeBuffer(&piece) }
                     frame = try parser.frame(head)
                 }
