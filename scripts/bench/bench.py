@@ -92,8 +92,9 @@ FULL_JOBS = [
     Job("4k-randwrite-qd32-4conn", "randwrite", 4 * KIB, 32, numjobs=4),
 ]
 SMOKE_JOBS = ["4k-randread-qd32", "4k-randwrite-qd32"]
-# `--profile` without a list: the jobs behind the targets still missed (QD1 latency, 4k QD32, 1M read).
-PROFILE_JOBS = "4k-randread-qd1,4k-randread-qd32,1m-read-qd8"
+# `--profile` without a list: every job that missed an issue 6 target on that LUN in the timed runs
+# (issue 6: where a target is missed, the report shows where the time goes).
+PROFILE_MISSED = "missed"
 
 
 def human_size(n: int) -> str:
@@ -785,9 +786,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--no-iscsi-perf", action="store_true", help="skip the iscsi-perf ceiling runs")
     p.add_argument("--results", metavar="DIR", help="results folder (default <repo>/results/bench-<timestamp>)")
     p.add_argument("--strict", action="store_true", help="exit 3 when a target from issue 6 is missed (not with --smoke)")
-    p.add_argument("--profile", nargs="?", const=PROFILE_JOBS, metavar="JOBS",
-                   help="after the timed repeats, run these jobs (default: " + PROFILE_JOBS + ") once more per "
-                        "server under `perf record -a -g` and add where the time goes to the report")
+    p.add_argument("--profile", nargs="?", const=PROFILE_MISSED, metavar="JOBS",
+                   help="after the timed repeats of a LUN, run jobs once more per server under `perf record -a -g` "
+                        "and add where the time goes to the report: without JOBS, every job behind a target "
+                        "missed on that LUN; else these jobs (names or globs, comma-separated)")
     p.add_argument("--awake", action="store_true",
                    help="run a SCHED_IDLE busy loop on every CPU so no CPU ever halts: in a VM whose idle vCPUs "
                         "halt at once, this shows how much of QD1 latency is waking a halted vCPU")
@@ -827,6 +829,13 @@ def start_spinners() -> list[subprocess.Popen]:
         procs.append(subprocess.Popen(["chrt", "--idle", "0", "taskset", "-c", str(cpu), "sh", "-c", "while :; do :; done"],
                                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     return procs
+
+
+def missed_jobs(results: dict, lun: str, jobs: list[Job]) -> list[Job]:
+    """The jobs behind the issue 6 targets missed on `lun` in the runs so far, in matrix order."""
+    names = {j for t in report.summarize(results)["targets"] if t["lun"] == lun and t["status"] == "MISS"
+             for j in t.get("jobs", [])}
+    return [j for j in jobs if j.name in names]
 
 
 def profile_run(job: Job, server: Server, lun: str, runtime: float, outdir: Path, target_pid: int | None) -> dict:
@@ -875,7 +884,7 @@ def main(argv: list[str]) -> int:
     os.environ["PATH"] = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
     runtime = args.runtime if args.runtime is not None else (2.0 if args.smoke else 3.0)
     jobs = select_jobs(args)
-    profile_jobs = match_jobs(args.profile) if args.profile else []
+    profile_jobs = match_jobs(args.profile) if args.profile and args.profile != PROFILE_MISSED else []
     luns = [s.strip() for s in (args.luns or ("ram" if args.smoke else "ram,null")).split(",") if s.strip()]
     if any(l not in ("ram", "null") for l in luns):
         raise SystemExit("bench: --luns takes ram and/or null")
@@ -921,12 +930,13 @@ def main(argv: list[str]) -> int:
         "runs": [],
         "profiles": [],
     }
-    if profile_jobs:
+    if args.profile:
         problem = perfprofile.available()
         if problem:
             results["profile_problem"] = problem  # the report says why; the timed results are unaffected
             log("WARNING: no profiles: " + problem)
             profile_jobs = []
+            args.profile = None
     status = 0
     iscsi_nbd_bin = None
     if "iscsi-nbd" in servers_wanted and not args.calibrate:
@@ -1040,7 +1050,7 @@ def main(argv: list[str]) -> int:
                         if "error" in rec:
                             results["problems"].append(f"{lun_name}/{job.name} iscsi-perf: {rec['error']}")
                             status = max(status, 1)
-            for job in profile_jobs:
+            for job in (missed_jobs(results, lun_name, jobs) if args.profile == PROFILE_MISSED else profile_jobs):
                 for s in running:
                     if not s.alive():
                         continue

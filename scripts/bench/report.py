@@ -106,8 +106,9 @@ def evaluate_targets(per: dict) -> list[dict]:
         aa = ratio(lun, job, aa_key) if aa_key else None
         return f"{v:.2f}x{rng}{extra}" + (f"; A/A {aa:.2f}x" if aa is not None else "")
 
-    def row(lun, name, value, ok, shown):
-        out.append({"lun": lun, "name": name, "value": value, "shown": shown,
+    def row(lun, name, value, ok, shown, jobs):
+        """`jobs`: the jobs whose measurements decide the target (the ones to profile when it is missed)."""
+        out.append({"lun": lun, "name": name, "value": value, "shown": shown, "jobs": jobs,
                     "status": "n/a" if value is None else ("PASS" if ok else "MISS")})
 
     for lun, jobs in per.items():
@@ -117,24 +118,24 @@ def evaluate_targets(per: dict) -> list[dict]:
                                   ("1m-write-qd8", "1M seq write (QD8) >= 1.3x qemu-nbd", 1.3)):
             if job in jobs:
                 v = ratio(lun, job, "iops_vs_qemu")
-                row(lun, label, v, v is not None and v >= limit, shown(lun, job, "iops_vs_qemu"))
+                row(lun, label, v, v is not None and v >= limit, shown(lun, job, "iops_vs_qemu"), [job])
         for job, label in (("4k-randread-qd1", "QD1 read latency <= 0.8x qemu-nbd"),
                            ("4k-randwrite-qd1", "QD1 write latency <= 0.8x qemu-nbd")):
             if job in jobs:
                 v = ratio(lun, job, "lat_vs_qemu")
-                row(lun, label, v, v is not None and v <= 0.8, shown(lun, job, "lat_vs_qemu"))
+                row(lun, label, v, v is not None and v <= 0.8, shown(lun, job, "lat_vs_qemu"), [job])
         for job in jobs:
             if PERF in jobs[job]["servers"]:
                 v = ratio(lun, job, "iops_vs_perf")
                 q = ratio(lun, job, "qemu_iops_vs_perf")
                 row(lun, f"{job}: IOPS within 10% of iscsi-perf", v, v is not None and v >= 0.9,
-                    shown(lun, job, "iops_vs_perf", f"; qemu-nbd {q:.2f}x" if q is not None else ""))
-        qd128 = [jobs[j]["servers"].get(OURS, {}).get("peak_rss_mib") for j in jobs if j.endswith("-qd128")]
-        qd128 = [v for v in qd128 if v is not None]
+                    shown(lun, job, "iops_vs_perf", f"; qemu-nbd {q:.2f}x" if q is not None else ""), [job])
+        qd128 = [(jobs[j]["servers"].get(OURS, {}).get("peak_rss_mib"), j) for j in jobs if j.endswith("-qd128")]
+        qd128 = [(v, j) for v, j in qd128 if v is not None]
         if any(j.endswith("-qd128") for j in jobs):
-            v = max(qd128) if qd128 else None
+            v, heaviest = max(qd128) if qd128 else (None, None)
             row(lun, f"peak RSS at QD128 <= {RSS_LIMIT_MIB} MiB", v, v is not None and v <= RSS_LIMIT_MIB,
-                f"{v:.1f} MiB" if v is not None else "-")
+                f"{v:.1f} MiB" if v is not None else "-", [heaviest] if heaviest else [])
         cpu = [(j, jobs[j]["ratios"].get("cpu_vs_qemu")) for j in jobs]
         cpu = [(j, v) for j, v in cpu if v is not None]
         if jobs:
@@ -142,7 +143,8 @@ def evaluate_targets(per: dict) -> list[dict]:
             better = sum(1 for _, v in cpu if v < 1)
             row(lun, "CPU time per I/O < qemu-nbd (every job)", worst[1] if worst else None,
                 bool(cpu) and better == len(cpu),
-                f"{better}/{len(cpu)} jobs; worst {worst[1]:.2f}x ({worst[0]})" if worst else "-")
+                f"{better}/{len(cpu)} jobs; worst {worst[1]:.2f}x ({worst[0]})" if worst else "-",
+                [j for j, v in cpu if v >= 1])
     return out
 
 
@@ -314,6 +316,14 @@ def profile_section(results: dict) -> list[str]:
         out += [f"No profiles: {results['profile_problem']}", ""]
     if not profiles:
         return out
+    profiled = {(p["lun"], p["job"]) for p in profiles if not p.get("error")}
+    missed = [t for t in results.get("summary", {}).get("targets", []) if t["status"] == "MISS"]
+    if missed:
+        out += ["Targets missed in the timed runs, and the profiled jobs behind them:", ""]
+        for t in missed:
+            jobs = [f"`{j}`" + ("" if (t["lun"], j) in profiled else " (not profiled)") for j in t.get("jobs", [])]
+            out.append(f"- {t['lun']}: {t['name']} ({t['shown']}): {', '.join(jobs) or '-'}")
+        out.append("")
     out += ["| LUN | job | server | IOPS (under perf) | cpu ms/1kIO | machine: server / tgtd / fio / idle / other % "
             "| server: kernel / own binary / runtime / libiscsi / libc / other % |",
             "|---|---|---|---:|---:|---|---|"]

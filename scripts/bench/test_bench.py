@@ -333,10 +333,26 @@ class ProfileTests(unittest.TestCase):
         self.assertEqual(report.profile_section({"profiles": []}), [])
         self.assertIn("No profiles: perf missing", "\n".join(report.profile_section({"profile_problem": "perf missing"})))
 
-    def test_default_profile_jobs_exist(self):
-        self.assertEqual([j.name for j in bench.match_jobs(bench.PROFILE_JOBS)],
-                         ["4k-randread-qd1", "4k-randread-qd32", "1m-read-qd8"])
-
+    def test_missed_targets_choose_the_jobs_to_profile(self):
+        runs = [
+            run("qemu-nbd", "4k-randread-qd32", 0, 100, cpu=10), run("iscsi-nbd", "4k-randread-qd32", 0, 120, cpu=5),
+            run("qemu-nbd", "4k-randwrite-qd32", 0, 100, cpu=10), run("iscsi-nbd", "4k-randwrite-qd32", 0, 160, cpu=12),
+            run("qemu-nbd", "4k-randread-qd1", 0, 10, lat=100), run("iscsi-nbd", "4k-randread-qd1", 0, 12, lat=70, cpu=1),
+            run("qemu-nbd", "1m-read-qd8", 0, 10, cpu=5, lun="null"), run("iscsi-nbd", "1m-read-qd8", 0, 9, cpu=1, lun="null"),
+        ]
+        results = {"runs": runs}
+        jobs = bench.match_jobs("4k-randread-qd1,4k-randread-qd32,4k-randwrite-qd32,1m-read-qd8")
+        # ram: QD32 read below 1.5x; QD32 write above qemu-nbd's CPU per I/O; QD1 latency met.
+        self.assertEqual([j.name for j in bench.missed_jobs(results, "ram", jobs)], ["4k-randread-qd32", "4k-randwrite-qd32"])
+        self.assertEqual([j.name for j in bench.missed_jobs(results, "null", jobs)], ["1m-read-qd8"])
+        summary = report.summarize(results)
+        ok = {"lun": "ram", "job": "4k-randread-qd32", "server": "iscsi-nbd", "iops": 5000, "cpu_ms_per_1k_io": 7.0,
+              "machine": {"server": 25.0, "tgtd": 25.0, "fio": 6.0, "idle": 40.0, "other": 4.0},
+              "categories": {c: 0.0 for c in perfprofile.SERVER_CATEGORIES}, "top": []}
+        text = "\n".join(report.profile_section({"profiles": [ok], "summary": summary}))
+        self.assertIn("4k QD32 randread IOPS >= 1.5x qemu-nbd (1.20x): `4k-randread-qd32`\n", text)
+        self.assertIn("`4k-randwrite-qd32` (not profiled)", text)
+        self.assertIn("null: 1M seq read (QD8) >= 1.3x qemu-nbd (0.90x): `1m-read-qd8` (not profiled)", text)
 
 if __name__ == "__main__":
     unittest.main()
