@@ -984,11 +984,9 @@ def main(argv: list[str]) -> int:
                 elif args.calibrate:
                     # A/A run: the same qemu-nbd command in iscsi-nbd's slot measures the noise floor.
                     servers.append(QemuNBD(name, outdir, args.transport, shared=args.qemu_shared))
-                elif name == BASELINE:
-                    servers.append(ISCSINBD(name, outdir, args.transport, binary=baseline_bin,
-                                            extra=shlex.split(args.iscsi_nbd_args)))
                 elif iscsi_nbd_bin:
-                    servers.append(ISCSINBD(name, outdir, args.transport, binary=iscsi_nbd_bin,
+                    servers.append(ISCSINBD(name, outdir, args.transport,
+                                            binary=baseline_bin if name == BASELINE else iscsi_nbd_bin,
                                             extra=shlex.split(args.iscsi_nbd_args)))
             running: list[Server] = []
             for s in servers:

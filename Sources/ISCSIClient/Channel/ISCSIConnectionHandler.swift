@@ -194,7 +194,7 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
                 var head = allocator.buffer(capacity: BasicHeaderSegment.length + 1024 + 4)
                 head.writeBuffer(&partial)
                 while frame == nil, incoming.readableBytes > 0 {
-                    let wanted = max(headerGroupLength(head) - head.readableBytes, 1)  // always progress
+                    let wanted = max(parser.headerGroupLength(head) - head.readableBytes, 1)  // always progress
                     if var piece = incoming.readSlice(length: min(wanted, incoming.readableBytes)) { head.writeBuffer(&piece) }
                     frame = try parser.frame(head)
                 }
@@ -216,26 +216,11 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
             return false
         }
         let pieces = try gathered.finish()
-        if isClosed { return true }
         let frame = gathered.frame
-        if frame.header.opcode == .dataIn, pieces.count > 1, inFullFeaturePhase {
-            try receiveDataIn(ISCSIPDU.DataIn(ISCSIPDU(header: frame.header)), pieces: pieces)
-        } else {
-            var data = pieces.first ?? ISCSIPDU.emptyData
-            if pieces.count > 1 {
-                data = allocator.buffer(capacity: frame.dataLength)
-                for piece in pieces { data.writeImmutableBuffer(piece) }
-            }
-            try process(ISCSIPDU(header: frame.header, additionalHeaderSegments: frame.additionalHeaderSegments, data: data))
-        }
+        let pdu = ISCSIPDU(header: frame.header, additionalHeaderSegments: frame.additionalHeaderSegments,
+                           data: pieces.count == 1 ? pieces[0] : ISCSIPDU.emptyData)
+        try process(pdu, dataPieces: pieces.count > 1 ? pieces : [])
         return true
-    }
-
-    /// The length of the header segment group starting at the reader index, once the BHS is there (the
-    /// BHS length before).
-    private func headerGroupLength(_ buffer: ByteBuffer) -> Int {
-        guard let header = buffer.getBasicHeaderSegment(at: buffer.readerIndex) else { return BasicHeaderSegment.length }
-        return BasicHeaderSegment.length + Int(header.totalAHSLength) * 4 + (parser.digests.header ? 4 : 0)
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -243,14 +228,6 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
         context.fireChannelReadComplete()
         // The next event is the client's next request, or the target's next answer.
         poller?.arm(on: context.eventLoop, outstanding: tasks.count)
-    }
-
-    /// Full feature phase PDUs are accepted (also while logging out).
-    private var inFullFeaturePhase: Bool {
-        switch state {
-        case .fullFeature, .loggingOut: return true
-        default: return false
-        }
     }
 
     private var isClosed: Bool {
@@ -521,7 +498,15 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
 
     // MARK: - Full feature phase PDUs
 
-    private func process(_ pdu: ISCSIPDU) throws {
+    /// `dataPieces`: the data segment as the slices of the reads it spanned (then `pdu.data` is empty).
+    /// Data-In keeps them as they are; any other PDU gets them joined into `pdu.data`.
+    private func process(_ pdu: ISCSIPDU, dataPieces: [ByteBuffer] = []) throws {
+        if !dataPieces.isEmpty, pdu.header.opcode != .dataIn {
+            var joined = pdu
+            joined.data = (context?.channel.allocator ?? ByteBufferAllocator()).buffer(capacity: dataPieces.reduce(0) { $0 + $1.readableBytes })
+            for piece in dataPieces { joined.data.writeImmutableBuffer(piece) }
+            return try process(joined)
+        }
         switch state {
         case .loggingIn(let machine, let promise):
             guard pdu.header.opcode == .loginResponse else {
@@ -537,7 +522,7 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
             break
         }
         switch pdu.header.opcode {
-        case .dataIn: try receiveDataIn(ISCSIPDU.DataIn(pdu))
+        case .dataIn: try receiveDataIn(ISCSIPDU.DataIn(pdu), pieces: dataPieces)
         case .scsiResponse: try receiveSCSIResponse(ISCSIPDU.SCSIResponse(pdu))
         case .readyToTransfer: try receiveR2T(ISCSIPDU.ReadyToTransfer(pdu))
         case .nopIn: try receiveNOPIn(ISCSIPDU.NOPIn(pdu))

@@ -55,8 +55,8 @@ public struct PDUParser: Sendable {
         }
         let ahsLength = Int(header.totalAHSLength) * 4
         let headerGroup = BasicHeaderSegment.length + ahsLength
-        let headerDigest = digests.header ? 4 : 0
-        guard buffer.readableBytes >= headerGroup + headerDigest else { return nil }
+        let headerGroupLength = headerGroupLength(header)
+        guard buffer.readableBytes >= headerGroupLength else { return nil }
         let start = buffer.readerIndex
         if digests.header {
             let computed = buffer.withUnsafeReadableBytes {
@@ -68,9 +68,20 @@ public struct PDUParser: Sendable {
         let ahs = ahsLength > 0 ? buffer.getSlice(at: start + BasicHeaderSegment.length, length: ahsLength) : nil
         // RFC 7143 §11.2.3: "A zero-length Data Segment also implies a zero-length Data-Digest."
         return PDUFrame(
-            header: header, additionalHeaderSegments: ahs, headerGroupLength: headerGroup + headerDigest,
+            header: header, additionalHeaderSegments: ahs, headerGroupLength: headerGroupLength,
             dataLength: dataLength, dataDigest: digests.data && dataLength > 0
         )
+    }
+
+    /// The length of the header segment group (BHS, AHS, header digest) starting at the reader index, once
+    /// its BHS is there; the BHS length before. How many bytes to gather before `frame` can answer.
+    public func headerGroupLength(_ buffer: ByteBuffer) -> Int {
+        guard let header = buffer.getBasicHeaderSegment(at: buffer.readerIndex) else { return BasicHeaderSegment.length }
+        return headerGroupLength(header)
+    }
+
+    private func headerGroupLength(_ header: BasicHeaderSegment) -> Int {
+        BasicHeaderSegment.length + Int(header.totalAHSLength) * 4 + (digests.header ? 4 : 0)
     }
 
     /// Reads one whole PDU; nil (buffer untouched) when it is not all there yet.
@@ -105,8 +116,10 @@ public struct PDUFrame: Sendable {
     /// A data digest follows the padded data segment.
     public var dataDigest: Bool
 
+    /// Zero bytes after the data segment, up to a 4-byte boundary.
+    public var padding: Int { paddedLength(dataLength) - dataLength }
     /// Padding and data digest after the data segment.
-    public var trailerLength: Int { paddedLength(dataLength) - dataLength + (dataDigest ? 4 : 0) }
+    public var trailerLength: Int { padding + (dataDigest ? 4 : 0) }
     public var totalLength: Int { headerGroupLength + dataLength + trailerLength }
 }
 
@@ -116,7 +129,7 @@ public struct PDUFrame: Sendable {
 /// For Data-In PDUs larger than one socket read, this saves copying every byte of a read once more.
 public struct DataSegmentCollector: Sendable {
     public let frame: PDUFrame
-    public private(set) var pieces: [ByteBuffer] = []
+    private var pieces: [ByteBuffer] = []
     private var dataCollected = 0
     /// Padding and digest bytes so far (at most 7).
     private var trailer: UInt64 = 0
@@ -147,7 +160,7 @@ public struct DataSegmentCollector: Sendable {
     public func finish() throws(ISCSIPDUError) -> [ByteBuffer] {
         precondition(isComplete, "finish() before the PDU is whole")
         if frame.dataDigest {
-            let padding = paddedLength(frame.dataLength) - frame.dataLength
+            let padding = frame.padding
             var paddingBytes = (trailer & ((1 << (8 * UInt64(padding))) - 1)).littleEndian
             let computed = withUnsafeBytes(of: &paddingBytes) {
                 CRC32C.checksum(UnsafeRawBufferPointer(rebasing: $0[0..<padding]), continuing: crc)
