@@ -271,6 +271,19 @@ struct ConnectionHandlerTests {
                 #expect(joined == data[i], "command \(i): data differs")
                 if !segmented { #expect(result.dataIn == data[i] && result.dataInSegments.isEmpty) }
             }
+            // A non-Data-In PDU with data (sense data on a SCSI Response) cut the same way is joined whole.
+            let senseFuture = h.submit(SCSICommand(cdb: readCDB(blocks: 1), expectedDataInLength: 512))
+            let senseITT = try ISCSIPDU.SCSICommand(try #require(try h.sent().first)).initiatorTaskTag
+            let sense: [UInt8] = [0x70, 0, 0x06, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x29, 0, 0, 0, 0, 0]
+            var senseWire = ByteBuffer()
+            PDUEncoder(digests: h.parser.digests).encode(h.response(itt: senseITT, status: 0x02, sense: sense).pdu, into: &senseWire)
+            while senseWire.readableBytes > 0 {
+                try h.channel.writeInbound(senseWire.readSlice(length: min(chunk, senseWire.readableBytes))!)
+                h.channel.embeddedEventLoop.run()
+            }
+            let senseResult = try #require(try outcome(senseFuture)?.get())
+            #expect(senseResult.status == .checkCondition)
+            #expect(senseResult.senseData.map { Array($0.readableBytesView) } == sense)
             if segmented && chunk < 49152 {
                 // The 48 KiB Data-In came over several reads: kept as their slices, not copied into one buffer.
                 let result = try #require(try outcome(futures[1])?.get())

@@ -78,7 +78,9 @@ struct RecoveryFaultProxyTests {
             for i in 0..<chunks {
                 group.addTask { try await self.write(session, lba: UInt64(i * size / 512), pattern(length: size, seed: UInt8(i))) }
             }
-            try await Task.sleep(for: .milliseconds(20))
+            // Cut once the first write is done, while the others are still in flight (a fixed sleep let a
+            // fast run finish every write before the cut).
+            try await group.next()
             s.proxy.cutAll()
             try await group.waitForAll()
         }
