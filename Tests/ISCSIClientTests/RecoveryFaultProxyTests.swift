@@ -74,14 +74,16 @@ struct RecoveryFaultProxyTests {
         let chunks = 48
         let size = 65536
         let session = s.session
+        // The target's answers are held back until the cut, so every write is still in flight when it
+        // comes (with a plain sleep before the cut, a fast run could finish every write first).
+        s.proxy.inject(.blackhole, toward: .initiator)
         try await withThrowingTaskGroup(of: Void.self) { group in
             for i in 0..<chunks {
                 group.addTask { try await self.write(session, lba: UInt64(i * size / 512), pattern(length: size, seed: UInt8(i))) }
             }
-            // Cut once the first write is done, while the others are still in flight (a fixed sleep let a
-            // fast run finish every write before the cut).
-            try await group.next()
+            try await Task.sleep(for: .milliseconds(20))
             s.proxy.cutAll()
+            s.proxy.heal()
             try await group.waitForAll()
         }
         #expect(s.session.status.recoveries >= 1)
