@@ -15,6 +15,9 @@ public struct ISCSISessionConfiguration: Sendable {
     public var chap: CHAPCredentials?
     /// CHAP algorithms offered, strongest first; a target that rejects them all gets a retry with MD5.
     public var chapAlgorithms: [CHAPAlgorithm]
+    /// Why the authentication in effect is not what the configuration's `authmethod` said (open-iscsi's
+    /// rule: CHAP whenever a password is set), for the log; never holds a secret.
+    public var authNote: String?
     /// Operational keys we propose (RFC 7143 §13).
     public var proposal: SessionParameterProposal
     /// Commands in flight at most (open-iscsi node.session.queue_depth); more wait in a queue.
@@ -100,6 +103,12 @@ public struct ISCSISessionConfiguration: Sendable {
         let random = UInt64.random(in: 0..<(1 << 24))
         let qualifier = UInt64.random(in: 0..<(1 << 16))
         return (0x80 << 40) | (random << 16) | qualifier
+    }
+
+    /// The authentication a login uses, for status output: "None", "CHAP" or "CHAP (mutual)".
+    public var authSummary: String {
+        guard let chap else { return "None" }
+        return chap.mutual == nil ? "CHAP" : "CHAP (mutual)"
     }
 
     /// The login state machine's configuration.

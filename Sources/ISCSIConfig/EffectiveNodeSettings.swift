@@ -15,8 +15,18 @@ public struct CHAPCredentials: Hashable, Sendable, CustomStringConvertible, Cust
 }
 
 /// Authentication settings for a session (normal or discovery).
+///
+/// `method` is the method in effect, decided as open-iscsi decides it (usr/initiator_common.c,
+/// `iscsi_setup_authentication`; its iscsid.conf: authmethod "is checked for validity but then ignored"):
+/// CHAP whenever a password (or an incoming password) is set, whatever `authmethod` says, and no CHAP
+/// when none is set, even with `authmethod = CHAP`. `configuredMethod` keeps what the file said, and
+/// `note` says why the two differ, for logs and status output.
 public struct AuthSettings: Hashable, Sendable, CustomStringConvertible {
     public var method: AuthMethod
+    /// What `*.auth.authmethod` said (nil: not set anywhere).
+    public var configuredMethod: AuthMethod?
+    /// Why `method` is not what `authmethod` said (open-iscsi's rule), or nil when they agree.
+    public var note: String?
     /// Our credentials (`username`/`password`), required for CHAP.
     public var initiator: CHAPCredentials?
     /// The target's credentials for mutual CHAP (`username_in`/`password_in`), optional.
@@ -36,8 +46,17 @@ public struct AuthSettings: Hashable, Sendable, CustomStringConvertible {
     /// `node.session.auth.chap_algs = SHA3-256,SHA256,SHA1,MD5` offers the stronger ones first.
     public static let defaultAlgorithms: [CHAPAlgorithm] = [.md5]
 
+    /// One line for status output: "None", "CHAP", or "CHAP (mutual)"; never a secret.
+    public var summary: String {
+        switch method {
+        case .none: return "None"
+        case .chap: return target == nil ? "CHAP" : "CHAP (mutual)"
+        }
+    }
+
     public var description: String {
         var parts = ["method: \(method.rawValue)"]
+        if let configuredMethod, configuredMethod != method { parts.append("configured: \(configuredMethod.rawValue)") }
         if let initiator { parts.append("initiator: \(initiator)") }
         if let target { parts.append("target: \(target)") }
         parts.append("algorithms: \(algorithms.map(\.rawValue).joined(separator: ","))")
@@ -201,21 +220,36 @@ private struct Resolved {
     func int(_ key: String) -> Int? { self[key].flatMap { Int($0) } }
     func origin(_ key: String) -> String { values[key]?.origin ?? "built-in default" }
 
+    /// open-iscsi's rule (usr/initiator_common.c, `iscsi_setup_authentication`): CHAP is used when a
+    /// password or an incoming password is set, whatever `authmethod` says; incoming credentials without
+    /// outgoing ones are refused (open-iscsi fails that login with EINVAL).
     func auth(prefix: String) throws(ISCSIConfigError) -> AuthSettings {
         var auth = AuthSettings()
-        if let m = self["\(prefix).authmethod"] {
-            auth.method = AuthMethod.allCases.first { $0.rawValue.caseInsensitiveEquals(m) } ?? .none
+        let methodKey = "\(prefix).authmethod"
+        if let m = self[methodKey] {
+            auth.configuredMethod = AuthMethod.allCases.first { $0.rawValue.caseInsensitiveEquals(m) } ?? AuthMethod.none
         }
         if let algs = self["\(prefix).chap_algs"], let list = try? ConfigKeys.parseList(algs, as: CHAPAlgorithm.self) {
             auth.algorithms = list
         }
         let user = self["\(prefix).username"] ?? "", secret = self["\(prefix).password"] ?? ""
         let userIn = self["\(prefix).username_in"] ?? "", secretIn = self["\(prefix).password_in"] ?? ""
-        guard auth.method == .chap else { return auth }
-        guard !user.isEmpty, !secret.isEmpty else {
-            throw ISCSIConfigError(.invalidValue, "\(prefix).authmethod is CHAP (from \(origin("\(prefix).authmethod"))) but \(prefix).username and \(prefix).password are not both set",
-                                   key: "\(prefix).authmethod")
+        guard !secret.isEmpty || !secretIn.isEmpty || !userIn.isEmpty else {
+            auth.method = .none
+            if auth.configuredMethod == .chap {
+                auth.note = "\(methodKey) = CHAP (from \(origin(methodKey))) but \(prefix).password is not set: logging in without CHAP, as open-iscsi does"
+            }
+            return auth
         }
+        guard !secret.isEmpty else {
+            throw ISCSIConfigError(.invalidValue, "\(prefix).username_in/password_in are set but \(prefix).password is not: mutual CHAP needs our own credentials too (open-iscsi refuses this login as well)",
+                                   key: "\(prefix).password")
+        }
+        guard !user.isEmpty else {
+            throw ISCSIConfigError(.invalidValue, "\(prefix).password is set (from \(origin("\(prefix).password"))) but \(prefix).username is empty",
+                                   key: "\(prefix).username")
+        }
+        auth.method = .chap
         auth.initiator = CHAPCredentials(username: user, secret: secret)
         switch (userIn.isEmpty, secretIn.isEmpty) {
         case (true, true): break
@@ -223,6 +257,9 @@ private struct Resolved {
         default:
             throw ISCSIConfigError(.invalidValue, "mutual CHAP needs both \(prefix).username_in and \(prefix).password_in",
                                    key: "\(prefix).username_in")
+        }
+        if auth.configuredMethod == AuthMethod.none {
+            auth.note = "CHAP is used because \(prefix).username/password are set; \(methodKey) = None (from \(origin(methodKey))) is ignored, as open-iscsi does"
         }
         return auth
     }

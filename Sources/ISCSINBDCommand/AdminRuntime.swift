@@ -134,6 +134,7 @@ struct AdminRuntime {
         let iscsid = try loadISCSIDConf()
         let initiator = try InitiatorNameFile.loadOrCreate(configDirectory: directory)
         let scratch = try Self.discoveryConfiguration(portal: portal, initiatorName: initiator.name.rawValue, iscsid: iscsid)
+        if let note = scratch.authNote { logger.notice("discovery: \(note)") }
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let targets: [DiscoveredTarget]
         do {
@@ -227,11 +228,12 @@ struct AdminRuntime {
                 let settings = try EffectiveNodeSettings.resolve(iscsid: iscsid, node: record)
                 let configuration = ISCSISessionConfiguration(
                     node: id, settings: settings, initiatorName: initiator.name.rawValue, initiatorAlias: initiator.alias)
+                if let note = configuration.authNote { logger.notice("\(note)") }
                 let session = try await ISCSISession.connect(configuration, on: group.next(), logger: logger).get()
                 let luns = try? await SCSIBlockDevice.reportLUNs(transport: session, logger: logger).get()
                 try? await session.logout().get()
                 print("Login to \(label) successful.")
-                printNegotiated(session.parameters, luns: luns)
+                printNegotiated(session.parameters, auth: configuration.authSummary, luns: luns)
             } catch {
                 failures += 1
                 FileHandle.standardError.write(Data("iscsi-nbd: Could not login to \(label).\niscsi-nbd: \(ErrorText.describe(error))\n".utf8))
@@ -240,7 +242,8 @@ struct AdminRuntime {
         if failures > 0 { throw ExitCodeError(code: 24, message: "\(failures) of \(records.count) logins failed") }
     }
 
-    private func printNegotiated(_ p: OperationalParameters, luns: [LogicalUnitNumber]?) {
+    private func printNegotiated(_ p: OperationalParameters, auth: String, luns: [LogicalUnitNumber]?) {
+        print("\tAuthMethod: \(auth)")
         print("\tNegotiated iSCSI params:")
         let rows: [(String, String)] = [
             ("HeaderDigest", p.headerDigest.description), ("DataDigest", p.dataDigest.description),

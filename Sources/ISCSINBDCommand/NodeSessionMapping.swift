@@ -26,8 +26,9 @@ extension ISCSISessionConfiguration {
         replacementTimeout = TimeAmount(s.replacementTimeout)
     }
 
-    /// CHAP from resolved settings: `authmethod = None` means no CHAP even when credentials are set.
+    /// CHAP from resolved settings (`auth.method` already follows open-iscsi's rule: CHAP whenever a password is set).
     mutating func apply(auth: AuthSettings) {
+        authNote = auth.note
         guard auth.method == .chap, let initiator = auth.initiator else {
             chap = nil
             return

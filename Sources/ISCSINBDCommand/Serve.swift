@@ -197,7 +197,10 @@ struct Serve: AsyncParsableCommand {
     private func applyCommandLineCHAP(to session: inout ISCSISessionConfiguration, urlUsername: String?,
                                       urlPassword: String?) throws {
         let resolved = try chap.resolve(urlUsername: urlUsername, urlPassword: urlPassword)
-        if let resolved { session.chap = resolved.credentials }
+        if let resolved {
+            session.chap = resolved.credentials
+            session.authNote = nil
+        }
     }
 }
 

@@ -13,6 +13,9 @@ enum SessionWiring {
 
     /// Logs in; the error names the target and portal.
     static func login(_ configuration: ISCSISessionConfiguration, on loop: any EventLoop, logger: Logger) async throws -> ISCSISession {
+        if let note = configuration.authNote {
+            logger.notice("\(note)", metadata: ["target": "\(configuration.targetName ?? "-")"])
+        }
         do {
             let session = try await ISCSISession.connect(configuration, on: loop, logger: logger).get()
             logger.info("logged in", metadata: [

@@ -66,9 +66,18 @@ import Testing
         #expect(s.description.contains("alice"))
     }
 
-    @Test func chapWithoutCredentialsIsAnError() throws {
+    /// open-iscsi's rule (usr/initiator_common.c iscsi_setup_authentication; iscsid.conf: authmethod "is
+    /// checked for validity but then ignored"): no password, no CHAP, even with authmethod = CHAP.
+    @Test func chapWithoutPasswordLogsInWithoutCHAPAsOpenISCSIDoes() throws {
         let iscsid = try ISCSIDConf.parse("node.session.auth.authmethod = CHAP\nnode.session.auth.username = u\n")
-        #expect { try EffectiveNodeSettings.resolve(iscsid: iscsid) } throws: { ($0 as? ISCSIConfigError)?.code == .invalidValue }
+        let s = try EffectiveNodeSettings.resolve(iscsid: iscsid)
+        #expect(s.auth.method == .none && s.auth.initiator == nil)
+        #expect(s.auth.configuredMethod == .chap)
+        #expect(s.auth.note?.contains("password is not set") == true)
+        #expect(s.auth.note?.contains("iscsid.conf:1") == true, "the note says where authmethod came from")
+    }
+
+    @Test func halfSetOrIncomingOnlyCredentialsAreErrors() throws {
         let half = try ISCSIDConf.parse("""
             node.session.auth.authmethod = CHAP
             node.session.auth.username = u
@@ -76,6 +85,53 @@ import Testing
             node.session.auth.username_in = t
             """)
         #expect { try EffectiveNodeSettings.resolve(iscsid: half) } throws: { ($0 as? ISCSIConfigError)?.key == "node.session.auth.username_in" }
+        // Incoming credentials without outgoing ones: open-iscsi fails the login (EINVAL); we say why up front.
+        let incomingOnly = try ISCSIDConf.parse("node.session.auth.username_in = t\nnode.session.auth.password_in = targetsecret9\n")
+        #expect { try EffectiveNodeSettings.resolve(iscsid: incomingOnly) } throws: { error in
+            let e = error as? ISCSIConfigError
+            return e?.key == "node.session.auth.password" && e?.message.contains("targetsecret9") == false
+        }
+        let noUser = try ISCSIDConf.parse("node.session.auth.password = secret123456\n")
+        #expect { try EffectiveNodeSettings.resolve(iscsid: noUser) } throws: { error in
+            let e = error as? ISCSIConfigError
+            return e?.key == "node.session.auth.username" && e?.message.contains("secret123456") == false
+        }
+    }
+
+    /// The Container Linux guide's step, verbatim: credentials and no authmethod line.
+    @Test func guideCredentialsWithoutAuthmethodUseCHAP() throws {
+        let iscsid = try ISCSIDConf.parse("""
+            node.session.auth.username = alice
+            node.session.auth.password = alicesecret1
+            """)
+        let s = try EffectiveNodeSettings.resolve(iscsid: iscsid)
+        #expect(s.auth.method == .chap && s.auth.configuredMethod == nil && s.auth.note == nil)
+        #expect(s.auth.initiator == CHAPCredentials(username: "alice", secret: "alicesecret1"))
+        #expect(s.auth.summary == "CHAP")
+        let mutual = try ISCSIDConf.parse("""
+            node.session.auth.username = alice
+            node.session.auth.password = alicesecret1
+            node.session.auth.username_in = tgt
+            node.session.auth.password_in = targetsecret2
+            """)
+        let m = try EffectiveNodeSettings.resolve(iscsid: mutual)
+        #expect(m.auth.method == .chap && m.auth.target == CHAPCredentials(username: "tgt", secret: "targetsecret2"))
+        #expect(m.auth.summary == "CHAP (mutual)")
+    }
+
+    /// Discovery seeds records with `authmethod = None` (as open-iscsi does); credentials set later, or
+    /// copied from iscsid.conf, still mean CHAP, and the note says the None was ignored.
+    @Test func authmethodNoneWithCredentialsStillUsesCHAP() throws {
+        let iscsid = try ISCSIDConf.parse("node.session.auth.username = alice\nnode.session.auth.password = alicesecret1\n")
+        var record = NodeRecord(id: NodeID(target: "iqn.2026-11.test:a", portal: Portal(host: "192.0.2.1"), tpgt: 1),
+                                document: ConfigDocument())
+        record.document.set(ConfigKeys.authMethod, to: "None")
+        let s = try EffectiveNodeSettings.resolve(iscsid: iscsid, node: record)
+        #expect(s.auth.method == .chap && s.auth.configuredMethod == AuthMethod.none)
+        #expect(s.auth.note?.contains("is ignored") == true)
+        #expect(s.auth.note?.contains("node record") == true)
+        #expect(s.auth.note?.contains("alicesecret1") == false)
+        #expect(!s.description.contains("alicesecret1"))
     }
 
     @Test func commandLineCanTurnCHAPOff() throws {
@@ -113,6 +169,18 @@ import Testing
         #expect(auth.initiator?.username == "disc")
         #expect(auth.target == nil)
         #expect(try EffectiveNodeSettings.resolve(iscsid: iscsid).auth.method == .none)
+        // The same rule as node sessions: discovery credentials without an authmethod line mean CHAP.
+        let guide = try ISCSIDConf.parse("""
+            discovery.sendtargets.auth.username = disc
+            discovery.sendtargets.auth.password = discsecret12
+            discovery.sendtargets.auth.username_in = tgt
+            discovery.sendtargets.auth.password_in = tgtsecret345
+            """)
+        let g = try EffectiveNodeSettings.resolveDiscoveryAuth(iscsid: guide)
+        #expect(g.method == .chap && g.target?.username == "tgt" && g.note == nil)
+        let none = try ISCSIDConf.parse("discovery.sendtargets.auth.authmethod = None\n" + "discovery.sendtargets.auth.username = disc\ndiscovery.sendtargets.auth.password = discsecret12\n")
+        let n = try EffectiveNodeSettings.resolveDiscoveryAuth(iscsid: none)
+        #expect(n.method == .chap && n.note?.contains("discovery.sendtargets.auth.authmethod") == true)
     }
 }
 

@@ -1,4 +1,6 @@
 import Foundation
+import ISCSIClient
+import ISCSIProtocol
 import Testing
 
 @testable import ISCSINBDCommand
@@ -207,6 +209,24 @@ import Testing
         #expect(p3.contains("Attached nbd disk nbd0"))
         #expect(p3.contains("By-path: /dev/disk/by-path/ip-127.0.0.1:3260-iscsi-iqn.2024-01.test:disk-lun-1"))
         #expect(SessionPrinter.deviceLines(session) == ["\tLUN 1: /dev/nbd0 (/dev/disk/by-path/ip-127.0.0.1:3260-iscsi-iqn.2024-01.test:disk-lun-1)"])
+    }
+
+    /// iscsiadm's CHAP section at -P 2, headed by the method really used (open-iscsi's rule can make that
+    /// CHAP although the record says authmethod = None); secrets are masked whatever the input.
+    @Test func chapSectionShowsTheMethodInUseAndMasksSecrets() {
+        var c = ISCSISessionConfiguration(host: "h", targetName: "iqn.2024-01.test:disk", initiatorName: "iqn.2024-01.test:init")
+        c.chap = CHAPCredentials(username: "alice", secret: "alice-secret-77",
+                                 mutual: .init(username: "tgt", secret: "tgt-secret-88"))
+        var s = session
+        s.auth = DaemonCore.authRows(c)
+        let p1 = SessionPrinter.render([s], level: 1)
+        #expect(!p1.contains("CHAP:"))
+        let p2 = SessionPrinter.render([s], level: 2)
+        #expect(p2.contains("\t\tCHAP:\n\t\t*****\n\t\tauthmethod in use: CHAP (mutual)\n\t\tusername: alice\n\t\tpassword: ********\n\t\tusername_in: tgt\n\t\tpassword_in: ********\n"))
+        #expect(!p2.contains("alice-secret-77") && !p2.contains("tgt-secret-88"))
+        c.chap = nil
+        s.auth = DaemonCore.authRows(c)
+        #expect(SessionPrinter.render([s], level: 3).contains("authmethod in use: None\n\t\tusername: <empty>\n"))
     }
 }
 

@@ -49,11 +49,18 @@ import Testing
         #expect(c.noopOutInterval == nil, "noop_out_interval = 0 turns pings off")
     }
 
-    @Test func authMethodNoneIgnoresCredentials() throws {
+    /// open-iscsi ignores authmethod: credentials set means CHAP, even with authmethod = None.
+    @Test func authMethodNoneWithCredentialsStillUsesCHAP() throws {
         let doc = try ISCSIDConf.parse("node.session.auth.authmethod = None\nnode.session.auth.username = u\nnode.session.auth.password = p\n")
         let id = NodeID(target: "iqn.2026-11.x:t", portal: Portal(host: "h"), tpgt: 1)
         let c = ISCSISessionConfiguration(node: id, settings: try EffectiveNodeSettings.resolve(iscsid: doc),
                                           initiatorName: "iqn.2026-11.x:i", initiatorAlias: nil)
-        #expect(c.chap == nil)
+        #expect(c.chap?.username == "u" && c.chap?.secret == "p")
+        #expect(c.authSummary == "CHAP")
+        #expect(c.authNote?.contains("authmethod = None") == true)
+        let plain = try ISCSIDConf.parse("node.session.auth.username = u\n")
+        let p = ISCSISessionConfiguration(node: id, settings: try EffectiveNodeSettings.resolve(iscsid: plain),
+                                          initiatorName: "iqn.2026-11.x:i", initiatorAlias: nil)
+        #expect(p.chap == nil && p.authSummary == "None" && p.authNote == nil)
     }
 }

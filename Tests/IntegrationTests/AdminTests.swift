@@ -113,6 +113,55 @@ struct AdminTests {
         #expect(!(mutualBad.out + mutualBad.err).contains("not-the-target"))
     }
 
+    /// The Container Linux guide, literally: credentials in iscsid.conf and no authmethod line. Discovery
+    /// seeds the records with `authmethod = None` (as open-iscsi does), and open-iscsi's rule still logs in
+    /// with CHAP because credentials are set; one-way, then mutual; `-d 1` says the None was ignored, the
+    /// verified login says which method was used, and `serve -T` serves the LUN the same way.
+    @Test func guideCredentialsWithoutAuthmethodLogInWithCHAP() throws {
+        let tgt = try startTargets()
+        defer { tgt.stop() }
+        try tgt.addAccount(tid: 1, user: "alice", password: "alice-secret-1")
+        try """
+            node.session.auth.username = alice
+            node.session.auth.password = alice-secret-1
+
+            """.write(toFile: configDir + "/iscsid.conf", atomically: true, encoding: .utf8)
+        try cli(["-m", "discovery", "-t", "sendtargets", "-p", tgt.portal])
+        #expect(try String(contentsOfFile: recordPath(Self.disk, tgt), encoding: .utf8).contains("node.session.auth.authmethod = None"))
+        let oneWay = try cli(["-m", "node", "-T", Self.disk, "--login", "-d", "1"])
+        #expect(oneWay.out.contains("successful") && oneWay.out.contains("\tAuthMethod: CHAP\n"), "\(oneWay.out)")
+        #expect(oneWay.err.contains("authmethod = None") && oneWay.err.contains("is ignored"), "\(oneWay.err)")
+        #expect(!(oneWay.out + oneWay.err).contains("alice-secret-1"))
+
+        // Mutual CHAP, the guide's way: username_in/password_in in iscsid.conf before discovery.
+        try tgt.addAccount(tid: 1, user: "target1", password: "target-secret-1", outgoing: true)
+        try cli(["-m", "node", "-T", Self.disk, "--op", "delete"])
+        try """
+            node.session.auth.username = alice
+            node.session.auth.password = alice-secret-1
+            node.session.auth.username_in = target1
+            node.session.auth.password_in = target-secret-1
+
+            """.write(toFile: configDir + "/iscsid.conf", atomically: true, encoding: .utf8)
+        try cli(["-m", "discovery", "-t", "sendtargets", "-p", tgt.portal])
+        let mutual = try cli(["-m", "node", "-T", Self.disk, "--login"])
+        #expect(mutual.out.contains("successful") && mutual.out.contains("\tAuthMethod: CHAP (mutual)\n"), "\(mutual.out)")
+        // The per-target update of the guide, then a wrong incoming secret: the target fails to prove itself.
+        try cli(["-m", "node", "--targetname=\(Self.disk)", "--op", "update", "--name=node.session.auth.password_in", "--value=not-it-at-all"])
+        let bad = try cli(["-m", "node", "-T", Self.disk, "--login"], expectStatus: nil)
+        #expect(bad.status != 0 && !(bad.out + bad.err).contains("not-it-at-all"))
+        try cli(["-m", "node", "--targetname=\(Self.disk)", "--op", "update", "--name=node.session.auth.password_in", "--value=target-secret-1"])
+
+        // serve -T uses the record the same way: the LUN is served (nbdinfo reads its size).
+        let sock = FileManager.default.temporaryDirectory.appendingPathComponent("guide-\(UUID().uuidString.prefix(8)).sock").path
+        let server = try ISCSINBDProcess(["serve", "-T", Self.disk, "--socket", sock, "--config-dir", configDir])
+        try server.waitForSocket(sock)
+        let info = try run("nbdinfo", ["--size", "nbd+unix:///?socket=\(sock)"]).stdout
+        #expect(info.trimmingCharacters(in: .whitespacesAndNewlines) == String(32 << 20))
+        #expect(try server.terminate() == 0)
+        #expect(!server.output.contains("alice-secret-1") && !server.output.contains("target-secret-1"))
+    }
+
     /// tgt knows CHAP_A 5 and 7 (and treats 7 as SHA-1): a strongest-first list must still log in.
     @Test func chapAlgorithmListsAgainstTgt() throws {
         let tgt = try startTargets()

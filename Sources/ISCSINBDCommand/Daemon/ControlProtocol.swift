@@ -115,6 +115,9 @@ struct ControlSession: Codable, Hashable, Sendable {
     var timeouts: [[String]]
     /// The last error (login failure, connection loss), if any.
     var lastError: String?
+    /// iscsiadm's CHAP section (key, value), secrets masked; first row: the method in use. Optional, so
+    /// a CLI and a daemon of different versions still understand each other.
+    var auth: [[String]]? = nil
 }
 
 /// The daemon's answer.

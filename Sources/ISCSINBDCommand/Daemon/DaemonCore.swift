@@ -361,6 +361,18 @@ actor DaemonCore {
         "[iface: default, target: \(id.target), portal: \(id.portal.host),\(id.portal.port)]"
     }
 
+    /// iscsiadm's CHAP section (secrets always masked), headed by the method actually used: open-iscsi's
+    /// rule makes that CHAP whenever a password is set, whatever `authmethod` says.
+    static func authRows(_ c: ISCSISessionConfiguration) -> [[String]] {
+        [
+            ["authmethod in use", c.authSummary],
+            ["username", c.chap.map(\.username).flatMap { $0.isEmpty ? nil : $0 } ?? "<empty>"],
+            ["password", "********"],
+            ["username_in", c.chap?.mutual.map(\.username).flatMap { $0.isEmpty ? nil : $0 } ?? "<empty>"],
+            ["password_in", "********"],
+        ]
+    }
+
     func sessionReports() -> [ControlSession] {
         table.entries.values.sorted { $0.id < $1.id }.map { e in
             let l = live[e.id]
@@ -410,7 +422,8 @@ actor DaemonCore {
                 id: e.id, target: e.key.target, portal: SessionWiring.portalText(host: e.key.host, port: e.key.port),
                 tpgt: l?.tpgt ?? 1, state: state, initiatorName: l?.session.configuration.initiatorName,
                 tsih: l?.session.tsih, isid: l.map { String(format: "%012llx", $0.session.configuration.isid) },
-                luns: luns, negotiated: negotiated, timeouts: timeouts, lastError: lastError)
+                luns: luns, negotiated: negotiated, timeouts: timeouts, lastError: lastError,
+                auth: l.map { Self.authRows($0.session.configuration) } ?? [])
         }
     }
 }

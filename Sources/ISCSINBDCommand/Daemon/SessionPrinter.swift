@@ -31,6 +31,10 @@ enum SessionPrinter {
                     out += "\t\t*********\n\t\tTimeouts:\n\t\t*********\n"
                     for row in s.timeouts where row.count == 2 { out += "\t\t\(row[0]): \(row[1])\n" }
                 }
+                if let auth = s.auth, !auth.isEmpty {
+                    out += "\t\t*****\n\t\tCHAP:\n\t\t*****\n"
+                    for row in auth where row.count == 2 { out += "\t\t\(row[0]): \(row[1])\n" }
+                }
                 if !s.negotiated.isEmpty {
                     out += "\t\t************************\n\t\tNegotiated iSCSI params:\n\t\t************************\n"
                     for row in s.negotiated where row.count == 2 { out += "\t\t\(row[0]): \(row[1])\n" }
