@@ -12,7 +12,8 @@ public struct ISCSINBDRootCommand: AsyncParsableCommand {
             CHAP credentials come from --chap-username/--chap-secret-file, the environment
             (ISCSI_NBD_CHAP_USERNAME, ISCSI_NBD_CHAP_SECRET) or the URL (user%secret@host).
             """,
-        subcommands: [Admin.self, Serve.self, DaemonCommand.self, AttachCommand.self, DetachCommand.self],
+        version: ISCSINBDVersion.current,
+        subcommands: [Admin.self, Serve.self, DaemonCommand.self, AttachCommand.self, DetachCommand.self, UdevIDCommand.self],
         defaultSubcommand: Admin.self
     )
 

@@ -84,17 +84,4 @@ enum SessionWiring {
         let luns = (try? await SCSIBlockDevice.reportLUNs(transport: session, logger: logger).get()) ?? [LogicalUnitNumber(0)]
         return luns.compactMap(\.number)
     }
-
-    /// NBD_ATTR_BACKEND_IDENTIFIER: names the LU uniquely, so a stale /dev/nbdN is never taken for another
-    /// LUN: "iscsi-nbd:IQN:lun-N:<preferred VPD 83h designator>" (or the serial number).
-    static func backendIdentifier(target: String, lun: UInt16, identity: LUNIdentity?) -> String {
-        var id = "iscsi-nbd:\(target):lun-\(lun)"
-        if let d = identity?.designator {
-            id += ":\(d.description)"
-        } else if let serial = identity?.serialNumber, !serial.isEmpty {
-            id += ":serial.\(serial)"
-        }
-        // Keep it one printable line (it is shown in /sys/block/nbdN/backend).
-        return String(id.unicodeScalars.map { $0.value >= 0x20 && $0.value < 0x7F ? Character($0) : "_" }.prefix(512))
-    }
 }

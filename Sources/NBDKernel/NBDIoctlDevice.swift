@@ -63,7 +63,10 @@ public final class NBDIoctlDevice: Sendable {
 
     /// Configures the device on a thread of its own and returns once the kernel runs it (the device's
     /// `pid` appears in sysfs), or throws what the kernel refused. Blocks for up to `startTimeout`.
-    public static func start(_ setup: Setup, startTimeout: Duration = .seconds(10)) throws(NBDKernelError) -> NBDIoctlDevice {
+    /// `announce` is called with the device's index once it is chosen, before NBD_DO_IT makes the kernel
+    /// announce the device (its uevent): the place to leave what udev will ask about it.
+    public static func start(_ setup: Setup, startTimeout: Duration = .seconds(10),
+                             announce: (Int) -> Void = { _ in }) throws(NBDKernelError) -> NBDIoctlDevice {
         guard !setup.sockets.isEmpty, setup.sockets.allSatisfy({ $0 >= 0 }) else {
             throw .invalidArgument("at least one connected socket is required")
         }
@@ -82,6 +85,7 @@ public final class NBDIoctlDevice: Sendable {
         }
         guard opened >= 0 else { throw .systemCall("open \(path)", errno: errno) }
         let fd = opened
+        announce(index)
         let device = NBDIoctlDevice(index: index, fd: fd)
         // The thread reports the setup's outcome first (nil = running), then finishes on its own.
         let setupResult = NIOLockedValueBox<NBDKernelError??>(nil)

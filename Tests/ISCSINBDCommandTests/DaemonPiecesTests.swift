@@ -18,7 +18,7 @@ import Testing
 
     @Test func responseRoundTrip() throws {
         let lun = ControlLUN(lun: 1, device: "/dev/nbd0", byPath: "/dev/disk/by-path/ip-127.0.0.1:3260-iscsi-iqn.x:y-lun-1",
-                             size: 1 << 30, blockSize: 512, backend: "iscsi-nbd:iqn.x:y:lun-1:naa.60", state: "running")
+                             size: 1 << 30, blockSize: 512, backend: "iscsi-nbd ip-127.0.0.1:3260-iscsi-iqn.x:y-lun-1 360", state: "running")
         let session = ControlSession(id: 1, target: "iqn.x:y", portal: "127.0.0.1:3260", tpgt: 1, state: "LOGGED_IN",
                                      initiatorName: "iqn.i", tsih: 3, isid: "400001370000", luns: [lun],
                                      negotiated: [["HeaderDigest", "None"]], timeouts: [["Login Timeout", "15"]], lastError: nil)
@@ -184,7 +184,7 @@ import Testing
         id: 3, target: "iqn.2024-01.test:disk", portal: "127.0.0.1:3260", tpgt: 1, state: "LOGGED_IN",
         initiatorName: "iqn.2024-01.test:init", tsih: 7, isid: "400001370000",
         luns: [ControlLUN(lun: 1, device: "/dev/nbd0", byPath: "/dev/disk/by-path/ip-127.0.0.1:3260-iscsi-iqn.2024-01.test:disk-lun-1",
-                          size: 1_073_741_824, blockSize: 512, backend: "iscsi-nbd:iqn.2024-01.test:disk:lun-1:naa.6001", state: "running")],
+                          size: 1_073_741_824, blockSize: 512, backend: "iscsi-nbd ip-127.0.0.1:3260-iscsi-iqn.2024-01.test:disk-lun-1 36001", state: "running")],
         negotiated: [["HeaderDigest", "None"], ["MaxBurstLength", "262144"]],
         timeouts: [["Recovery Timeout (replacement_timeout)", "120"]], lastError: nil)
 
@@ -244,12 +244,5 @@ import Testing
         #expect(DaemonCore.kernelRequestTimeout(.seconds(30), replacement: .seconds(120)) == .seconds(135))
         #expect(DaemonCore.kernelRequestTimeout(.seconds(600), replacement: .seconds(120)) == .seconds(600))
         #expect(DaemonCore.kernelRequestTimeout(nil, replacement: .seconds(120)) == nil)
-    }
-
-    @Test func backendIdentifierNamesTheLU() {
-        #expect(SessionWiring.backendIdentifier(target: "iqn.x:y", lun: 1, identity: nil) == "iscsi-nbd:iqn.x:y:lun-1")
-        let weird = SessionWiring.backendIdentifier(target: "iqn.x:y\n", lun: 2, identity: nil)
-        #expect(weird == "iscsi-nbd:iqn.x:y_:lun-2")
-        #expect(SessionWiring.backendIdentifier(target: String(repeating: "a", count: 2000), lun: 0, identity: nil).count == 512)
     }
 }

@@ -77,9 +77,18 @@ import Testing
         #expect(socket.contains("SocketMode=0600"))
     }
 
-    @Test func udevRuleKeepsNBDUnwatched() throws {
+    @Test func udevRuleKeepsNBDUnwatchedAndAsksTheInstalledBinary() throws {
         let rules = try String(contentsOf: Self.root.appendingPathComponent("dist/udev/60-iscsi-nbd.rules"), encoding: .utf8)
         let active = rules.split(separator: "\n").filter { !$0.hasPrefix("#") && !$0.trimmingCharacters(in: .whitespaces).isEmpty }
-        #expect(active.contains { $0.contains("KERNEL==\"nbd[0-9]*\"") && $0.contains("OPTIONS:=\"nowatch\"") })
+        // Everything after the guard applies to nbd devices only.
+        #expect(active.firstIndex { $0.contains("KERNEL!=\"nbd[0-9]*\", GOTO=\"iscsi_nbd_end\"") }
+                ?? 99 < active.firstIndex { $0 == "OPTIONS:=\"nowatch\"" } ?? 0)
+        // The helper is the binary the package and the sysext install, named as the unit names it.
+        let service = try String(contentsOf: Self.systemdDir.appendingPathComponent("iscsi-nbd.service"), encoding: .utf8)
+        let binary = service.split(separator: "\n").first { $0.hasPrefix("ExecStart=") }!.dropFirst("ExecStart=".count).split(separator: " ")[0]
+        #expect(active.contains { $0.contains("IMPORT{program}=\"\(binary) udev-id %k\"") && $0.contains("TEST==\"pid\"") })
+        // Our ID_PATH must be set before 60-persistent-storage.rules makes the by-path link from it.
+        #expect("60-iscsi-nbd.rules" < "60-persistent-storage.rules")
+        _ = try UdevIDCommand.parse(["nbd0"])
     }
 }

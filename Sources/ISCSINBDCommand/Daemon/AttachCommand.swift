@@ -74,7 +74,7 @@ struct AttachCommand: AsyncParsableCommand {
         let signals = SignalWatcher([SIGINT, SIGTERM]) { reasons.stop("signal \($0)") }
         defer { signals.cancel() }
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        defer { _ = group.shutdownGracefully { _ in } }
+        defer { group.shutdownGracefully { _ in } }
 
         var configuration = ISCSISessionConfiguration(
             host: parsed.host, port: parsed.port, targetName: parsed.targetName,
@@ -91,10 +91,10 @@ struct AttachCommand: AsyncParsableCommand {
                 requestTimeout: DaemonCore.kernelRequestTimeout(
                     requestTimeout == 0 ? nil : .seconds(requestTimeout), replacement: .seconds(deadConnectionTimeout)),
                 deadConnectionTimeout: .seconds(deadConnectionTimeout),
-                backendIdentifier: SessionWiring.backendIdentifier(target: parsed.targetName, lun: parsed.lun, identity: opened.scsi.lunIdentity),
+                identity: DeviceIdentity(host: parsed.host, port: parsed.port, target: parsed.targetName, lun: parsed.lun,
+                                         identity: opened.scsi.lunIdentity),
                 exportName: "\(parsed.targetName)/lun-\(parsed.lun)",
                 byPathDirectory: byPathDir.isEmpty ? nil : byPathDir,
-                byPathName: DeviceNames.byPathName(host: parsed.host, port: parsed.port, target: parsed.targetName, lun: parsed.lun),
                 interface: kernelInterface)
             attachment = try await KernelAttachment.attach(device: opened.device, options: options, group: group, logger: logger)
             attachment.follow(opened.scsi)

@@ -240,9 +240,9 @@ actor DaemonCore {
                     connections: settings.connectionsPerDevice,
                     requestTimeout: Self.kernelRequestTimeout(settings.requestTimeout, replacement: nodeSettings.replacementTimeout),
                     deadConnectionTimeout: nodeSettings.replacementTimeout,
-                    backendIdentifier: SessionWiring.backendIdentifier(target: target, lun: lun, identity: opened.scsi.lunIdentity),
+                    identity: DeviceIdentity(host: record.id.portal.host, port: record.id.portal.port, target: target, lun: lun,
+                                             identity: opened.scsi.lunIdentity),
                     exportName: "\(target)/lun-\(lun)", byPathDirectory: settings.byPathDirectory,
-                    byPathName: DeviceNames.byPathName(host: record.id.portal.host, port: record.id.portal.port, target: target, lun: lun),
                     interface: settings.kernelInterface)
                 let attachment = try await KernelAttachment.attach(device: opened.device, options: options, group: group, logger: sessionLogger)
                 attachment.follow(opened.scsi)
@@ -300,7 +300,8 @@ actor DaemonCore {
                 var scsiDevices: [SCSIBlockDevice] = []
                 for a in old.attachments {
                     let opened = try await SessionWiring.openLUN(session: session, lun: a.lun, readOnly: false, logger: logger)
-                    let backend = SessionWiring.backendIdentifier(target: old.record.id.target, lun: a.lun, identity: opened.scsi.lunIdentity)
+                    let backend = DeviceIdentity(host: old.record.id.portal.host, port: old.record.id.portal.port,
+                                                 target: old.record.id.target, lun: a.lun, identity: opened.scsi.lunIdentity).backendIdentifier
                     guard backend == a.attachment.backendIdentifier else {
                         throw CommandFailure("LUN \(a.lun) is another logical unit now (\(backend), was \(a.attachment.backendIdentifier))")
                     }

@@ -35,12 +35,16 @@ struct KernelAttachOptions: Sendable {
     /// NBD_ATTR_DEAD_CONN_TIMEOUT: how long I/O waits for fresh sockets (NBD_CMD_RECONFIGURE) when every
     /// connection is dead. Tied to open-iscsi's node.session.timeo.replacement_timeout.
     var deadConnectionTimeout: Duration? = .seconds(120)
-    var backendIdentifier: String
+    /// Who the device is: its backend identifier and its by-path name.
+    var identity: DeviceIdentity
     var exportName: String
-    /// Directory for the stable link (normally /dev/disk/by-path) and the link's name; nil = no link.
+    /// Directory for the stable by-path link; nil = none. In /dev/disk/by-path udev makes it (from the
+    /// identity, through `iscsi-nbd udev-id`), so systemd sees it; we make it ourselves only where udev
+    /// does not run or did not make it in time, or in another directory.
     var byPathDirectory: String? = DeviceNames.byPathDirectory
-    var byPathName: String?
     var interface: KernelInterface = .auto
+
+    var backendIdentifier: String { identity.backendIdentifier }
 }
 
 /// One LUN attached as /dev/nbdN: an NBD server with no listeners serves our ends of socketpairs in
@@ -50,6 +54,8 @@ final class KernelAttachment: Sendable {
     let device: any BlockDevice
     let backendIdentifier: String
     let byPathLink: String?
+    /// The link was made by us (udev did not), so detach removes it.
+    private let ownsLink: Bool
     let connectionCount: Int
     let options: KernelAttachOptions
     private let server: NBDServer
@@ -67,8 +73,9 @@ final class KernelAttachment: Sendable {
         return EventLoopFuture.andAllComplete(futures, on: loop)
     }
 
-    private init(index: Int, device: any BlockDevice, options: KernelAttachOptions, byPathLink: String?,
+    private init(index: Int, device: any BlockDevice, options: KernelAttachOptions, byPathLink: String?, ownsLink: Bool,
                  server: NBDServer, served: [NBDServedConnection], ioctlDevice: NBDIoctlDevice?, logger: Logger) {
+        self.ownsLink = ownsLink
         self.ioctlDevice = ioctlDevice
         self.options = options
         let backendIdentifier = options.backendIdentifier
@@ -132,8 +139,12 @@ final class KernelAttachment: Sendable {
                     sockets: kernelFDs, size: info.size, blockSize: info.logicalBlockSize,
                     serverFlags: UInt64(export.flags.rawValue), timeoutSeconds: options.requestTimeout.map(Self.seconds),
                     index: reconfigure ?? options.index)
+                let identity = options.identity
                 let started = try await NIOThreadPool.singleton.runIfActive { () throws -> NBDIoctlDevice in
-                    try NBDIoctlDevice.start(setup)
+                    try NBDIoctlDevice.start(setup) { index in
+                        // udev asks `iscsi-nbd udev-id` about the device once NBD_DO_IT announces it.
+                        try? DeviceRegistry().register(index: index, identity: identity)
+                    }
                 }
                 ioctlDevice = started
                 index = started.index
@@ -153,23 +164,18 @@ final class KernelAttachment: Sendable {
         }
         // The kernel holds its own references now.
         for fd in kernelFDs { close(fd) }
-        var link: String?
-        if let dir = options.byPathDirectory, let name = options.byPathName {
-            let path = dir + "/" + name
-            do {
-                try installLink(path: path, target: "/dev/nbd\(index)")
-                link = path
-            } catch {
-                logger.warning("cannot create \(path): \(error)")
-            }
+        var link: (path: String, ours: Bool)?
+        if let dir = options.byPathDirectory {
+            link = await settleLink(path: dir + "/" + options.identity.path, device: "/dev/nbd\(index)",
+                                    udevMakesIt: dir == DeviceNames.byPathDirectory && udevRunning(), logger: logger)
         }
         logger.notice(reconfigure == nil ? "attached" : "reconnected", metadata: [
             "device": "/dev/nbd\(index)", "backend": "\(options.backendIdentifier)", "connections": "\(count)",
             "size": "\(info.size)", "blockSize": "\(info.logicalBlockSize)",
             "interface": "\(ioctlDevice == nil ? "netlink" : "ioctl")",
         ])
-        return KernelAttachment(index: index, device: device, options: options, byPathLink: link, server: server,
-                                served: served, ioctlDevice: ioctlDevice, logger: logger)
+        return KernelAttachment(index: index, device: device, options: options, byPathLink: link?.path, ownsLink: link?.ours ?? false,
+                                server: server, served: served, ioctlDevice: ioctlDevice, logger: logger)
     }
 
     /// `.auto` becomes netlink when the kernel knows the "nbd" family (loading the module if needed), else ioctl.
@@ -258,7 +264,8 @@ final class KernelAttachment: Sendable {
         deadline.cancel()
         await ioctlFinished(timeout: .seconds(10))
         await server.shutdown()
-        if let link = byPathLink { Self.removeLink(path: link, ifPointingTo: devicePath) }
+        if ownsLink, let link = byPathLink { Self.removeLink(path: link, ifPointingTo: devicePath) }
+        if ioctlDevice != nil { DeviceRegistry().unregister(index: index) }
         logger.notice("detached", metadata: ["device": "\(devicePath)"])
     }
 
@@ -269,9 +276,40 @@ final class KernelAttachment: Sendable {
         for c in served.withLockedValue({ $0 }) { c.close() }
         await ioctlFinished(timeout: .seconds(10))
         await server.shutdown()
+        if ioctlDevice != nil { DeviceRegistry().unregister(index: index) }
     }
 
     // MARK: - by-path links
+
+    /// udev is running when its control socket exists (as sd-device checks it).
+    static func udevRunning() -> Bool { access("/run/udev/control", F_OK) == 0 }
+
+    /// How long an attach waits for udev's link, so that the login's output names a link that exists.
+    static let udevLinkWait: Duration = .seconds(10)
+
+    /// Makes sure `path` leads to `device`: waits (bounded) for udev's link where udev makes it, else makes
+    /// it. A link of our own is invisible to systemd (no `.device` unit follows it), so a warning says why
+    /// it had to be made.
+    private static func settleLink(path: String, device: String, udevMakesIt: Bool, logger: Logger) async -> (path: String, ours: Bool)? {
+        if udevMakesIt {
+            let deadline = ContinuousClock.now + udevLinkWait
+            while ContinuousClock.now < deadline {
+                if let resolved = try? FileManager.default.destinationOfSymbolicLink(atPath: path),
+                   URL(fileURLWithPath: resolved, relativeTo: URL(fileURLWithPath: (path as NSString).deletingLastPathComponent)).standardizedFileURL.path == device {
+                    return (path, false)
+                }
+                try? await Task.sleep(for: .milliseconds(50))
+            }
+            logger.warning("udev did not make \(path) within \(udevLinkWait.components.seconds) s (is 60-iscsi-nbd.rules installed in /lib/udev/rules.d?); making it ourselves, but systemd cannot see a link udev did not make, so mount units and fstab lines on it will wait in vain")
+        }
+        do {
+            try installLink(path: path, target: device)
+            return (path, true)
+        } catch {
+            logger.warning("cannot create \(path): \(error)")
+            return nil
+        }
+    }
 
     static func installLink(path: String, target: String) throws {
         let dir = (path as NSString).deletingLastPathComponent
