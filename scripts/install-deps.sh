@@ -23,9 +23,12 @@ packages=(
     e2fsprogs
     python3-matplotlib    # the benchmark's chart
     openssl               # throwaway CA and certificates for the NBD TLS tests
+    dpkg-dev              # dpkg-shlibdeps: the .deb's Depends (scripts/package.sh)
+    squashfs-tools        # mksquashfs: the systemd-sysext image (scripts/package.sh)
+    python3-yaml          # the boot test applies the Butane example (scripts/vm/boot/apply-butane.py)
 )
 if [[ "${1:-}" == "--vm" ]]; then
-    packages+=(qemu-system-x86 busybox-static kmod cpio)
+    packages+=(qemu-system-x86 busybox-static kmod cpio systemd udev)   # systemd, udev: the boot tests' guests
 fi
 
 SUDO=""

@@ -351,7 +351,12 @@ actor DaemonCore {
         if let l = live.removeValue(forKey: id) {
             // A device without live connections cannot flush (it would wait for the dead-connection timeout).
             for a in l.attachments { await a.attachment.detach(flush: flush && !wasRecovering) }
-            do { try await l.session.logout().get() } catch { logger.warning("logout of session \(id): \(error)") }
+            do {
+                try await l.session.logout().get()
+                logger.notice("session \(id) logged out", metadata: ["target": "\(l.record.id.target)"])
+            } catch {
+                logger.warning("logout of session \(id): \(error)")
+            }
         }
         table.remove(id)
     }
