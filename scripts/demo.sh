@@ -22,12 +22,14 @@ done
 scripts/install-deps.sh
 work=$(mktemp -d /tmp/iscsi-nbd-demo.XXXXXX)
 echo "== building ($config; a first release build takes several minutes)"
-if ! swift build -c "$config" --product iscsi-nbd >"$work/build.log" 2>&1; then
+# Release is the project's one release build (scripts/package.sh): the Swift runtime linked statically.
+flags=(-c "$config"); [[ $config == release ]] && flags+=(--static-swift-stdlib)
+if ! swift build "${flags[@]}" --product iscsi-nbd >"$work/build.log" 2>&1; then
     tail -n 40 "$work/build.log" >&2
     echo "demo: the build failed (full log: $work/build.log)" >&2
     exit 1
 fi
-bin=$(swift build -c "$config" --show-bin-path)/iscsi-nbd
+bin=$(swift build "${flags[@]}" --show-bin-path)/iscsi-nbd
 iqn=iqn.2026-11.org.iscsi-nbd:demo
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 ctl=$((20000 + RANDOM % 12000))   # tgtd wants a control port below 32768

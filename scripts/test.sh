@@ -6,6 +6,9 @@
 #   3. runs the kernel tests (/dev/nbdN over netlink) in a QEMU VM booting Debian's kernel,
 #   3b. fuzzes every decoder/parser and the NBD connection handler for ~10 s each (scripts/fuzz/run.sh --ci; about 2 minutes with the build),
 #   3c. runs the demo (scripts/demo.sh: the README's first command, release build included),
+#   3d. packages that release build (scripts/package.sh: the .deb and the systemd-sysext image) and boots
+#       systemd + udev guests that install and use them (scripts/vm/test-boot.sh: the open-iscsi guide,
+#       a reboot, the sysext image, the Butane example),
 #   4. runs a short benchmark smoke on that release build so the benchmark script cannot rot.
 # Under CI=true a missing peer is a failure, never a skip. Options: --no-vm, --no-bench.
 set -euo pipefail
@@ -33,6 +36,9 @@ section "demo: the README's first command (release build, local tgtd, serve, nbd
 # Also the release build the benchmark smoke then uses; a release-only compiler crash shows up here.
 scripts/demo.sh
 
+section "package: the .deb and the systemd-sysext image (scripts/package.sh)"
+scripts/package.sh
+
 section "fuzzing (short run)"
 scripts/fuzz/run.sh --ci
 
@@ -42,6 +48,11 @@ swift test --skip-build 2>&1 | tee /tmp/iscsi-nbd-swift-test.log
 if ((vm)) && [[ -x scripts/vm/test-kernel.sh ]]; then
     section "kernel tests in a VM"
     scripts/vm/test-kernel.sh
+fi
+
+if ((vm)); then
+    section "boot tests: systemd + udev guests with the package (scripts/vm/test-boot.sh)"
+    scripts/vm/test-boot.sh
 fi
 
 if ((bench)) && [[ -x scripts/bench.sh ]]; then

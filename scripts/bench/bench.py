@@ -632,8 +632,12 @@ def run_iscsi_perf(job: Job, url: str, block_size: int, runtime: float, outdir: 
 # MARK: - iscsi-nbd binary
 
 
+# The project's one release build (scripts/package.sh, scripts/demo.sh): the Swift runtime linked statically.
+RELEASE_FLAGS = ["-c", "release", "--static-swift-stdlib"]
+
+
 def bin_path(swift: str, release: bool) -> Path | None:
-    cmd = [swift, "build", *(["-c", "release"] if release else []), "--show-bin-path"]
+    cmd = [swift, "build", *(RELEASE_FLAGS if release else []), "--show-bin-path"]
     p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     if p.returncode != 0 or not p.stdout.strip():
         return None
@@ -667,7 +671,7 @@ def locate_iscsi_nbd(args, outdir: Path, notes: list[str]) -> tuple[str | None, 
         return None, "swift not on PATH: cannot find or build the release iscsi-nbd (pass --iscsi-nbd BIN)"
     binary = bin_path(swift, release=True)
     if binary is None:
-        return None, "`swift build -c release --show-bin-path` failed (pass --iscsi-nbd BIN)"
+        return None, "`swift build -c release --static-swift-stdlib --show-bin-path` failed (pass --iscsi-nbd BIN)"
     if not binary.is_file() and args.smoke:
         debug = bin_path(swift, release=False)
         if debug is not None and debug.is_file():
@@ -681,10 +685,10 @@ def locate_iscsi_nbd(args, outdir: Path, notes: list[str]) -> tuple[str | None, 
         return str(binary), None
     if args.no_build:
         return None, f"{binary} does not exist and --no-build was given"
-    log(f"{binary} missing: building it (swift build -c release --product iscsi-nbd; log in build.log); "
+    log(f"{binary} missing: building it (swift build {' '.join(RELEASE_FLAGS)} --product iscsi-nbd; log in build.log); "
         "this can take many minutes")
     with open(outdir / "build.log", "wb") as out:
-        b = subprocess.run([swift, "build", "-c", "release", "--product", "iscsi-nbd"], cwd=REPO,
+        b = subprocess.run([swift, "build", *RELEASE_FLAGS, "--product", "iscsi-nbd"], cwd=REPO,
                            stdout=out, stderr=subprocess.STDOUT)
     if b.returncode != 0 or not binary.is_file():
         return None, f"release build of iscsi-nbd failed (status {b.returncode}); log tail:\n{tail(outdir / 'build.log')}"

@@ -236,6 +236,7 @@ final class KernelAttachment: Sendable {
     /// and removes the by-path link. Bounded: never waits more than `timeout` for the kernel.
     func detach(flush: Bool, timeout: Duration = .seconds(30)) async {
         let index = self.index
+        var flushState = "no"
         if flush {
             let flushed = try? await NIOThreadPool.singleton.runIfActive { () -> Int32 in
                 let fd = open("/dev/nbd\(index)", O_RDWR | O_CLOEXEC | O_NONBLOCK)
@@ -243,7 +244,12 @@ final class KernelAttachment: Sendable {
                 defer { close(fd) }
                 return fsync(fd) == 0 ? 0 : errno
             }
-            if let e = flushed, e != 0 { logger.warning("flush of /dev/nbd\(index) failed: \(String(cString: strerror(e)))") }
+            if let e = flushed, e != 0 {
+                logger.warning("flush of /dev/nbd\(index) failed: \(String(cString: strerror(e)))")
+                flushState = "failed"
+            } else {
+                flushState = flushed == nil ? "failed" : "yes"
+            }
         }
         do {
             if let ioctlDevice {
@@ -266,7 +272,7 @@ final class KernelAttachment: Sendable {
         await server.shutdown()
         if ownsLink, let link = byPathLink { Self.removeLink(path: link, ifPointingTo: devicePath) }
         if ioctlDevice != nil { DeviceRegistry().unregister(index: index) }
-        logger.notice("detached", metadata: ["device": "\(devicePath)"])
+        logger.notice("detached", metadata: ["device": "\(devicePath)", "flushed": "\(flushState)"])
     }
 
     /// Drops our ends without telling the kernel: it sees dead connections and holds I/O back for the

@@ -14,7 +14,6 @@ check "the discovery unit wrote the record" test -d /etc/iscsi/nodes/iqn.2026-12
 iscsi-nbd -m session -P 1 | sed -n '/Target:/p;/iSCSI Session State/p'
 check "/srv/data is mounted from $(nbd_of "$LINK")" test "$(findmnt -n -o SOURCE /srv/data)" = "$(nbd_of "$LINK")"
 check "it is the LUN's ext4 (label butane-disk1)" test "$(lsblk -no LABEL "$(nbd_of "$LINK")")" = butane-disk1
-systemd-analyze critical-chain --no-pager srv-data.mount 2>&1 | tee "$VM_RESULTS/critical-chain-$VM_BOOT_COUNT.txt"
 if [ "$VM_BOOT_COUNT" = 1 ]; then
   head -c 2M /dev/urandom > /srv/data/from-boot-1
   (cd /srv/data && sha256sum from-boot-1) > "$VM_RESULTS/butane.sha256"

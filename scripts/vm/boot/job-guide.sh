@@ -178,13 +178,14 @@ first() { grep -n -m1 -E "$1" /tmp/boot1.txt | cut -d: -f1; }
 u_data=$(first 'Unmounted /srv/data|srv-data\.mount: Deactivated|Unmounted srv-data\.mount')
 u_logs=$(first 'Unmounted /srv/logs|srv-logs\.mount: Deactivated|Unmounted srv-logs\.mount')
 stop=$(first 'Stopping iscsi-nbd\.service|Stopping iscsi-nbd')
-detached=$(first 'iscsi-nbd\[[0-9]+\]: .*detached')
+detached=$(first 'iscsi-nbd\[[0-9]+\]: .*flushed=yes.*detached')
 out=$(first 'iscsi-nbd\[[0-9]+\]: .*logged out')
 stopped=$(first 'Stopped iscsi-nbd')
 target=$(first 'Stopping test-target')
 echo "lines: unmount data ${u_data:-?}, logs ${u_logs:-?}; daemon stopping ${stop:-?}, detached ${detached:-?}, logged out ${out:-?}, stopped ${stopped:-?}; target stopping ${target:-?}"
 check "both file systems unmounted before the daemon stopped" test -n "$u_data" -a -n "$u_logs" -a -n "$stop" -a "${u_data:-0}" -lt "${stop:-0}" -a "${u_logs:-0}" -lt "${stop:-0}"
-check "the daemon detached and logged out, then stopped" test -n "$detached" -a -n "$out" -a -n "$stopped" -a "${detached:-0}" -lt "${stopped:-0}" -a "${out:-0}" -lt "${stopped:-0}"
+check "every device flushed and detached" test "$(grep -cE 'iscsi-nbd\[[0-9]+\]: .*flushed=yes.*detached' /tmp/boot1.txt)" = 3
+check "the daemon flushed, detached and logged out, then stopped" test -n "$detached" -a -n "$out" -a -n "$stopped" -a "${detached:-0}" -lt "${stopped:-0}" -a "${out:-0}" -lt "${stopped:-0}"
 check "the target stopped after the daemon" test -n "$target" -a "${target:-0}" -gt "${stopped:-0}"
 check "no I/O error in boot 1 (kernel included)" sh -c '! journalctl -b -1 --no-pager | grep -iE "I/O error|EXT4-fs error|blk_update_request"'
 check "no I/O error in this boot" sh -c '! journalctl -b -k --no-pager | grep -iE "I/O error|EXT4-fs error"'
