@@ -11,30 +11,42 @@ public struct Portal: Hashable, Sendable, Comparable, CustomStringConvertible {
         self.port = port
     }
 
-    /// Parses `host`, `host:port`, `[v6]`, `[v6]:port` or a bare IPv6 literal (no port).
+    /// Parses `host`, `host:port`, `[v6]`, `[v6]:port` or a bare IPv6 literal (no port), with an optional
+    /// `,tpgt` suffix (iscsiadm prints portals as `host:port,tpgt`) that is dropped.
     public init(parsing text: String, defaultPort: Int = Portal.defaultPort) throws(ISCSIConfigError) {
-        func fail(_ why: String) -> ISCSIConfigError { ISCSIConfigError(.invalidValue, "invalid portal '\(text.prefix(64))': \(why)") }
-        // iscsiadm prints portals as host:port,tpgt: drop a trailing ",tpgt".
-        let spec = text.split(separator: ",", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? text
+        let (host, port) = try Self.split(text)
+        guard !host.isEmpty else { throw Self.invalid(text, "empty host") }
+        try NodeID.checkPathComponent(host, what: "portal host")
+        self.init(host: host, port: port ?? defaultPort)
+    }
+
+    /// The one `host[:port]` grammar of the project (portals, iscsi:// URL authorities, TCP listen
+    /// addresses): `host`, `host:port`, `[v6]`, `[v6]:port`, a bare IPv6 literal (no port), an optional
+    /// `,tpgt` suffix dropped; the host may be empty (`:port`). The port, when given, is 1 to 65535.
+    public static func split(_ text: String) throws(ISCSIConfigError) -> (host: String, port: Int?) {
+        var spec = Substring(text)
+        if let comma = spec.lastIndex(of: ","), !spec[comma...].contains("]") { spec = spec[..<comma] }
         var host = spec
-        var port = defaultPort
+        var portText: Substring?
         if spec.hasPrefix("[") {
-            guard let close = spec.firstIndex(of: "]") else { throw fail("missing ']'") }
-            host = String(spec[spec.index(after: spec.startIndex)..<close])
+            guard let close = spec.firstIndex(of: "]") else { throw invalid(text, "missing ']'") }
+            host = spec[spec.index(after: spec.startIndex)..<close]
             let rest = spec[spec.index(after: close)...]
             if !rest.isEmpty {
-                guard rest.hasPrefix(":"), let p = Int(rest.dropFirst()) else { throw fail("bad port") }
-                port = p
+                guard rest.hasPrefix(":") else { throw invalid(text, "expected :PORT after ]") }
+                portText = rest.dropFirst()
             }
         } else if let colon = spec.lastIndex(of: ":"), spec.firstIndex(of: ":") == colon {
-            host = String(spec[..<colon])
-            guard let p = Int(spec[spec.index(after: colon)...]) else { throw fail("bad port") }
-            port = p
+            host = spec[..<colon]
+            portText = spec[spec.index(after: colon)...]
         }
-        guard !host.isEmpty else { throw fail("empty host") }
-        guard (1...65535).contains(port) else { throw fail("port out of range") }
-        try NodeID.checkPathComponent(host, what: "portal host")
-        self.init(host: host, port: port)
+        guard let portText else { return (String(host), nil) }
+        guard let port = Int(portText), (1...65535).contains(port) else { throw invalid(text, "port must be 1 to 65535") }
+        return (String(host), port)
+    }
+
+    private static func invalid(_ text: String, _ why: String) -> ISCSIConfigError {
+        ISCSIConfigError(.invalidValue, "invalid portal '\(text.prefix(64))': \(why)")
     }
 
     /// `host:port`, with IPv6 literals in brackets.

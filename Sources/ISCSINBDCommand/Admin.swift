@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import ISCSIConfig
 
 /// The iscsiadm-compatible surface, so open-iscsi guides work with the binary's name swapped in:
 ///
@@ -26,11 +27,11 @@ struct Admin: AsyncParsableCommand {
             """
     )
 
-    @Option(name: [.customShort("m"), .customLong("mode")], help: "discovery, node, session (or discoverydb, iface: not supported).")
-    var mode: String?
+    @Option(name: [.customShort("m"), .customLong("mode")], help: "discovery, node or session (discoverydb is discovery; iface, fw and host are not supported).")
+    var mode: AdminMode?
 
     @Option(name: [.customShort("t"), .customLong("type")], help: "Discovery type: sendtargets (st) or isns.")
-    var type: String?
+    var type: DiscoveryType?
 
     @Option(name: [.customShort("p"), .customLong("portal")], help: "HOST[:PORT] (ports default to 3260, iSNS 3205).")
     var portal: String?
@@ -39,7 +40,7 @@ struct Admin: AsyncParsableCommand {
     var targetName: String?
 
     @Option(name: [.customShort("o"), .customLong("op")], help: "Record operation: new, delete, update, show.")
-    var op: String?
+    var op: RecordOperation?
 
     @Option(name: [.customShort("n"), .customLong("name")], help: "Record key for --op update.")
     var name: String?
@@ -54,7 +55,7 @@ struct Admin: AsyncParsableCommand {
     var logout = false
 
     @Option(name: [.customShort("P"), .customLong("print")], help: "Detail level for -m session (0 to 3).")
-    var printLevel: Int?
+    var printLevel: PrintLevel?
 
     @Option(name: [.customShort("I"), .customLong("interface")], help: "Accepted for compatibility; only 'default'.")
     var interface: String?
@@ -74,49 +75,43 @@ struct Admin: AsyncParsableCommand {
         }
         if login && logout { throw ValidationError("--login and --logout exclude each other") }
         switch mode {
-        case "discovery", "discoverydb":
-            let kind: AdminRequest.DiscoveryType
-            switch type?.lowercased() {
-            case "sendtargets", "st": kind = .sendTargets
-            case "isns": kind = .isns
-            case nil: throw ValidationError("-m discovery needs -t sendtargets or -t isns")
-            case let other?: throw ValidationError("unknown discovery type \(other): use sendtargets (st) or isns")
-            }
+        case .discovery, .discoverydb:
+            guard let type else { throw ValidationError("-m discovery needs -t sendtargets or -t isns") }
+            let kind: AdminRequest.DiscoveryType = type == .isns ? .isns : .sendTargets
             if kind == .sendTargets && portal == nil {
                 throw ValidationError("-m discovery -t sendtargets needs -p HOST[:PORT]")
             }
-            let p = try portal.map { try PortalAddress.parse($0, defaultPort: kind == .isns ? 3205 : 3260) }
+            let p = try portal.map { try Self.portal($0, defaultPort: kind == .isns ? ISNSServerSettings.defaultPort : Portal.defaultPort) }
             return .discovery(kind, portal: p, login: login)
-        case "node":
-            let p = try portal.map { try PortalAddress.parse($0, defaultPort: 3260) }
+        case .node:
+            let p = try portal.map { try Self.portal($0, defaultPort: Portal.defaultPort) }
             if login { return .nodeLogin(target: targetName, portal: p) }
             if logout { return .nodeLogout(target: targetName, portal: p) }
-            switch op?.lowercased() {
-            case nil, "show":
+            switch op ?? .show {
+            case .show:
                 if name != nil || value != nil { throw ValidationError("--name/--value go with --op update") }
-                return targetName == nil ? .nodeList : .nodeShow(target: targetName!, portal: p)
-            case "new":
+                return targetName.map { .nodeShow(target: $0, portal: p) } ?? .nodeList
+            case .new:
                 guard let targetName, let p else { throw ValidationError("--op new needs -T IQN and -p HOST[:PORT]") }
                 return .nodeNew(target: targetName, portal: p)
-            case "delete":
+            case .delete:
                 guard let targetName else { throw ValidationError("--op delete needs -T IQN (and optionally -p)") }
                 return .nodeDelete(target: targetName, portal: p)
-            case "update":
+            case .update:
                 guard let name, let value else { throw ValidationError("--op update needs --name KEY and --value VALUE") }
                 return .nodeUpdate(target: targetName, portal: p, key: name, value: value)
-            case let other?:
-                throw ValidationError("unknown --op \(other): use new, delete, update or show")
             }
-        case "session":
-            let level = printLevel ?? 0
-            guard (0...3).contains(level) else { throw ValidationError("-P takes 0 to 3") }
+        case .session:
             if logout { return .nodeLogout(target: targetName, portal: nil) }
-            return .sessionList(printLevel: level)
-        case "iface", "fw", "host":
-            throw ValidationError("-m \(mode) is not supported by iscsi-nbd (no offload interfaces or firmware boot)")
-        default:
-            throw ValidationError("unknown mode \(mode): use discovery, node or session")
+            return .sessionList(printLevel: (printLevel ?? .zero).rawValue)
+        case .iface, .fw, .host:
+            throw ValidationError("-m \(mode.rawValue) is not supported by iscsi-nbd (no offload interfaces or firmware boot)")
         }
+    }
+
+    /// `-p`: the project's one portal grammar (`Portal`), with iscsiadm's `,TPGT` suffix accepted.
+    static func portal(_ text: String, defaultPort: Int) throws -> Portal {
+        do { return try Portal(parsing: text, defaultPort: defaultPort) } catch { throw ValidationError("-p \(text): \(error)") }
     }
 
     func validate() throws { _ = try request() }
@@ -126,58 +121,43 @@ struct Admin: AsyncParsableCommand {
             try await AdminRuntime(configDir: configDir, debug: debug ?? 0).perform(try request())
         } catch let error as ExitCodeError {
             FileHandle.standardError.write(Data("iscsi-nbd: \(error.message)\n".utf8))
-            throw ExitCode(error.code)
+            throw ExitCode(error.status.rawValue)
         }
     }
+}
+
+/// `-m`: iscsiadm's modes. ArgumentParser checks the value and lists the choices in --help.
+enum AdminMode: String, CaseIterable, ExpressibleByArgument {
+    case discovery, discoverydb, node, session, iface, fw, host
+}
+
+/// `-t`: SendTargets (`sendtargets`, `st`) or iSNS.
+enum DiscoveryType: String, CaseIterable, ExpressibleByArgument {
+    case sendtargets, st, isns
+    init?(argument: String) { self.init(rawValue: argument.lowercased()) }
+}
+
+/// `-o` / `--op`: what to do with node records.
+enum RecordOperation: String, CaseIterable, ExpressibleByArgument {
+    case new, delete, update, show
+    init?(argument: String) { self.init(rawValue: argument.lowercased()) }
+}
+
+/// `-P`: the detail of `-m session` (iscsiadm's print levels 0 to 3).
+enum PrintLevel: Int, CaseIterable, ExpressibleByArgument {
+    case zero = 0, one, two, three
 }
 
 /// What an admin invocation asks for.
 enum AdminRequest: Equatable {
     enum DiscoveryType: Equatable { case sendTargets, isns }
-    case discovery(DiscoveryType, portal: PortalAddress?, login: Bool)
+    case discovery(DiscoveryType, portal: Portal?, login: Bool)
     case nodeList
-    case nodeShow(target: String, portal: PortalAddress?)
-    case nodeNew(target: String, portal: PortalAddress)
-    case nodeDelete(target: String, portal: PortalAddress?)
-    case nodeUpdate(target: String?, portal: PortalAddress?, key: String, value: String)
-    case nodeLogin(target: String?, portal: PortalAddress?)
-    case nodeLogout(target: String?, portal: PortalAddress?)
+    case nodeShow(target: String, portal: Portal?)
+    case nodeNew(target: String, portal: Portal)
+    case nodeDelete(target: String, portal: Portal?)
+    case nodeUpdate(target: String?, portal: Portal?, key: String, value: String)
+    case nodeLogin(target: String?, portal: Portal?)
+    case nodeLogout(target: String?, portal: Portal?)
     case sessionList(printLevel: Int)
-}
-
-/// `HOST[:PORT][,TPGT]`, with `[v6]` literals, as iscsiadm's -p takes it.
-struct PortalAddress: Equatable, Hashable, CustomStringConvertible {
-    var host: String
-    var port: Int
-
-    static func parse(_ text: String, defaultPort: Int) throws -> PortalAddress {
-        var t = Substring(text)
-        if let comma = t.lastIndex(of: ","), !t[comma...].contains("]") { t = t[..<comma] }  // drop ,TPGT
-        var host: Substring
-        var portText: Substring?
-        if t.hasPrefix("[") {
-            guard let close = t.firstIndex(of: "]") else { throw ValidationError("portal \(text): unterminated [") }
-            host = t[t.index(after: t.startIndex)..<close]
-            let rest = t[t.index(after: close)...]
-            if rest.hasPrefix(":") { portText = rest.dropFirst() } else if !rest.isEmpty {
-                throw ValidationError("portal \(text): expected :PORT after ]")
-            }
-        } else if t.filter({ $0 == ":" }).count == 1, let colon = t.firstIndex(of: ":") {
-            host = t[..<colon]
-            portText = t[t.index(after: colon)...]
-        } else {
-            host = t  // a name, an IPv4 address, or a bare IPv6 address
-        }
-        guard !host.isEmpty else { throw ValidationError("portal \(text): no host") }
-        var port = defaultPort
-        if let portText {
-            guard let p = Int(portText), (1...65535).contains(p) else {
-                throw ValidationError("portal \(text): port must be 1 to 65535")
-            }
-            port = p
-        }
-        return PortalAddress(host: String(host), port: port)
-    }
-
-    var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
 }

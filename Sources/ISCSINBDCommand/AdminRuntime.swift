@@ -15,9 +15,6 @@ struct AdminRuntime {
     var configDir: String?
     var debug: Int
 
-    /// iscsiadm's exit status for "no records / no sessions found" (ISCSI_ERR_NO_OBJS_FOUND).
-    static let noObjectsFound: Int32 = 21
-
     var directory: String { ConfigDirectory.resolve(explicit: configDir) }
     var database: NodeDatabase { NodeDatabase(configDirectory: directory) }
 
@@ -40,11 +37,11 @@ struct AdminRuntime {
         case .nodeShow(let target, let portal):
             for record in try records(target: target, portal: portal) { print(record.show(), terminator: "") }
         case .nodeNew(let target, let portal):
-            let id = NodeID(target: target, portal: Portal(host: portal.host, port: portal.port), tpgt: 1)
+            let id = NodeID(target: target, portal: portal, tpgt: 1)
             try ISCSIName.validate(target)
-            let iscsid = try loadISCSIDConf()
+            let iscsid = try ISCSIDConf.load(configDirectory: directory)
             try database.create(NodeRecord.new(id: id, iscsid: iscsid, discovery: DiscoverySource(kind: .static, address: portal.host, port: portal.port)))
-            print("New iSCSI node [tcp:[hw=,ip=,net_if=,iscsi_if=default] \(id.portal.host),\(id.portal.port),\(id.tpgt) \(id.target)] added")
+            print("New iSCSI node [tcp:[hw=,ip=,net_if=,iscsi_if=default] \(id.portal.iscsiadmForm),\(id.tpgt) \(id.target)] added")
         case .nodeDelete(let target, let portal):
             for record in try records(target: target, portal: portal) { try database.delete(record.id) }
         case .nodeUpdate(let target, let portal, let key, let value):
@@ -80,20 +77,21 @@ struct AdminRuntime {
     var controlSocket: String { ControlProtocol.socketPath() }
 
     /// Sends a request to the daemon; nil when no daemon listens (then the caller falls back).
-    private func askDaemon(_ op: ControlRequest.Operation, target: String?, portal: PortalAddress?) throws -> ControlResponse? {
+    private func askDaemon(_ op: ControlRequest.Operation, target: String?, portal: Portal?) throws -> ControlResponse? {
         let request = ControlRequest(op: op, target: target, portal: portal?.description, configDir: directory)
         return try ControlClient.send(request, path: controlSocket)
     }
 
     private func check(_ response: ControlResponse) throws {
         guard response.ok else {
-            throw ExitCodeError(code: response.code ?? 1, message: response.error ?? "the daemon reported a failure")
+            throw ExitCodeError(status: response.code.flatMap(ExitStatus.init(rawValue:)) ?? .failure,
+                                message: response.error ?? "the daemon reported a failure")
         }
     }
 
     private func printDaemonLogin(_ response: ControlResponse, records: [NodeRecord]) throws {
         for record in records {
-            print("Logging in to [iface: default, target: \(record.id.target), portal: \(record.id.portal.host),\(record.id.portal.port)]")
+            print("Logging in to \(record.id.iscsiadmLabel)")
         }
         for line in response.messages {
             if line.hasPrefix("iscsi-nbd:") {
@@ -110,36 +108,27 @@ struct AdminRuntime {
 
     // MARK: - Discovery
 
-    /// The discovery session's configuration: `discovery.sendtargets.auth.*` credentials, never the
-    /// node session's.
-    static func discoveryConfiguration(portal: PortalAddress, initiatorName: String,
-                                       iscsid: ConfigDocument) throws -> ISCSISessionConfiguration {
-        var configuration = ISCSISessionConfiguration(host: portal.host, port: portal.port, targetName: nil,
-                                                      initiatorName: initiatorName)
-        configuration.apply(auth: try EffectiveNodeSettings.resolveDiscoveryAuth(iscsid: iscsid))
-        return configuration
-    }
-
-    /// iscsid.conf, with the keys iscsi-nbd does not use logged at debug level.
-    private func loadISCSIDConf() throws -> ConfigDocument {
-        let iscsid = try ISCSIDConf.load(configDirectory: directory)
-        let unknown = ConfigKeys.unknownKeys(in: iscsid)
+    /// The session planner of this configuration directory (iscsid.conf, the initiator name, written when
+    /// missing as iscsiadm does), with the keys iscsi-nbd does not use logged at debug level.
+    private func planner() throws -> SessionPlanner {
+        let planner = try SessionPlanner(configDirectory: directory, initiatorNameSource: .fileCreatingIfMissing)
+        let unknown = ConfigKeys.unknownKeys(in: planner.iscsid)
         if !unknown.isEmpty {
             logger.debug("iscsid.conf keys kept but not used: \(unknown.joined(separator: ", "))")
         }
-        return iscsid
+        return planner
     }
 
-    private func discoverSendTargets(_ portal: PortalAddress, login: Bool) async throws {
-        let iscsid = try loadISCSIDConf()
-        let initiator = try InitiatorNameFile.loadOrCreate(configDirectory: directory)
-        let scratch = try Self.discoveryConfiguration(portal: portal, initiatorName: initiator.name.rawValue, iscsid: iscsid)
+    private func discoverSendTargets(_ portal: Portal, login: Bool) async throws {
+        let planner = try planner()
+        let iscsid = planner.iscsid
+        let scratch = try planner.discovery(portal: portal)
         if let note = scratch.authNote { logger.notice("discovery: \(note)") }
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let targets: [DiscoveredTarget]
         do {
             targets = try await ISCSISession.discover(
-                host: portal.host, port: portal.port, initiatorName: initiator.name.rawValue, chap: scratch.chap,
+                host: portal.host, port: portal.port, initiatorName: planner.initiatorName, chap: scratch.chap,
                 on: group.next(), logger: logger).get()
             try await group.shutdownGracefully()
         } catch {
@@ -156,22 +145,22 @@ struct AdminRuntime {
                    iscsid: iscsid, login: login)
     }
 
-    private func discoverISNS(_ portal: PortalAddress?, login: Bool) async throws {
-        let iscsid = try loadISCSIDConf()
-        let server: PortalAddress
+    private func discoverISNS(_ portal: Portal?, login: Bool) async throws {
+        let planner = try planner()
+        let iscsid = planner.iscsid
+        let server: Portal
         if let portal {
             server = portal
         } else if let s = try ISNSServerSettings.resolve(iscsid: iscsid, file: directory + "/" + ISCSIDConf.fileName) {
-            server = PortalAddress(host: s.address, port: s.port)
+            server = Portal(host: s.address, port: s.port)
         } else {
             throw CommandFailure("no iSNS server: give -p HOST[:PORT] or set isns.address in \(directory)/\(ISCSIDConf.fileName)")
         }
-        let initiator = try InitiatorNameFile.loadOrCreate(configDirectory: directory)
         let found: [ISNSDiscoveredTarget]
         do {
             let client = try await ISNSClient.connect(host: server.host, port: server.port, logger: logger)
             do {
-                found = try await client.discoverTargets(initiatorName: initiator.name.rawValue)
+                found = try await client.discoverTargets(initiatorName: planner.initiatorName)
                 try? await client.close()
             } catch {
                 try? await client.close()
@@ -206,8 +195,8 @@ struct AdminRuntime {
 
     private func nodeLine(_ id: NodeID) -> String { "\(id.portal),\(id.tpgt) \(id.target)" }
 
-    private func records(target: String?, portal: PortalAddress?) throws -> [NodeRecord] {
-        let found = try database.find(target: target, portal: portal.map { Portal(host: $0.host, port: $0.port) })
+    private func records(target: String?, portal: Portal?) throws -> [NodeRecord] {
+        let found = try database.find(target: target, portal: portal)
         guard !found.isEmpty else { throw noObjects("No records found") }
         return found
     }
@@ -215,19 +204,16 @@ struct AdminRuntime {
     /// Without the daemon, a login is a verified round trip: log in, report the negotiated values and the
     /// LUNs (REPORT LUNS), log out. With the daemon running, the daemon logs in and keeps the session.
     private func loginNodes(_ records: [NodeRecord]) async throws {
-        let iscsid = try loadISCSIDConf()
-        let initiator = try InitiatorNameFile.loadOrCreate(configDirectory: directory)
+        let planner = try planner()
         var failures = 0
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        defer { _ = group.shutdownGracefully { _ in } }
+        defer { group.shutdownGracefully { _ in } }
         for record in records {
             let id = record.id
-            let label = "[iface: default, target: \(id.target), portal: \(id.portal.host),\(id.portal.port)]"
+            let label = id.iscsiadmLabel
             print("Logging in to \(label)")
             do {
-                let settings = try EffectiveNodeSettings.resolve(iscsid: iscsid, node: record)
-                let configuration = ISCSISessionConfiguration(
-                    node: id, settings: settings, initiatorName: initiator.name.rawValue, initiatorAlias: initiator.alias)
+                let configuration = try planner.plan(node: id, record: record, overrides: SessionOverrides()).configuration
                 if let note = configuration.authNote { logger.notice("\(note)") }
                 let session = try await ISCSISession.connect(configuration, on: group.next(), logger: logger).get()
                 let luns = try? await SCSIBlockDevice.reportLUNs(transport: session, logger: logger).get()
@@ -239,7 +225,7 @@ struct AdminRuntime {
                 FileHandle.standardError.write(Data("iscsi-nbd: Could not login to \(label).\niscsi-nbd: \(ErrorText.describe(error))\n".utf8))
             }
         }
-        if failures > 0 { throw ExitCodeError(code: 24, message: "\(failures) of \(records.count) logins failed") }
+        if failures > 0 { throw ExitCodeError(status: .loginFailed, message: "\(failures) of \(records.count) logins failed") }
     }
 
     private func printNegotiated(_ p: OperationalParameters, auth: String, luns: [LogicalUnitNumber]?) {
@@ -262,13 +248,6 @@ struct AdminRuntime {
     }
 
     private func noObjects(_ message: String) -> ExitCodeError {
-        ExitCodeError(code: Self.noObjectsFound, message: message)
+        ExitCodeError(status: .noObjectsFound, message: message)
     }
-}
-
-/// An error that prints `iscsi-nbd: MESSAGE` and exits with a specific status (iscsiadm's codes).
-struct ExitCodeError: Error, CustomStringConvertible {
-    var code: Int32
-    var message: String
-    var description: String { message }
 }

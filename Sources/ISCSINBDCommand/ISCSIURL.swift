@@ -1,3 +1,6 @@
+import ArgumentParser
+import ISCSIConfig
+
 /// An `iscsi://` URL as libiscsi and qemu write it:
 ///
 ///     iscsi://[<username>[%<password>]@]<host>[:<port>]/<target-iqn>/<lun>
@@ -7,17 +10,18 @@
 public struct ISCSIURL: Sendable, Hashable, CustomStringConvertible {
     public var username: String?
     public var password: String?
-    public var host: String
-    public var port: Int
+    public var portal: Portal
     public var targetName: String
     public var lun: UInt16
 
-    public init(username: String? = nil, password: String? = nil, host: String, port: Int = 3260,
+    public var host: String { portal.host }
+    public var port: Int { portal.port }
+
+    public init(username: String? = nil, password: String? = nil, host: String, port: Int = Portal.defaultPort,
                 targetName: String, lun: UInt16) {
         self.username = username
         self.password = password
-        self.host = host
-        self.port = port
+        self.portal = Portal(host: host, port: port)
         self.targetName = targetName
         self.lun = lun
     }
@@ -51,32 +55,17 @@ public struct ISCSIURL: Sendable, Hashable, CustomStringConvertible {
             if username!.isEmpty { throw Self.fail("empty user name before @") }
         }
 
-        // host[:port], [v6][:port]
-        var portText: Substring?
-        if authority.hasPrefix("[") {
-            guard let close = authority.firstIndex(of: "]") else { throw Self.fail("unterminated [ in host") }
-            host = String(authority[authority.index(after: authority.startIndex)..<close])
-            let after = authority[authority.index(after: close)...]
-            if !after.isEmpty {
-                guard after.hasPrefix(":") else { throw Self.fail("unexpected text after ]") }
-                portText = after.dropFirst()
-            }
-        } else if let colon = authority.firstIndex(of: ":") {
-            host = String(authority[..<colon])
-            portText = authority[authority.index(after: colon)...]
-        } else {
-            host = String(authority)
+        // host[:port], [v6][:port]: the project's one portal grammar; an IPv6 literal needs its brackets here.
+        guard !authority.contains(","), authority.hasPrefix("[") || authority.filter({ $0 == ":" }).count <= 1 else {
+            throw Self.fail("an IPv6 host goes in brackets, and no ,tpgt")
         }
-        guard !host.isEmpty else { throw Self.fail("no host") }
-        guard host.allSatisfy({ $0.isLetter || $0.isNumber || "-.:_%".contains($0) }) else {
+        let split: (host: String, port: Int?)
+        do { split = try Portal.split(String(authority)) } catch { throw Self.fail("\(error.message)") }
+        guard !split.host.isEmpty else { throw Self.fail("no host") }
+        guard split.host.allSatisfy({ $0.isLetter || $0.isNumber || "-.:_%".contains($0) }) else {
             throw Self.fail("bad character in host")
         }
-        if let portText {
-            guard let p = Int(portText), (1...65535).contains(p) else { throw Self.fail("port must be 1 to 65535") }
-            port = p
-        } else {
-            port = 3260
-        }
+        portal = Portal(host: split.host, port: split.port ?? Portal.defaultPort)
 
         let parts = path.split(separator: "/", omittingEmptySubsequences: false)
         guard parts.count == 2 else { throw Self.fail("the path must be /target-iqn/lun") }
@@ -90,8 +79,18 @@ public struct ISCSIURL: Sendable, Hashable, CustomStringConvertible {
     public var description: String {
         var s = "iscsi://"
         if let username { s += username + (password == nil ? "" : "%********") + "@" }
-        s += host.contains(":") ? "[\(host)]" : host
-        if port != 3260 { s += ":\(port)" }
+        s += port == Portal.defaultPort ? (host.contains(":") ? "[\(host)]" : host) : portal.description
         return s + "/\(targetName)/\(lun)"
+    }
+}
+
+extension ISCSIURL {
+    /// A URL given on the command line: parsed (errors as usage errors, never with the password), and its
+    /// password scrubbed from argv at once, so `ps` no longer shows it.
+    static func fromCommandLine(_ text: String) throws -> ISCSIURL {
+        let parsed: ISCSIURL
+        do { parsed = try ISCSIURL(parsing: text) } catch { throw ValidationError(error.description) }
+        if let password = parsed.password { ArgvScrubber.scrub(password) }
+        return parsed
     }
 }

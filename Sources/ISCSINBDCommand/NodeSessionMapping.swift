@@ -41,6 +41,22 @@ extension ISCSISessionConfiguration {
     }
 }
 
+extension ISCSISessionConfiguration {
+    /// Where the session logs in, as the project writes portals (`Portal`: IPv6 in brackets).
+    var portal: Portal { Portal(host: host, port: port) }
+}
+
+/// iscsiadm's own portal form in its messages: `HOST,PORT` (no brackets), as in
+/// `Logging in to [iface: default, target: T, portal: 10.0.0.1,3260]`.
+extension Portal {
+    var iscsiadmForm: String { "\(host),\(port)" }
+}
+
+extension NodeID {
+    /// `[iface: default, target: T, portal: HOST,PORT]`, iscsiadm's label of a node in login messages.
+    var iscsiadmLabel: String { "[iface: \(iface), target: \(target), portal: \(portal.iscsiadmForm)]" }
+}
+
 extension ISCSIDigest {
     init(_ d: DigestType) {
         switch d {

@@ -133,74 +133,30 @@ struct Serve: AsyncParsableCommand {
             // Fail before logging in when a file is missing or unusable.
             do { _ = try tls.makeContext() } catch { throw ValidationError(error.description) }
         }
-        var plan = try url.map { try planFromURL($0) } ?? planFromNode(logger: logger)
-        plan.session.busyPollMicroseconds = polling.pollUs
+        let planner = try SessionPlanner(configDirectory: ConfigDirectory.resolve(explicit: configDir),
+                                         initiatorName: initiatorName, initiatorNameSource: .fileOrMachineID)
+        var overrides = SessionOverrides(queueDepth: queueDepth, replacementTimeout: replacementTimeout.map { .seconds($0) },
+                                         busyPollMicroseconds: polling.pollUs)
+        let plan: SessionPlan
+        if let url {
+            let parsed = try ISCSIURL.fromCommandLine(url)
+            overrides.chap = try chap.resolve(urlUsername: parsed.username, urlPassword: parsed.password)
+            plan = try planner.plan(url: parsed, overrides: overrides)
+        } else {
+            overrides.chap = try chap.resolve(urlUsername: nil, urlPassword: nil)
+            let record = try planner.record(target: targetName, portal: try portal.map { try Admin.portal($0, defaultPort: Portal.defaultPort) })
+            plan = try planner.plan(node: record.id, record: record, lun: lun, overrides: overrides)
+        }
         try await ServeRuntime(
-            session: plan.session, lun: plan.lun,
+            session: plan.configuration, lun: plan.lun,
             sockets: socket, tcp: try listen.map(ListenAddress.parseTCP),
-            exportName: exportName ?? "\(plan.session.targetName ?? "")/lun-\(plan.lun.map(String.init) ?? "auto")",
-            readOnly: readOnly, threads: threads, replacementTimeout: replacementTimeout,
+            exportName: exportName ?? "\(plan.node.target)/lun-\(plan.lun.map(String.init) ?? "auto")",
+            readOnly: readOnly, threads: threads,
             tls: tls, maxConnections: maxConnections,
             stallTimeout: stallTimeout == 0 ? nil : .seconds(Int64(stallTimeout)),
             maxBufferedWriteBytes: maxBufferedWrites << 20,
             sendBufferBytes: sendBuffer == 0 ? nil : sendBuffer << 10, logger: logger
         ).run()
-    }
-
-    /// URL mode: built-in defaults < iscsid.conf (when there is one) < the URL and the command line.
-    private func planFromURL(_ text: String) throws -> (session: ISCSISessionConfiguration, lun: UInt16?) {
-        let parsed: ISCSIURL
-        do {
-            parsed = try ISCSIURL(parsing: text)
-        } catch {
-            throw ValidationError(error.description)
-        }
-        if let password = parsed.password { ArgvScrubber.scrub(password) }
-        let node = NodeID(target: parsed.targetName, portal: Portal(host: parsed.host, port: parsed.port), tpgt: 1)
-        var session = try sessionConfiguration(node: node, record: nil)
-        try applyCommandLineCHAP(to: &session, urlUsername: parsed.username, urlPassword: parsed.password)
-        return (session, parsed.lun)
-    }
-
-    /// Node mode: built-in defaults < iscsid.conf < the node record < the command line.
-    private func planFromNode(logger: Logger) throws -> (session: ISCSISessionConfiguration, lun: UInt16?) {
-        let directory = ConfigDirectory.resolve(explicit: configDir)
-        let wanted = try portal.map { p in
-            do { return try Portal(parsing: p) } catch { throw ValidationError("-p \(p): \(error)") }
-        }
-        let records = try NodeDatabase(configDirectory: directory).find(target: targetName, portal: wanted)
-        guard let record = records.first else {
-            throw CommandFailure("no node record for \(targetName ?? "")\(wanted.map { " at \($0)" } ?? "") in \(directory)/nodes (run -m discovery first, or --op new)")
-        }
-        if records.count > 1 {
-            throw CommandFailure("\(targetName ?? "") has \(records.count) portals: \(records.map { "\($0.id.portal)" }.joined(separator: ", ")); choose one with -p")
-        }
-        var session = try sessionConfiguration(node: record.id, record: record)
-        try applyCommandLineCHAP(to: &session, urlUsername: nil, urlPassword: nil)
-        return (session, lun)
-    }
-
-    private func sessionConfiguration(node: NodeID, record: NodeRecord?) throws -> ISCSISessionConfiguration {
-        let directory = ConfigDirectory.resolve(explicit: configDir)
-        let iscsid = try ISCSIDConf.load(configDirectory: directory)
-        var settings = try EffectiveNodeSettings.resolve(iscsid: iscsid, node: record)
-        // --queue-depth wins; without a node record the bridge's own default is 128 (open-iscsi's is 32).
-        if let depth = queueDepth ?? (record == nil ? 128 : nil) {
-            settings.queueDepth = depth
-            settings.cmdsMax = max(settings.cmdsMax, depth)
-        }
-        let name = try initiatorName ?? InitiatorIdentity.defaultName(configDir: directory)
-        return ISCSISessionConfiguration(node: node, settings: settings, initiatorName: name, initiatorAlias: nil)
-    }
-
-    /// Credentials given on the command line, in the environment or in the URL replace the configured ones.
-    private func applyCommandLineCHAP(to session: inout ISCSISessionConfiguration, urlUsername: String?,
-                                      urlPassword: String?) throws {
-        let resolved = try chap.resolve(urlUsername: urlUsername, urlPassword: urlPassword)
-        if let resolved {
-            session.chap = resolved.credentials
-            session.authNote = nil
-        }
     }
 }
 
@@ -211,29 +167,10 @@ struct ListenAddress: Equatable {
 
     static let defaultPort = 10809
 
+    /// The project's one `host[:port]` grammar (`Portal.split`); an empty host is 127.0.0.1.
     static func parseTCP(_ text: String) throws -> ListenAddress {
-        var host = "127.0.0.1"
-        var portText: Substring?
-        if text.hasPrefix("[") {
-            guard let close = text.firstIndex(of: "]") else { throw ValidationError("--listen \(text): unterminated [") }
-            host = String(text[text.index(after: text.startIndex)..<close])
-            let rest = text[text.index(after: close)...]
-            if rest.hasPrefix(":") { portText = rest.dropFirst() } else if !rest.isEmpty {
-                throw ValidationError("--listen \(text): expected :PORT after ]")
-            }
-        } else if let colon = text.lastIndex(of: ":") {
-            if colon != text.startIndex { host = String(text[..<colon]) }
-            portText = text[text.index(after: colon)...]
-        } else if !text.isEmpty {
-            host = text
-        }
-        var port = defaultPort
-        if let portText {
-            guard let p = Int(portText), (1...65535).contains(p) else {
-                throw ValidationError("--listen \(text): port must be 1 to 65535")
-            }
-            port = p
-        }
-        return ListenAddress(host: host, port: port)
+        let split: (host: String, port: Int?)
+        do { split = try Portal.split(text) } catch { throw ValidationError("--listen \(text): \(error.message)") }
+        return ListenAddress(host: split.host.isEmpty ? "127.0.0.1" : split.host, port: split.port ?? defaultPort)
     }
 }

@@ -11,8 +11,11 @@ import NBDServer
 import NIOCore
 import NIOPosix
 import SCSI
+import ServiceLifecycle
 
-/// What `serve` does: log in, probe the LUN, serve it over NBD until a signal, then drain and log out.
+/// What `serve` does: log in, probe the LUN, serve it over NBD until SIGINT/SIGTERM, then drain and log
+/// out. Two services in one group: the session (`SessionService`), then the export; the group shuts the
+/// export down first (stop accepting, drain the requests in flight), then logs out.
 struct ServeRuntime {
     /// Who to log in to, as what, with which credentials and proposals (from a URL or a node record).
     var session: ISCSISessionConfiguration
@@ -23,8 +26,6 @@ struct ServeRuntime {
     var exportName: String
     var readOnly: Bool
     var threads: Int
-    /// Seconds requests wait for a recovering session; nil keeps node.session.timeo.replacement_timeout.
-    var replacementTimeout: Int?
     /// TLS for the TCP listeners (see `NBDTLSConfiguration`).
     var tls: NBDTLSConfiguration? = nil
     var maxConnections: Int = 512
@@ -34,70 +35,53 @@ struct ServeRuntime {
     var logger: Logger
 
     func run() async throws {
-        // Signals are watched from the start: one that arrives during login or probing stops the start-up.
-        let reasons = StopReasons()
-        let signals = SignalWatcher([SIGINT, SIGTERM]) { reasons.stop("signal \($0)") }
-        defer { signals.cancel() }
         let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
+        // The session, the device and (by the server's placement) every NBD connection share this loop.
+        let opened = Handoff<OpenedLUN>()
+        var configuration = NBDServerConfiguration(
+            exportName: exportName,
+            listen: sockets.map { .unix(path: $0) } + tcp.map { .tcp(host: $0.host, port: $0.port) },
+            tls: tls, maxConnections: maxConnections, stallTimeout: stallTimeout,
+            maxBufferedWriteBytes: maxBufferedWriteBytes)
+        configuration.sendBufferBytes = sendBufferBytes
         do {
-            try await serve(on: group, reasons: reasons)
+            try await Lifecycle.run([
+                (SessionService(configuration: session, lun: lun, readOnly: readOnly, loop: group.next(), opened: opened,
+                                logger: logger), "session"),
+                (ExportService(opened: opened, configuration: configuration, group: group, logger: logger), "export"),
+            ], logger: logger)
             try? await group.shutdownGracefully()
         } catch {
             try? await group.shutdownGracefully()
             throw error
         }
     }
+}
 
-    private func serve(on group: MultiThreadedEventLoopGroup, reasons: StopReasons) async throws {
-        // The session, the device and (by the server's placement) every NBD connection share this loop.
-        let loop = group.next()
+/// Serves the opened LUN over NBD until the group shuts down, then stops accepting and drains.
+struct ExportService: Service {
+    var opened: Handoff<OpenedLUN>
+    var configuration: NBDServerConfiguration
+    var group: MultiThreadedEventLoopGroup
+    var logger: Logger
 
-        var configuration = self.session
-        if let replacementTimeout { configuration.replacementTimeout = .seconds(Int64(replacementTimeout)) }
-        let session = try await SessionWiring.login(configuration, on: loop, logger: logger)
-        let device: any BlockDevice
-        do {
-            let opened = try await SessionWiring.openLUN(session: session, lun: lun, readOnly: readOnly, logger: logger)
-            device = opened.device
-            SessionWiring.guardIdentity(session: session, devices: [opened.scsi])
-        } catch {
-            try? await session.logout().get()
-            throw error
-        }
-
-        var serverConfiguration = NBDServerConfiguration(
-            exportName: exportName,
-            listen: sockets.map { .unix(path: $0) } + tcp.map { .tcp(host: $0.host, port: $0.port) },
-            tls: tls, maxConnections: maxConnections, stallTimeout: stallTimeout,
-            maxBufferedWriteBytes: maxBufferedWriteBytes)
-        serverConfiguration.sendBufferBytes = sendBufferBytes
-        let server = NBDServer(device: device, configuration: serverConfiguration, group: group, logger: logger)
+    func run() async throws {
+        guard let lun = await opened.value() else { return }
+        let server = NBDServer(device: lun.device, configuration: configuration, group: group, logger: logger)
         do {
             try await server.start()
         } catch {
-            try? await session.logout().get()
             throw CommandFailure("cannot serve: \(error)")
         }
         logger.notice("serving", metadata: [
-            "export": "\(exportName)", "size": "\(device.info.size)",
+            "export": "\(configuration.exportName)", "size": "\(lun.device.info.size)",
             "listen": "\(server.boundAddresses.map(\.description).joined(separator: ", "))",
         ])
-
-        let trimming = Self.startHeapTrimming(on: loop)
+        let trimming = Self.startHeapTrimming(on: lun.session.eventLoop)
         defer { trimming?.cancel() }
-        // Serve until a signal or until the session ends for good (a lost connection is recovered
-        // underneath; only a fail-stop such as a LUN identity change ends it).
-        session.closeFuture.whenComplete { _ in reasons.stop("the iSCSI session ended") }
-        let stopReason = await reasons.first()
-        logger.notice("stopping: \(stopReason); draining requests in flight")
+        let reason = await StopSignal().first()
+        logger.notice("stopping: \(reason); draining requests in flight")
         await server.shutdown()
-        do {
-            try await session.logout().get()
-            logger.info("logged out")
-        } catch {
-            logger.warning("logout failed: \(error)")
-        }
-        if stopReason.hasPrefix("the iSCSI") { throw CommandFailure("\(stopReason) while serving") }
     }
 
     /// Memory: glibc's dynamic mmap threshold gives every 1 MiB request buffer a fresh mapping (page faults

@@ -7,10 +7,6 @@ import SCSI
 
 /// "Open a session, open a LUN as a block device": shared by `serve`, `attach` and the daemon.
 enum SessionWiring {
-    static func portalText(host: String, port: Int) -> String {
-        host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
-    }
-
     /// Logs in; the error names the target and portal.
     static func login(_ configuration: ISCSISessionConfiguration, on loop: any EventLoop, logger: Logger) async throws -> ISCSISession {
         if let note = configuration.authNote {
@@ -20,12 +16,12 @@ enum SessionWiring {
             let session = try await ISCSISession.connect(configuration, on: loop, logger: logger).get()
             logger.info("logged in", metadata: [
                 "target": "\(configuration.targetName ?? "-")",
-                "portal": "\(portalText(host: configuration.host, port: configuration.port))",
+                "portal": "\(configuration.portal)",
             ])
             return session
         } catch {
             throw CommandFailure(
-                "cannot log in to \(configuration.targetName ?? "-") at \(portalText(host: configuration.host, port: configuration.port)): \(ErrorText.describe(error))")
+                "cannot log in to \(configuration.targetName ?? "-") at \(configuration.portal): \(ErrorText.describe(error))")
         }
     }
 

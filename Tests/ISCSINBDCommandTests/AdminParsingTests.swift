@@ -1,4 +1,5 @@
 import ArgumentParser
+import ISCSIConfig
 import Testing
 
 @testable import ISCSINBDCommand
@@ -13,12 +14,12 @@ import Testing
 
     @Test func guideCommands() throws {
         #expect(try request(["-m", "discovery", "-t", "sendtargets", "-p", "10.0.0.1:3260"])
-                == .discovery(.sendTargets, portal: PortalAddress(host: "10.0.0.1", port: 3260), login: false))
+                == .discovery(.sendTargets, portal: Portal(host: "10.0.0.1", port: 3260), login: false))
         #expect(try request(["-m", "discovery", "-t", "st", "-p", "10.0.0.1"])
-                == .discovery(.sendTargets, portal: PortalAddress(host: "10.0.0.1", port: 3260), login: false))
+                == .discovery(.sendTargets, portal: Portal(host: "10.0.0.1", port: 3260), login: false))
         #expect(try request(["-m", "discovery", "-t", "isns"]) == .discovery(.isns, portal: nil, login: false))
         #expect(try request(["-m", "discovery", "-t", "isns", "-p", "127.0.0.1"])
-                == .discovery(.isns, portal: PortalAddress(host: "127.0.0.1", port: 3205), login: false))
+                == .discovery(.isns, portal: Portal(host: "127.0.0.1", port: 3205), login: false))
         #expect(try request(["-m", "node"]) == .nodeList)
         #expect(try request(["-m", "node", "-T", "iqn.x:y"]) == .nodeShow(target: "iqn.x:y", portal: nil))
         #expect(try request(["-m", "node", "--targetname=iqn.x:y", "--op", "update",
@@ -28,10 +29,10 @@ import Testing
                 == .nodeUpdate(target: "iqn.x:y", portal: nil, key: "node.startup", value: "automatic"))
         #expect(try request(["-m", "node", "--login"]) == .nodeLogin(target: nil, portal: nil))
         #expect(try request(["-m", "node", "--targetname=iqn.x:y", "-p", "[::1]:3261", "-l"])
-                == .nodeLogin(target: "iqn.x:y", portal: PortalAddress(host: "::1", port: 3261)))
+                == .nodeLogin(target: "iqn.x:y", portal: Portal(host: "::1", port: 3261)))
         #expect(try request(["-m", "node", "-T", "iqn.x:y", "-u"]) == .nodeLogout(target: "iqn.x:y", portal: nil))
         #expect(try request(["-m", "node", "-T", "t", "-p", "h:1,1", "--op", "new"])
-                == .nodeNew(target: "t", portal: PortalAddress(host: "h", port: 1)))
+                == .nodeNew(target: "t", portal: Portal(host: "h", port: 1)))
         #expect(try request(["-m", "node", "-T", "t", "--op=delete"]) == .nodeDelete(target: "t", portal: nil))
         #expect(try request(["-m", "session"]) == .sessionList(printLevel: 0))
         #expect(try request(["-m", "session", "-P", "3"]) == .sessionList(printLevel: 3))

@@ -1,5 +1,6 @@
 import Foundation
 import ISCSIClient
+import ISCSIConfig
 import ISCSIProtocol
 import Testing
 
@@ -25,7 +26,7 @@ import Testing
         let response = ControlResponse.success(sessions: [session], messages: ["ok"])
         let decoded = try ControlProtocol.decode(ControlResponse.self, line: try ControlProtocol.encode(response).dropLast())
         #expect(decoded == response)
-        let failure = ControlResponse.failure(21, "No matching sessions found")
+        let failure = ControlResponse.failure(.noObjectsFound, "No matching sessions found")
         #expect(try ControlProtocol.decode(ControlResponse.self, line: try ControlProtocol.encode(failure).dropLast()) == failure)
     }
 
@@ -88,8 +89,8 @@ import Testing
 }
 
 @Suite struct SessionTableTests {
-    let a = SessionTable.Key(target: "iqn.t:a", host: "10.0.0.1", port: 3260)
-    let b = SessionTable.Key(target: "iqn.t:b", host: "10.0.0.2", port: 3261)
+    let a = SessionTable.Key(target: "iqn.t:a", portal: Portal(host: "10.0.0.1", port: 3260))
+    let b = SessionTable.Key(target: "iqn.t:b", portal: Portal(host: "10.0.0.2", port: 3261))
 
     @Test func oneSessionPerNode() {
         var t = SessionTable()

@@ -26,8 +26,8 @@ import Testing
         """)
 
     @Test func discoveryUsesDiscoveryCredentialsOnly() throws {
-        let c = try AdminRuntime.discoveryConfiguration(
-            portal: PortalAddress(host: "10.0.0.1", port: 3260), initiatorName: "iqn.2026-11.x:i", iscsid: iscsid)
+        let c = try SessionPlanner(configDirectory: "/nonexistent", iscsid: iscsid, initiatorName: "iqn.2026-11.x:i")
+            .discovery(portal: Portal(host: "10.0.0.1", port: 3260))
         #expect(c.targetName == nil)
         #expect(c.chap?.username == "discouser")
         #expect(c.chap?.secret == "discosecret")
@@ -62,5 +62,51 @@ import Testing
         let p = ISCSISessionConfiguration(node: id, settings: try EffectiveNodeSettings.resolve(iscsid: plain),
                                           initiatorName: "iqn.2026-11.x:i", initiatorAlias: nil)
         #expect(p.chap == nil && p.authSummary == "None" && p.authNote == nil)
+    }
+}
+
+/// Every command plans its session through SessionPlanner: built-in defaults < iscsid.conf < node record <
+/// command line (no IO: documents in memory).
+@Suite struct SessionPlannerTests {
+    let planner = SessionPlanner(
+        configDirectory: "/nonexistent",
+        iscsid: try! ISCSIDConf.parse("""
+            node.session.timeo.replacement_timeout = 30
+            node.session.queue_depth = 16
+            node.session.auth.username = confuser
+            node.session.auth.password = confsecret1
+            """),
+        initiatorName: "iqn.2026-12.x:init")
+    let url = try! ISCSIURL(parsing: "iscsi://10.0.0.9:3261/iqn.2026-12.x:t/2")
+
+    @Test func urlPlansHonourISCSIDConf() throws {
+        let plan = try planner.plan(url: url, overrides: SessionOverrides())
+        #expect(plan.node == NodeID(target: "iqn.2026-12.x:t", portal: Portal(host: "10.0.0.9", port: 3261), tpgt: 1))
+        #expect(plan.lun == 2)
+        #expect(plan.settings.replacementTimeout == .seconds(30), "attach and serve take iscsid.conf's timeouts")
+        #expect(plan.configuration.replacementTimeout == .seconds(30))
+        #expect(plan.configuration.chap?.username == "confuser")
+        #expect(plan.configuration.queueDepth == 128, "without a record the bridge's default depth, not iscsid.conf's 16")
+        #expect(plan.configuration.initiatorName == "iqn.2026-12.x:init")
+    }
+
+    @Test func commandLineWins() throws {
+        let chap = ResolvedCHAP(username: "cli", secret: "clisecret99", targetUsername: nil, targetSecret: nil)
+        let plan = try planner.plan(url: url, overrides: SessionOverrides(
+            chap: chap, queueDepth: 8, replacementTimeout: .seconds(5), busyPollMicroseconds: 50))
+        #expect(plan.configuration.chap?.username == "cli" && plan.configuration.authNote == nil)
+        #expect(plan.configuration.queueDepth == 8 && plan.configuration.replacementTimeout == .seconds(5))
+        #expect(plan.settings.replacementTimeout == .seconds(5))
+        #expect(plan.configuration.busyPollMicroseconds == 50)
+    }
+
+    @Test func recordsSitBetweenISCSIDConfAndTheCommandLine() throws {
+        let id = NodeID(target: "iqn.2026-12.x:t", portal: Portal(host: "10.0.0.9"), tpgt: 1)
+        var record = NodeRecord(id: id, document: ConfigDocument())
+        record.document.set(ConfigKeys.replacementTimeout, to: "45")
+        let plan = try planner.plan(node: id, record: record, overrides: SessionOverrides())
+        #expect(plan.settings.replacementTimeout == .seconds(45))
+        #expect(plan.configuration.queueDepth == 16, "a record keeps open-iscsi's queue depth")
+        #expect(try planner.plan(node: id, record: record, overrides: SessionOverrides(queueDepth: 64)).configuration.queueDepth == 64)
     }
 }

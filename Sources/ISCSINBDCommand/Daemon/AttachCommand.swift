@@ -1,10 +1,13 @@
 import ArgumentParser
 import Foundation
+import ISCSIBlockBackend
 import ISCSIClient
+import ISCSIConfig
 import Logging
 import NBDKernel
 import NIOCore
 import NIOPosix
+import ServiceLifecycle
 
 #if canImport(Glibc)
 import Glibc
@@ -37,8 +40,11 @@ struct AttachCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Per-request timeout in seconds (NBD_ATTR_TIMEOUT; 0 = kernel default).")
     var requestTimeout: Int = 30
 
-    @Option(name: .long, help: "Seconds I/O waits while the session reconnects (replacement timeout; also NBD_ATTR_DEAD_CONN_TIMEOUT).")
-    var deadConnectionTimeout: Int = 120
+    @Option(name: .long, help: "Seconds I/O waits while the session reconnects (replacement timeout; also NBD_ATTR_DEAD_CONN_TIMEOUT). Default: node.session.timeo.replacement_timeout from iscsid.conf, else 120.")
+    var deadConnectionTimeout: Int?
+
+    @Option(name: .long, help: "Configuration directory for iscsid.conf and initiatorname.iscsi (default /etc/iscsi, or ISCSI_NBD_CONFIG_DIR).")
+    var configDir: String?
 
     @Option(name: .long, help: "Directory for the stable by-path link (empty = none).")
     var byPathDir: String = DeviceNames.byPathDirectory
@@ -59,59 +65,69 @@ struct AttachCommand: AsyncParsableCommand {
     func validate() throws {
         if let device { _ = try DetachCommand.index(of: device) }
         guard (1...16).contains(connections) else { throw ValidationError("--connections must be 1 to 16") }
-        guard (0...3600).contains(requestTimeout), (0...86400).contains(deadConnectionTimeout) else {
+        guard (0...3600).contains(requestTimeout), (0...86400).contains(deadConnectionTimeout ?? 0) else {
             throw ValidationError("timeouts out of range")
         }
     }
 
     func run() async throws {
-        let parsed: ISCSIURL
-        do { parsed = try ISCSIURL(parsing: url) } catch { throw ValidationError(error.description) }
-        if let password = parsed.password { ArgvScrubber.scrub(password) }
+        let parsed = try ISCSIURL.fromCommandLine(url)
         let logger = logging.makeLogger(label: "iscsi-nbd.attach")
-        let chap = try chapOptions.resolve(urlUsername: parsed.username, urlPassword: parsed.password)
-        let reasons = StopReasons()
-        let signals = SignalWatcher([SIGINT, SIGTERM]) { reasons.stop("signal \($0)") }
-        defer { signals.cancel() }
+        // The same plan as serve's: iscsid.conf's defaults, then the URL and the flags.
+        let planner = try SessionPlanner(configDirectory: ConfigDirectory.resolve(explicit: configDir),
+                                         initiatorName: initiatorName, initiatorNameSource: .fileOrMachineID)
+        let plan = try planner.plan(url: parsed, overrides: SessionOverrides(
+            chap: try chapOptions.resolve(urlUsername: parsed.username, urlPassword: parsed.password),
+            replacementTimeout: deadConnectionTimeout.map { .seconds($0) }, busyPollMicroseconds: polling.pollUs))
+        let deadConnection = plan.settings.replacementTimeout
+        let index = try device.map(DetachCommand.index(of:))
+        let kernelRequestTimeout = DaemonCore.kernelRequestTimeout(
+            requestTimeout == 0 ? nil : .seconds(requestTimeout), replacement: deadConnection)
+        let (connections, byPathDir, kernelInterface) = (self.connections, self.byPathDir, self.kernelInterface)
+        let options: @Sendable (LUNIdentity?) -> KernelAttachOptions = { identity in
+            KernelAttachOptions(
+                index: index, connections: connections, requestTimeout: kernelRequestTimeout,
+                deadConnectionTimeout: deadConnection,
+                identity: DeviceIdentity(host: parsed.host, port: parsed.port, target: parsed.targetName, lun: parsed.lun,
+                                         identity: identity),
+                exportName: "\(parsed.targetName)/lun-\(parsed.lun)",
+                byPathDirectory: byPathDir.isEmpty ? nil : byPathDir, interface: kernelInterface)
+        }
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         defer { group.shutdownGracefully { _ in } }
+        let opened = Handoff<OpenedLUN>()
+        // The session first, the device second: a shutdown detaches the device, then logs out.
+        try await Lifecycle.run([
+            (SessionService(configuration: plan.configuration, lun: parsed.lun, readOnly: readOnly, loop: group.next(),
+                            opened: opened, logger: logger), "session"),
+            (KernelDeviceService(opened: opened, options: options, group: group, logger: logger), "device"),
+        ], logger: logger)
+    }
+}
 
-        var configuration = ISCSISessionConfiguration(
-            host: parsed.host, port: parsed.port, targetName: parsed.targetName,
-            initiatorName: try initiatorName ?? InitiatorIdentity.defaultName())
-        configuration.chap = chap.map(\.credentials)
-        configuration.replacementTimeout = .seconds(Int64(deadConnectionTimeout))
-        configuration.busyPollMicroseconds = polling.pollUs
-        let session = try await SessionWiring.login(configuration, on: group.next(), logger: logger)
-        let attachment: KernelAttachment
-        do {
-            let opened = try await SessionWiring.openLUN(session: session, lun: parsed.lun, readOnly: readOnly, logger: logger)
-            let options = KernelAttachOptions(
-                index: try device.map(DetachCommand.index(of:)), connections: connections,
-                requestTimeout: DaemonCore.kernelRequestTimeout(
-                    requestTimeout == 0 ? nil : .seconds(requestTimeout), replacement: .seconds(deadConnectionTimeout)),
-                deadConnectionTimeout: .seconds(deadConnectionTimeout),
-                identity: DeviceIdentity(host: parsed.host, port: parsed.port, target: parsed.targetName, lun: parsed.lun,
-                                         identity: opened.scsi.lunIdentity),
-                exportName: "\(parsed.targetName)/lun-\(parsed.lun)",
-                byPathDirectory: byPathDir.isEmpty ? nil : byPathDir,
-                interface: kernelInterface)
-            attachment = try await KernelAttachment.attach(device: opened.device, options: options, group: group, logger: logger)
-            attachment.follow(opened.scsi)
-            SessionWiring.guardIdentity(session: session, devices: [opened.scsi])
-        } catch {
-            try? await session.logout().get()
-            throw error
-        }
+/// `attach`'s device: attaches the opened LUN as /dev/nbdN (printed on stdout), and keeps it until the
+/// group shuts down (flush, then NBD_CMD_DISCONNECT) or the kernel drops it (`iscsi-nbd detach`: the command
+/// ends, exit 0). When the session ended for good, the device is detached without a flush, which could
+/// only time out.
+struct KernelDeviceService: Service {
+    var opened: Handoff<OpenedLUN>
+    /// The device's options, once the LUN's identity is known.
+    var options: @Sendable (LUNIdentity?) -> KernelAttachOptions
+    var group: any EventLoopGroup
+    var logger: Logger
+
+    func run() async throws {
+        guard let lun = await opened.value() else { return }
+        let attachment = try await KernelAttachment.attach(
+            device: lun.device, options: options(lun.scsi.lunIdentity), group: group, logger: logger)
+        attachment.follow(lun.scsi)
         FileHandle.standardOutput.write(Data((attachment.devicePath + "\n").utf8))
-
-        attachment.allConnectionsClosed(on: session.eventLoop).whenComplete { _ in reasons.stop("the device was disconnected") }
-        session.closeFuture.whenComplete { _ in reasons.stop("the iSCSI connection closed") }
-        let reason = await reasons.first()
+        let stop = StopSignal()
+        attachment.allConnectionsClosed(on: lun.session.eventLoop).whenComplete { _ in stop.stop(.deviceDisconnected) }
+        let reason = await stop.first()
         logger.notice("stopping: \(reason)")
-        await attachment.detach(flush: reason.hasPrefix("signal"), timeout: .seconds(10))
-        do { try await session.logout().get() } catch { logger.info("logout: \(error)") }
-        if reason.hasPrefix("the iSCSI") { throw CommandFailure("\(reason) while attached") }
+        let sessionUsable = lun.session.status.state != .closed
+        await attachment.detach(flush: reason == .shutdownRequested && sessionUsable, timeout: .seconds(10))
     }
 }
 

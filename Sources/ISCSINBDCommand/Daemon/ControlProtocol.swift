@@ -134,7 +134,7 @@ struct ControlResponse: Codable, Hashable, Sendable {
         ControlResponse(ok: true, code: nil, error: nil, sessions: sessions, messages: messages)
     }
 
-    static func failure(_ code: Int32, _ error: String, sessions: [ControlSession] = [], messages: [String] = []) -> ControlResponse {
-        ControlResponse(ok: false, code: code, error: error, sessions: sessions, messages: messages)
+    static func failure(_ status: ExitStatus, _ error: String, sessions: [ControlSession] = [], messages: [String] = []) -> ControlResponse {
+        ControlResponse(ok: false, code: status.rawValue, error: error, sessions: sessions, messages: messages)
     }
 }

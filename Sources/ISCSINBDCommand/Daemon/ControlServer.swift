@@ -87,7 +87,7 @@ final class ControlConnectionHandler: ChannelInboundHandler {
             guard let l = try decoder.next() else { return }
             line = l
         } catch {
-            reply(.failure(7, "\(error)"), on: context.channel)
+            reply(.failure(.invalidRequest, "\(error)"), on: context.channel)
             return
         }
         answered = true
@@ -95,7 +95,7 @@ final class ControlConnectionHandler: ChannelInboundHandler {
         do {
             request = try ControlProtocol.decode(ControlRequest.self, line: line)
         } catch {
-            reply(.failure(7, "\(error)"), on: context.channel)
+            reply(.failure(.invalidRequest, "\(error)"), on: context.channel)
             return
         }
         logger.info("control request", metadata: [

@@ -4,6 +4,7 @@ import ISCSIConfig
 import Logging
 import NIOCore
 import NIOPosix
+import ServiceLifecycle
 
 #if canImport(Glibc)
 import Glibc
@@ -61,10 +62,6 @@ struct DaemonCommand: AsyncParsableCommand {
     func run() async throws {
         let logger = logging.makeLogger(label: "iscsi-nbd.daemon")
         if !noMemoryLock { DaemonProcess.protectMemory(logger: logger) }
-        let reasons = StopReasons()
-        let signals = SignalWatcher([SIGINT, SIGTERM]) { reasons.stop("signal \($0)") }
-        defer { signals.cancel() }
-
         let environment = ProcessInfo.processInfo.environment
         let activation = try SocketActivation.parse(environment: environment, pid: getpid())
         for v in SocketActivation.variables { unsetenv(v) }
@@ -79,18 +76,61 @@ struct DaemonCommand: AsyncParsableCommand {
             kernelInterface: kernelInterface, busyPollMicroseconds: polling.pollUs)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
         let core = DaemonCore(settings: settings, group: group, logger: logger)
-        let path = controlSocket ?? ControlProtocol.socketPath(environment: environment)
-        let server: ControlServer
+        let control = ControlService(path: controlSocket ?? ControlProtocol.socketPath(environment: environment),
+                                     activated: activation?.descriptors.first, group: group, core: core, logger: logger)
+        // The control socket first, the sessions second: a shutdown logs every session out (requests get
+        // "the daemon is stopping" meanwhile), then closes the socket.
         do {
-            server = try await ControlServer.start(
-                path: path, activated: activation?.descriptors.first, group: group, logger: logger
-            ) { request in await core.handle(request) }
+            try await Lifecycle.run([
+                (control, "control"),
+                (DaemonCoreService(core: core, control: control, automaticLogins: !noAutomatic, logger: logger), "sessions"),
+            ], logger: logger)
+            try? await group.shutdownGracefully()
         } catch {
             try? await group.shutdownGracefully()
+            throw error
+        }
+    }
+}
+
+/// The control socket: bound (or adopted from systemd) before anything logs in, closed last.
+struct ControlService: Service {
+    var path: String
+    var activated: Int32?
+    var group: any EventLoopGroup
+    var core: DaemonCore
+    /// Resolved once the socket listens (nil: it could not be opened).
+    let listening = Handoff<String>()
+    var logger: Logger
+
+    func run() async throws {
+        let server: ControlServer
+        do {
+            server = try await ControlServer.start(path: path, activated: activated, group: group, logger: logger) { request in
+                await core.handle(request)
+            }
+        } catch {
+            listening.resolve(nil)
             throw CommandFailure("cannot open the control socket \(path): \(error)")
         }
+        listening.resolve(path)
+        _ = await StopSignal().first()
+        await server.close()
+    }
+}
 
-        if !noAutomatic {
+/// The sessions: logs in to the automatic records once the control socket listens, tells systemd it is
+/// ready (READY=1: every automatic login either succeeded or went to background retry), and at shutdown
+/// flushes, detaches and logs out of everything (STOPPING=1).
+struct DaemonCoreService: Service {
+    var core: DaemonCore
+    var control: ControlService
+    var automaticLogins: Bool
+    var logger: Logger
+
+    func run() async throws {
+        guard let path = await control.listening.value() else { return }
+        if automaticLogins {
             let (started, failed) = await core.loginAutomatic()
             logger.notice("automatic logins: \(started) logged in, \(failed) retrying in the background")
             SystemdNotify.send("READY=1\nSTATUS=\(started) automatic sessions, \(failed) retrying")
@@ -98,13 +138,10 @@ struct DaemonCommand: AsyncParsableCommand {
             SystemdNotify.send("READY=1\nSTATUS=ready")
         }
         logger.notice("daemon ready", metadata: ["control": "\(path)", "pid": "\(getpid())"])
-
-        let reason = await reasons.first()
+        let reason = await StopSignal().first()
         logger.notice("stopping: \(reason); flushing, detaching and logging out")
         SystemdNotify.send("STOPPING=1\nSTATUS=logging out")
         await core.shutdown()
-        await server.close()
-        try? await group.shutdownGracefully()
         logger.notice("stopped")
     }
 }

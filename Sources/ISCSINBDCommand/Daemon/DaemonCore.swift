@@ -24,10 +24,10 @@ actor DaemonCore {
     private struct Live {
         var session: ISCSISession
         var attachments: [(lun: UInt16, attachment: KernelAttachment)]
-        var settings: EffectiveNodeSettings
-        var tpgt: Int
+        var plan: SessionPlan
         var record: NodeRecord
-        var context: LoginContext
+        var planner: SessionPlanner
+        var settings: EffectiveNodeSettings { plan.settings }
     }
 
     let settings: DaemonSettings
@@ -47,7 +47,7 @@ actor DaemonCore {
     // MARK: - Requests
 
     func handle(_ request: ControlRequest) async -> ControlResponse {
-        if shuttingDown { return .failure(20, "the daemon is stopping") }
+        if shuttingDown { return .failure(.daemonUnavailable, "the daemon is stopping") }
         switch request.op {
         case .ping:
             return .success(messages: ["iscsi-nbd daemon, pid \(getpid())"])
@@ -64,22 +64,22 @@ actor DaemonCore {
     func login(target: String?, portal: String?, configDir: String?) async -> ControlResponse {
         let dir = configDir ?? settings.configDir
         let records: [NodeRecord]
-        let context: LoginContext
+        let planner: SessionPlanner
         do {
-            let filter = try portal.map { try PortalAddress.parse($0, defaultPort: 3260) }
-            records = try NodeDatabase(configDirectory: dir).find(target: target, portal: filter.map { Portal(host: $0.host, port: $0.port) })
-            context = try LoginContext(configDir: dir)
+            let filter = try portal.map { try Portal(parsing: $0) }
+            records = try NodeDatabase(configDirectory: dir).find(target: target, portal: filter)
+            planner = try makePlanner(dir)
         } catch {
-            return .failure(6, "\(error)")  // ISCSI_ERR_IDBM? keep simple: 6 = database failure
+            return .failure(.recordDatabase, "\(error)")
         }
-        guard !records.isEmpty else { return .failure(AdminRuntime.noObjectsFound, "No records found") }
+        guard !records.isEmpty else { return .failure(.noObjectsFound, "No records found") }
         var messages: [String] = []
         var ids: [Int] = []
         var failures = 0
         var present = 0
         for record in records {
-            let label = Self.label(record.id)
-            switch await loginRecord(record, context: context, retryInBackground: false) {
+            let label = record.id.iscsiadmLabel
+            switch await loginRecord(record, planner: planner, retryInBackground: false) {
             case .success(let id):
                 ids.append(id)
                 messages.append("Login to \(label) successful.")
@@ -92,9 +92,9 @@ actor DaemonCore {
             }
         }
         let sessions = sessionReports().filter { ids.contains($0.id) }
-        if failures > 0 { return .failure(24, "\(failures) of \(records.count) logins failed", sessions: sessions, messages: messages) }
+        if failures > 0 { return .failure(.loginFailed, "\(failures) of \(records.count) logins failed", sessions: sessions, messages: messages) }
         // iscsiadm: ISCSI_ERR_SESS_EXISTS (15) when nothing new was logged in.
-        if present > 0 && ids.isEmpty { return .failure(15, "session already present", messages: messages) }
+        if present > 0 && ids.isEmpty { return .failure(.sessionExists, "session already present", messages: messages) }
         return .success(sessions: sessions, messages: messages)
     }
 
@@ -102,10 +102,10 @@ actor DaemonCore {
     /// Returns when every first attempt finished, so READY=1 never waits on a dead target for longer than
     /// one login timeout.
     func loginAutomatic() async -> (started: Int, failed: Int) {
-        let context: LoginContext
+        let planner: SessionPlanner
         let records: [NodeRecord]
         do {
-            context = try LoginContext(configDir: settings.configDir)
+            planner = try makePlanner(settings.configDir)
             records = try NodeDatabase(configDirectory: settings.configDir).find()
         } catch {
             logger.error("cannot read node records in \(settings.configDir): \(error)")
@@ -115,10 +115,10 @@ actor DaemonCore {
         var failed = 0
         await withTaskGroup(of: Bool.self) { group in
             for record in records {
-                guard let s = try? EffectiveNodeSettings.resolve(iscsid: context.iscsid, node: record),
+                guard let s = try? EffectiveNodeSettings.resolve(iscsid: planner.iscsid, node: record),
                       s.startup == .automatic || s.startup == .onboot else { continue }
                 group.addTask {
-                    if case .success = await self.loginRecord(record, context: context, retryInBackground: true) { return true }
+                    if case .success = await self.loginRecord(record, planner: planner, retryInBackground: true) { return true }
                     return false
                 }
             }
@@ -128,16 +128,16 @@ actor DaemonCore {
     }
 
     func logout(target: String?, portal: String?) async -> ControlResponse {
-        let filter: PortalAddress?
-        do { filter = try portal.map { try PortalAddress.parse($0, defaultPort: 3260) } } catch {
-            return .failure(7, "\(error)")
+        let filter: Portal?
+        do { filter = try portal.map { try Portal(parsing: $0) } } catch {
+            return .failure(.invalidRequest, "\(error)")
         }
         let ids = table.beginLogout(target: target, host: filter?.host, port: filter?.port)
-        guard !ids.isEmpty else { return .failure(AdminRuntime.noObjectsFound, "No matching sessions found") }
+        guard !ids.isEmpty else { return .failure(.noObjectsFound, "No matching sessions found") }
         var messages: [String] = []
         for id in ids {
             guard let key = table.entries[id]?.key else { continue }
-            let label = "[sid: \(id), target: \(key.target), portal: \(key.host),\(key.port)]"
+            let label = "[sid: \(id), target: \(key.target), portal: \(key.portal.iscsiadmForm)]"
             messages.append("Logging out of session \(label)")
             await tearDown(id, flush: true)
             messages.append("Logout of \(label) successful.")
@@ -159,13 +159,10 @@ actor DaemonCore {
 
     // MARK: - Login
 
-    struct LoginContext: Sendable {
-        var iscsid: ConfigDocument
-        var initiator: InitiatorNameFile
-        init(configDir: String) throws {
-            iscsid = try ISCSIDConf.load(configDirectory: configDir)
-            initiator = try InitiatorNameFile.loadOrCreate(configDirectory: configDir)
-        }
+    /// The daemon plans every session the way the other commands do; the initiator name file is written
+    /// when missing, as iscsid does.
+    private func makePlanner(_ configDir: String) throws -> SessionPlanner {
+        try SessionPlanner(configDirectory: configDir, initiatorNameSource: .fileCreatingIfMissing)
     }
 
     enum LoginOutcome: Sendable {
@@ -174,35 +171,35 @@ actor DaemonCore {
         case failure(String)
     }
 
-    private func loginRecord(_ record: NodeRecord, context: LoginContext, retryInBackground: Bool) async -> LoginOutcome {
-        let key = SessionTable.Key(target: record.id.target, host: record.id.portal.host, port: record.id.portal.port)
+    private func loginRecord(_ record: NodeRecord, planner: SessionPlanner, retryInBackground: Bool) async -> LoginOutcome {
+        let key = SessionTable.Key(target: record.id.target, portal: record.id.portal)
         let id: Int
         switch table.beginLogin(key) {
         case .alreadyPresent(let existing, _): return .alreadyPresent(existing)
         case .started(let new): id = new
         }
         do {
-            try await attempt(id: id, record: record, context: context)
+            try await attempt(id: id, record: record, planner: planner)
             return .success(id)
         } catch {
             let message = "\(error)"
             table.loginFailed(id, error: message, retry: retryInBackground && !shuttingDown)
             if retryInBackground && !shuttingDown {
                 logger.warning("login to \(key) failed, retrying in the background: \(message)")
-                retries[id] = Task { await self.retryLoop(id: id, record: record, context: context) }
+                retries[id] = Task { await self.retryLoop(id: id, record: record, planner: planner) }
             }
             return .failure(message)
         }
     }
 
-    private func retryLoop(id: Int, record: NodeRecord, context: LoginContext) async {
+    private func retryLoop(id: Int, record: NodeRecord, planner: SessionPlanner) async {
         var n = 1
         while !Task.isCancelled {
             try? await Task.sleep(for: SessionTable.retryDelay(attempt: n))
             n += 1
             guard !Task.isCancelled, !shuttingDown, table.retryStarts(id) else { return }
             do {
-                try await attempt(id: id, record: record, context: context)
+                try await attempt(id: id, record: record, planner: planner)
                 retries[id] = nil
                 return
             } catch {
@@ -212,23 +209,14 @@ actor DaemonCore {
         }
     }
 
-    /// The session configuration of a node: its effective settings plus the daemon's own (`--poll-us`).
-    private func sessionConfiguration(_ node: NodeID, _ nodeSettings: EffectiveNodeSettings,
-                                      _ context: LoginContext) -> ISCSISessionConfiguration {
-        var configuration = ISCSISessionConfiguration(
-            node: node, settings: nodeSettings, initiatorName: context.initiator.name.rawValue,
-            initiatorAlias: context.initiator.alias)
-        configuration.busyPollMicroseconds = settings.busyPollMicroseconds
-        return configuration
-    }
-
     /// One login: session, REPORT LUNS, every disk LUN attached as /dev/nbdN.
-    private func attempt(id: Int, record: NodeRecord, context: LoginContext) async throws {
-        let nodeSettings = try EffectiveNodeSettings.resolve(iscsid: context.iscsid, node: record)
-        let configuration = sessionConfiguration(record.id, nodeSettings, context)
+    private func attempt(id: Int, record: NodeRecord, planner: SessionPlanner) async throws {
+        let plan = try planner.plan(node: record.id, record: record,
+                                    overrides: SessionOverrides(busyPollMicroseconds: settings.busyPollMicroseconds))
+        let nodeSettings = plan.settings
         var sessionLogger = logger
         sessionLogger[metadataKey: "sid"] = "\(id)"
-        let session = try await SessionWiring.login(configuration, on: group.next(), logger: sessionLogger)
+        let session = try await SessionWiring.login(plan.configuration, on: group.next(), logger: sessionLogger)
         var attachments: [(UInt16, KernelAttachment)] = []
         var scsiDevices: [SCSIBlockDevice] = []
         var lastError: String?
@@ -260,8 +248,7 @@ actor DaemonCore {
         }
         // The session reconnects by itself (ERL0); before queued I/O is re-issued, each LU must be the same.
         SessionWiring.guardIdentity(session: session, devices: scsiDevices)
-        live[id] = Live(session: session, attachments: attachments, settings: nodeSettings, tpgt: record.id.tpgt,
-                        record: record, context: context)
+        live[id] = Live(session: session, attachments: attachments, plan: plan, record: record, planner: planner)
         table.loggedIn(id)
         session.closeFuture.whenComplete { _ in Task { await self.sessionClosed(id: id, session: session) } }
     }
@@ -293,8 +280,7 @@ actor DaemonCore {
             n += 1
             var newSession: ISCSISession?
             do {
-                let configuration = sessionConfiguration(old.record.id, old.settings, old.context)
-                let session = try await SessionWiring.login(configuration, on: group.next(), logger: logger)
+                let session = try await SessionWiring.login(old.plan.configuration, on: group.next(), logger: logger)
                 newSession = session
                 var attachments: [(lun: UInt16, attachment: KernelAttachment)] = []
                 var scsiDevices: [SCSIBlockDevice] = []
@@ -363,10 +349,6 @@ actor DaemonCore {
 
     // MARK: - Reports
 
-    private static func label(_ id: NodeID) -> String {
-        "[iface: default, target: \(id.target), portal: \(id.portal.host),\(id.portal.port)]"
-    }
-
     /// iscsiadm's CHAP section (secrets always masked), headed by the method actually used: open-iscsi's
     /// rule makes that CHAP whenever a password is set, whatever `authmethod` says.
     static func authRows(_ c: ISCSISessionConfiguration) -> [[String]] {
@@ -425,8 +407,8 @@ actor DaemonCore {
                 timeouts.append(["Recoveries", "\(status.recoveries)"])
             }
             return ControlSession(
-                id: e.id, target: e.key.target, portal: SessionWiring.portalText(host: e.key.host, port: e.key.port),
-                tpgt: l?.tpgt ?? 1, state: state, initiatorName: l?.session.configuration.initiatorName,
+                id: e.id, target: e.key.target, portal: e.key.portal.description,
+                tpgt: l?.record.id.tpgt ?? 1, state: state, initiatorName: l?.session.configuration.initiatorName,
                 tsih: l?.session.tsih, isid: l.map { String(format: "%012llx", $0.session.configuration.isid) },
                 luns: luns, negotiated: negotiated, timeouts: timeouts, lastError: lastError,
                 auth: l.map { Self.authRows($0.session.configuration) } ?? [])

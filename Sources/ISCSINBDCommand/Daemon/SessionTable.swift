@@ -1,11 +1,12 @@
+import ISCSIConfig
+
 /// The daemon's bookkeeping of sessions, as a value: which node (target + portal) has which session id
 /// and in which state. IO lives elsewhere (DaemonCore); every transition is decided here and unit-tested.
 struct SessionTable: Sendable {
     struct Key: Hashable, Sendable, CustomStringConvertible {
         var target: String
-        var host: String
-        var port: Int
-        var description: String { "\(target) at \(SessionWiring.portalText(host: host, port: port))" }
+        var portal: Portal
+        var description: String { "\(target) at \(portal)" }
     }
 
     enum State: String, Sendable, Hashable {
@@ -95,7 +96,7 @@ struct SessionTable: Sendable {
 
     func matching(target: String?, host: String?, port: Int?) -> [Int] {
         entries.values.filter { e in
-            (target == nil || e.key.target == target) && (host == nil || e.key.host == host) && (port == nil || e.key.port == port)
+            (target == nil || e.key.target == target) && (host == nil || e.key.portal.host == host) && (port == nil || e.key.portal.port == port)
         }.map(\.id).sorted()
     }
 
