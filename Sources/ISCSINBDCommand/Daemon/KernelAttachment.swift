@@ -143,7 +143,7 @@ final class KernelAttachment: Sendable {
                 let started = try await NIOThreadPool.singleton.runIfActive { () throws -> NBDIoctlDevice in
                     try NBDIoctlDevice.start(setup) { index in
                         // udev asks `iscsi-nbd udev-id` about the device once NBD_DO_IT announces it.
-                        try? DeviceRegistry().register(index: index, identity: identity)
+                        DeviceRegistry().record(index: index, identity: identity)
                     }
                 }
                 ioctlDevice = started
@@ -164,6 +164,8 @@ final class KernelAttachment: Sendable {
         }
         // The kernel holds its own references now.
         for fd in kernelFDs { close(fd) }
+        // Ours now: a restarted daemon must not take it while we serve it (and takes it back if we die).
+        if ioctlDevice == nil { DeviceRegistry().record(index: index, identity: options.identity) }
         var link: (path: String, ours: Bool)?
         if let dir = options.byPathDirectory {
             link = await settleLink(path: dir + "/" + options.identity.path, device: "/dev/nbd\(index)",
@@ -271,7 +273,7 @@ final class KernelAttachment: Sendable {
         await ioctlFinished(timeout: .seconds(10))
         await server.shutdown()
         if ownsLink, let link = byPathLink { Self.removeLink(path: link, ifPointingTo: devicePath) }
-        if ioctlDevice != nil { DeviceRegistry().unregister(index: index) }
+        DeviceRegistry().unregister(index: index)
         logger.notice("detached", metadata: ["device": "\(devicePath)", "flushed": "\(flushState)"])
     }
 

@@ -37,10 +37,12 @@ struct UdevIDCommand: ParsableCommand {
     }
 }
 
-/// Where a kernel device's identity is kept for udev. A netlink device carries it in the kernel
-/// (/sys/block/nbdN/backend). An ioctl device has no backend attribute, so the process serving it leaves
-/// `DIR/devices/nbdN` ("PID BACKEND") before NBD_DO_IT; it counts only while that process's thread is the
-/// one the kernel runs the device for (/sys/block/nbdN/pid), so a stale file names nothing.
+/// Which process serves which kernel device, and who the device is. Every process that attaches a device
+/// (the daemon, `attach`) leaves `DIR/devices/nbdN` ("PID BACKEND"); it is how a restarted daemon tells
+/// its predecessor's orphans (re-adopted) from devices a live `attach` serves (left alone). A netlink
+/// device also carries its identity in the kernel (/sys/block/nbdN/backend), which udev reads; an ioctl
+/// device has no backend attribute, so for udev its record counts only while that process's thread is
+/// the one the kernel runs the device for (/sys/block/nbdN/pid), and a stale file names nothing.
 struct DeviceRegistry: Sendable {
     static let defaultDirectory = "/run/iscsi-nbd"
     static let sysBlock = "/sys/block"
@@ -67,13 +69,49 @@ struct DeviceRegistry: Sendable {
         return DeviceIdentity(backendIdentifier: String(entry[entry.index(after: space)...]))
     }
 
-    /// Records an ioctl device before NBD_DO_IT (best effort: without it udev makes no links for it).
+    /// The process that recorded nbd`index`, when that process still runs iscsi-nbd (a reused pid does
+    /// not count).
+    func liveOwner(of index: Int) -> Int32? {
+        guard let entry = read("\(directory)/devices/nbd\(index)"),
+              let owner = entry.split(separator: " ").first.flatMap({ Int32($0) }), owner > 0,
+              let comm = read("\(proc)/\(owner)/comm"), comm.hasPrefix("iscsi-nbd") else { return nil }
+        return owner
+    }
+
+    /// Netlink devices of ours that nothing serves: a backend identifier of ours, still configured (the
+    /// kernel keeps `pid` until the device is disconnected), and no live iscsi-nbd process that recorded it.
+    /// What a restarted daemon, or `attach` run again, takes back (NBD_CMD_RECONFIGURE).
+    func orphans() -> [Orphan] {
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: sysBlock) else { return [] }
+        return names.compactMap { name -> Orphan? in
+            guard Self.isDeviceName(name), let index = Int(name.dropFirst(3)),
+                  let backend = read("\(sysBlock)/\(name)/backend"), let identity = DeviceIdentity(backendIdentifier: backend),
+                  read("\(sysBlock)/\(name)/pid") != nil, liveOwner(of: index) == nil else { return nil }
+            return Orphan(index: index, backend: backend, identity: identity)
+        }.sorted { $0.index < $1.index }
+    }
+
+    struct Orphan: Hashable, Sendable {
+        var index: Int
+        /// The identifier exactly as the kernel holds it: NBD_CMD_RECONFIGURE must repeat it.
+        var backend: String
+        var identity: DeviceIdentity
+        var path: String { "/dev/nbd\(index)" }
+    }
+
+    /// Records that this process serves nbd`index` (for an ioctl device, before NBD_DO_IT, so udev finds it).
     func register(index: Int, identity: DeviceIdentity, pid: Int32 = getpid()) throws {
         let dir = "\(directory)/devices"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
         let path = "\(dir)/nbd\(index)"
         try Data("\(pid) \(identity.backendIdentifier)\n".utf8).write(to: URL(fileURLWithPath: path + ".new"))
         guard rename(path + ".new", path) == 0 else { throw CommandFailure("rename \(path): \(String(cString: strerror(errno)))") }
+    }
+
+    /// `register`, where a failure only costs udev's links or a restarted daemon's re-adoption: logged by
+    /// nobody, never fatal to the attach.
+    func record(index: Int, identity: DeviceIdentity) {
+        try? register(index: index, identity: identity)
     }
 
     /// Removes our record of nbd`index` (another process's is left alone).
