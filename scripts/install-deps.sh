@@ -26,6 +26,7 @@ packages=(
     dpkg-dev              # dpkg-shlibdeps: the .deb's Depends (scripts/package.sh)
     squashfs-tools        # mksquashfs: the systemd-sysext image (scripts/package.sh)
     python3-yaml          # the boot test applies the Butane example (scripts/vm/boot/apply-butane.py)
+    man-db groff-base     # man, groff: the man pages are checked (scripts/test.sh); systemd-analyze verify resolves man:
 )
 if [[ "${1:-}" == "--vm" ]]; then
     packages+=(qemu-system-x86 busybox-static kmod cpio systemd udev)   # systemd, udev: the boot tests' guests

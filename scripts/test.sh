@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Sets up and runs the whole test suite:
 #   1. installs the Debian packages (scripts/install-deps.sh --vm),
-#   2. builds, runs the unit tests and the integration tests (each suite starts its own tgtd / isnsd on
-#      loopback and drives real clients: libnbd, nbdinfo, nbdcopy, fio),
+#   2. builds, checks that the generated man page dist/man/iscsi-nbd.8 matches the command line
+#      (scripts/gen-man.sh --check), runs the unit tests and the integration tests (each suite starts its own
+#      tgtd / isnsd on loopback and drives real clients: libnbd, nbdinfo, nbdcopy, fio),
 #   3. runs the kernel tests (/dev/nbdN over netlink) in a QEMU VM booting Debian's kernel,
 #   3b. fuzzes every decoder/parser and the NBD connection handler for ~10 s each (scripts/fuzz/run.sh --ci; about 2 minutes with the build),
 #   3c. runs the demo (scripts/demo.sh: the README's first command, release build included),
@@ -31,6 +32,15 @@ scripts/install-deps.sh --vm
 
 section "build"
 swift build --build-tests
+
+section "man pages: dist/man/iscsi-nbd.8 matches the command line's help"
+scripts/gen-man.sh --check
+# The units' Documentation= names man:iscsi-nbd(8), which `systemd-analyze verify` (DistUnitsTests) looks up
+# with man(1): let it find the committed pages.
+mkdir -p .build/man/man5 .build/man/man8
+ln -sfn "$PWD/dist/man/iscsi-nbd.8" .build/man/man8/iscsi-nbd.8
+ln -sfn "$PWD/dist/man/iscsi-nbd.conf.5" .build/man/man5/iscsi-nbd.conf.5
+export MANPATH="$PWD/.build/man:"
 
 section "demo: the README's first command (release build, local tgtd, serve, nbdinfo, write + read-back)"
 # Also the release build the benchmark smoke then uses; a release-only compiler crash shows up here.
