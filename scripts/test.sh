@@ -35,12 +35,6 @@ swift build --build-tests
 
 section "man pages: dist/man/iscsi-nbd.8 matches the command line's help"
 scripts/gen-man.sh --check
-# The units' Documentation= names man:iscsi-nbd(8), which `systemd-analyze verify` (DistUnitsTests) looks up
-# with man(1): let it find the committed pages.
-mkdir -p .build/man/man5 .build/man/man8
-ln -sfn "$PWD/dist/man/iscsi-nbd.8" .build/man/man8/iscsi-nbd.8
-ln -sfn "$PWD/dist/man/iscsi-nbd.conf.5" .build/man/man5/iscsi-nbd.conf.5
-export MANPATH="$PWD/.build/man:"
 
 section "demo: the README's first command (release build, local tgtd, serve, nbdinfo, write + read-back)"
 # Also the release build the benchmark smoke then uses; a release-only compiler crash shows up here.

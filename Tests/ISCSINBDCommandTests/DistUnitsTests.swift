@@ -22,7 +22,16 @@ import Testing
         let process = Process()
         process.executableURL = URL(fileURLWithPath: findExecutable("systemd-analyze")!)
         process.arguments = ["verify"] + units.keys.sorted().map { dir.appendingPathComponent($0).path }
+        // Documentation=man:iscsi-nbd(8) is looked up with man(1): the pages as the package installs them.
+        for page in try FileManager.default.contentsOfDirectory(atPath: Self.root.appendingPathComponent("dist/man").path) {
+            guard let section = page.split(separator: ".").last, section.count == 1 else { continue }
+            let target = dir.appendingPathComponent("man/man\(section)")
+            try FileManager.default.createDirectory(at: target, withIntermediateDirectories: true)
+            try FileManager.default.copyItem(at: Self.root.appendingPathComponent("dist/man/\(page)"),
+                                            to: target.appendingPathComponent(page))
+        }
         var env = ProcessInfo.processInfo.environment
+        env["MANPATH"] = dir.appendingPathComponent("man").path
         env["SYSTEMD_UNIT_PATH"] = dir.path + ":"
         env["SYSTEMD_LOG_COLOR"] = "0"
         process.environment = env
