@@ -25,6 +25,21 @@ enum DeviceNames {
         return "lun-0x" + hex(level1, width: 4) + hex(level2, width: 4) + "00000000"
     }
 
+    /// The LUN a by-path name of `target` at `portal` names (the inverse of `byPathName`), or nil when the
+    /// name is another node's.
+    static func lun(inPath path: String, host: String, port: Int, target: String) -> UInt16? {
+        let prefix = "ip-\(host):\(port)-iscsi-\(target)-"
+        guard path.hasPrefix(prefix) else { return nil }
+        let component = path.dropFirst(prefix.count)
+        if component.hasPrefix("lun-0x"), component.count == 22, let level1 = UInt16(component.dropFirst(6).prefix(4), radix: 16) {
+            // Flat space addressing (01b): the LUN is the low 14 bits of the first level.
+            let lun = level1 >> 14 == 1 ? level1 & 0x3FFF : level1
+            return lunComponent(LogicalUnitNumber(lun)) == String(component) ? lun : nil
+        }
+        guard component.hasPrefix("lun-"), let lun = UInt16(component.dropFirst(4)), lun < 256 else { return nil }
+        return lun
+    }
+
     /// path_id's ID_PATH_TAG: only [A-Za-z0-9-] kept, other runs become one "_", none leading or trailing.
     static func pathTag(_ path: String) -> String {
         var tag = ""

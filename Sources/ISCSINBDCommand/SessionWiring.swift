@@ -20,8 +20,12 @@ enum SessionWiring {
             ])
             return session
         } catch {
-            throw CommandFailure(
-                "cannot log in to \(configuration.targetName ?? "-") at \(configuration.portal): \(ErrorText.describe(error))")
+            throw LoginFailure(
+                description: "cannot log in to \(configuration.targetName ?? "-") at \(configuration.portal): \(ErrorText.describe(error))",
+                isPermanent: (error as? ISCSISessionError).map {
+                    if case .login(let e) = $0 { return e.isPermanent }
+                    return false
+                } ?? false)
         }
     }
 
@@ -80,4 +84,11 @@ enum SessionWiring {
         let luns = (try? await SCSIBlockDevice.reportLUNs(transport: session, logger: logger).get()) ?? [LogicalUnitNumber(0)]
         return luns.compactMap(\.number)
     }
+}
+
+/// A login that failed, said in one line; `isPermanent` when trying again cannot help (see
+/// `LoginError.isPermanent`), so the daemon does not retry it in the background.
+struct LoginFailure: Error, CustomStringConvertible {
+    var description: String
+    var isPermanent: Bool
 }

@@ -107,11 +107,11 @@ import Testing
     @Test func failedLoginRetriesOnlyWhenAsked() {
         var t = SessionTable()
         _ = t.beginLogin(a)
-        t.loginFailed(1, error: "refused", retry: false)
+        t.loginFailed(1, error: "refused", then: .forget)
         #expect(t.entries.isEmpty)
         let r = t.beginLogin(a)
         #expect(r == .started(id: 2))
-        t.loginFailed(2, error: "refused", retry: true)
+        t.loginFailed(2, error: "refused", then: .retry)
         #expect(t.entries[2]?.state == .retrying)
         #expect(t.entries[2]?.lastError == "refused")
         let first = t.retryStarts(2)
@@ -123,10 +123,27 @@ import Testing
         #expect(t.entries[2]?.lastError == nil)
     }
 
+    /// A target that refused the login for good (RFC 7143 §11.13.5 class 2) keeps its entry, with the
+    /// reason, until a new --login (which starts over on the same entry) or a logout; it is never retried.
+    @Test func refusedLoginsStayUntilTriedAgain() {
+        var t = SessionTable()
+        _ = t.beginLogin(a)
+        t.loginFailed(1, error: "0x0201 authentication failed", then: .refused)
+        #expect(t.entries[1]?.state == .refused && t.entries[1]?.lastError == "0x0201 authentication failed")
+        let retried = t.retryStarts(1)
+        #expect(!retried, "a refused login is not retried in the background")
+        let again = t.beginLogin(a)
+        #expect(again == .started(id: 1))
+        #expect(t.entries[1]?.state == .loggingIn && t.entries[1]?.attempts == 2)
+        t.loginFailed(1, error: "again", then: .refused)
+        let out = t.beginLogout(target: nil, host: nil, port: nil)
+        #expect(out == [1])
+    }
+
     @Test func logoutStopsRetries() {
         var t = SessionTable()
         _ = t.beginLogin(a)
-        t.loginFailed(1, error: "down", retry: true)
+        t.loginFailed(1, error: "down", then: .retry)
         let first = t.beginLogout(target: nil, host: nil, port: nil)
         #expect(first == [1])
         let retry = t.retryStarts(1)

@@ -19,6 +19,18 @@ import Testing
         #expect(DeviceNames.byPathName(host: "h", port: 3260, target: "iqn.x:y", lun: 300).hasSuffix("-lun-0x412c000000000000"))
     }
 
+    @Test func byPathNamesGiveTheirLUNBack() {
+        for lun: UInt16 in [0, 1, 255, 256, 300, 16383] {
+            let path = DeviceNames.byPathName(host: "10.0.0.1", port: 3260, target: "iqn.x:y-lun-7", lun: lun)
+            #expect(DeviceNames.lun(inPath: path, host: "10.0.0.1", port: 3260, target: "iqn.x:y-lun-7") == lun, "\(path)")
+        }
+        let path = DeviceNames.byPathName(host: "10.0.0.1", port: 3260, target: "iqn.x:y", lun: 1)
+        #expect(DeviceNames.lun(inPath: path, host: "10.0.0.2", port: 3260, target: "iqn.x:y") == nil)
+        #expect(DeviceNames.lun(inPath: path, host: "10.0.0.1", port: 3260, target: "iqn.x:") == nil)
+        #expect(DeviceNames.lun(inPath: path + "x", host: "10.0.0.1", port: 3260, target: "iqn.x:y") == nil)
+        #expect(DeviceNames.lun(inPath: "ip-10.0.0.1:3260-iscsi-iqn.x:y-lun-999", host: "10.0.0.1", port: 3260, target: "iqn.x:y") == nil)
+    }
+
     @Test func pathTagIsPathIDs() {
         #expect(DeviceNames.pathTag("ip-127.0.0.1:3260-iscsi-iqn.2026-11.test:disk-lun-1")
                 == "ip-127_0_0_1_3260-iscsi-iqn_2026-11_test_disk-lun-1")

@@ -517,6 +517,7 @@ import Testing
             guard let error = error as? LoginError, case .rejectedByTarget(let status) = error.kind else { return false }
             return status.code == code && error.description.contains(text)
                 && error.description.contains(String(format: "0x%04x", code))
+                && error.isPermanent == (code >> 8 == 2)
         }
         #expect(LoginStatus(code: code).isRetryable == (code >> 8 == 3))
     }

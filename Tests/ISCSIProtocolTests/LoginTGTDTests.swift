@@ -231,6 +231,7 @@ struct Scenarios {
         config.targetName = "iqn.2026-11.test.login:missing"
         let error = try #require(expectFailure(try login(config)))
         #expect(error.status == .notFound, "\(error)")
+        #expect(error.isPermanent, "RFC 7143 §11.13.5: class 2 is not tried again")
     }
 
     func oneWayCHAPMD5() throws {
@@ -239,9 +240,11 @@ struct Scenarios {
         // Wrong secret: authentication failure from the target.
         let error = try #require(expectFailure(try login(configuration(chap: .init(username: "alice", secret: "wrong-secret-12")))))
         #expect(error.status == .authenticationFailure, "\(error)")
+        #expect(error.isPermanent)
         // No credentials while the target requires CHAP.
         let missing = try #require(expectFailure(try login(configuration())))
         #expect(missing.kind == .authenticationMethodRejected || missing.status?.statusClass == 2, "\(missing)")
+        #expect(missing.isPermanent)
     }
 
     /// tgt answers CHAP_A=7 as SHA-1 (see `CHAPAlgorithm`); the login must still succeed, directly or after

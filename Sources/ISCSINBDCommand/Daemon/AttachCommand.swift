@@ -105,7 +105,8 @@ struct AttachCommand: AsyncParsableCommand {
     }
 }
 
-/// `attach`'s device: attaches the opened LUN as /dev/nbdN (printed on stdout), and keeps it until the
+/// `attach`'s device: attaches the opened LUN as /dev/nbdN (printed on stdout; the device of a dead
+/// `attach` of the same LU is taken back), and keeps it until the
 /// group shuts down (flush, then NBD_CMD_DISCONNECT) or the kernel drops it (`iscsi-nbd detach`: the command
 /// ends, exit 0). When the session ended for good, the device is detached without a flush, which could
 /// only time out.
@@ -118,8 +119,15 @@ struct KernelDeviceService: Service {
 
     func run() async throws {
         guard let lun = await opened.value() else { return }
+        let options = options(lun.scsi.lunIdentity)
+        // Run again after an attach of the same LU died (kill -9, a crash): take its device back, so the
+        // I/O the kernel holds for the dead-connection timeout goes on, on the same /dev/nbdN.
+        let orphan = options.interface == .ioctl ? nil : DeviceRegistry().orphans().first {
+            $0.backend == options.identity.backendIdentifier && (options.index == nil || options.index == $0.index)
+        }
         let attachment = try await KernelAttachment.attach(
-            device: lun.device, options: options(lun.scsi.lunIdentity), group: group, logger: logger)
+            device: lun.device, options: options, group: group, logger: logger, reconfigure: orphan?.index)
+        if let orphan { logger.notice("re-adopted \(orphan.path), left by an attach that died") }
         attachment.follow(lun.scsi)
         FileHandle.standardOutput.write(Data((attachment.devicePath + "\n").utf8))
         let stop = StopSignal()

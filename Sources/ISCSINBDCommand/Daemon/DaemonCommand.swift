@@ -130,6 +130,11 @@ struct DaemonCoreService: Service {
 
     func run() async throws {
         guard let path = await control.listening.value() else { return }
+        // Devices a previous daemon left in use come first: their I/O is waiting.
+        let (adopted, notAdopted) = await core.adoptOrphans()
+        if adopted + notAdopted > 0 {
+            logger.notice("re-adoption: \(adopted) device(s) taken over, \(notAdopted) not")
+        }
         if automaticLogins {
             let (started, failed) = await core.loginAutomatic()
             logger.notice("automatic logins: \(started) logged in, \(failed) retrying in the background")

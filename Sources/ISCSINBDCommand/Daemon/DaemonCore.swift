@@ -127,6 +127,50 @@ actor DaemonCore {
         return (started, failed)
     }
 
+    /// Devices a previous daemon left behind (it was restarted, upgraded or killed while they were in use):
+    /// each is logged in again through its node record and handed fresh sockets (NBD_CMD_RECONFIGURE)
+    /// while the kernel holds its I/O (the dead-connection timeout). Whatever the record's node.startup:
+    /// the session was up when the previous daemon stopped. Failed logins retry in the background; the
+    /// kernel fails the held I/O once the timeout passes, and the device works again once re-adopted.
+    func adoptOrphans(registry: DeviceRegistry = DeviceRegistry()) async -> (adopted: Int, failed: Int) {
+        let orphans = registry.orphans()
+        guard !orphans.isEmpty else { return (0, 0) }
+        let planner: SessionPlanner
+        let records: [NodeRecord]
+        do {
+            planner = try makePlanner(settings.configDir)
+            records = try NodeDatabase(configDirectory: settings.configDir).find()
+        } catch {
+            logger.error("cannot read node records in \(settings.configDir) to re-adopt \(orphans.map(\.path)): \(error)")
+            return (0, orphans.count)
+        }
+        var byRecord: [NodeID: (record: NodeRecord, luns: [UInt16: DeviceRegistry.Orphan])] = [:]
+        var unmatched = 0
+        for orphan in orphans {
+            let match = records.lazy.compactMap { record in
+                DeviceNames.lun(inPath: orphan.identity.path, host: record.id.portal.host, port: record.id.portal.port,
+                                target: record.id.target).map { (record, $0) }
+            }.first
+            guard let (record, lun) = match else {
+                logger.error("\(orphan.path) (\(orphan.identity.path)) was left by a previous daemon, but no node record names it: not re-adopted (iscsi-nbd detach \(orphan.path) releases it)")
+                unmatched += 1
+                continue
+            }
+            byRecord[record.id, default: (record, [:])].luns[lun] = orphan
+        }
+        var adopted = 0
+        var failed = unmatched
+        for (_, entry) in byRecord.sorted(by: { $0.key < $1.key }) {
+            logger.notice("re-adopting \(entry.luns.values.map(\.path).sorted().joined(separator: ", ")) through \(entry.record.id.iscsiadmLabel)")
+            if case .success = await loginRecord(entry.record, planner: planner, retryInBackground: true, adopting: entry.luns) {
+                adopted += entry.luns.count
+            } else {
+                failed += entry.luns.count
+            }
+        }
+        return (adopted, failed)
+    }
+
     func logout(target: String?, portal: String?) async -> ControlResponse {
         let filter: Portal?
         do { filter = try portal.map { try Portal(parsing: $0) } } catch {
@@ -171,7 +215,8 @@ actor DaemonCore {
         case failure(String)
     }
 
-    private func loginRecord(_ record: NodeRecord, planner: SessionPlanner, retryInBackground: Bool) async -> LoginOutcome {
+    private func loginRecord(_ record: NodeRecord, planner: SessionPlanner, retryInBackground: Bool,
+                             adopting: [UInt16: DeviceRegistry.Orphan] = [:]) async -> LoginOutcome {
         let key = SessionTable.Key(target: record.id.target, portal: record.id.portal)
         let id: Int
         switch table.beginLogin(key) {
@@ -179,38 +224,55 @@ actor DaemonCore {
         case .started(let new): id = new
         }
         do {
-            try await attempt(id: id, record: record, planner: planner)
+            try await attempt(id: id, record: record, planner: planner, adopting: adopting)
             return .success(id)
         } catch {
             let message = "\(error)"
-            table.loginFailed(id, error: message, retry: retryInBackground && !shuttingDown)
-            if retryInBackground && !shuttingDown {
+            let permanent = (error as? LoginFailure)?.isPermanent == true
+            switch (retryInBackground && !shuttingDown, permanent) {
+            case (true, false):
+                table.loginFailed(id, error: message, then: .retry)
                 logger.warning("login to \(key) failed, retrying in the background: \(message)")
-                retries[id] = Task { await self.retryLoop(id: id, record: record, planner: planner) }
+                retries[id] = Task { await self.retryLoop(id: id, record: record, planner: planner, adopting: adopting) }
+            case (true, true):
+                table.loginFailed(id, error: message, then: .refused)
+                logger.error("login to \(key) refused, not retried: \(message); fix the node record, then: iscsi-nbd -m node -T \(record.id.target) -p \(record.id.portal) --login")
+            case (false, _):
+                table.loginFailed(id, error: message, then: .forget)
             }
             return .failure(message)
         }
     }
 
-    private func retryLoop(id: Int, record: NodeRecord, planner: SessionPlanner) async {
+    private func retryLoop(id: Int, record: NodeRecord, planner: SessionPlanner,
+                           adopting: [UInt16: DeviceRegistry.Orphan]) async {
         var n = 1
         while !Task.isCancelled {
             try? await Task.sleep(for: SessionTable.retryDelay(attempt: n))
             n += 1
             guard !Task.isCancelled, !shuttingDown, table.retryStarts(id) else { return }
             do {
-                try await attempt(id: id, record: record, planner: planner)
+                try await attempt(id: id, record: record, planner: planner, adopting: adopting)
                 retries[id] = nil
                 return
             } catch {
-                table.loginFailed(id, error: "\(error)", retry: true)
+                if (error as? LoginFailure)?.isPermanent == true {
+                    table.loginFailed(id, error: "\(error)", then: .refused)
+                    logger.error("login to \(record.id.target) refused, not retried: \(error)")
+                    retries[id] = nil
+                    return
+                }
+                table.loginFailed(id, error: "\(error)", then: .retry)
                 logger.info("login retry \(n) to \(record.id.target) failed: \(error)")
             }
         }
     }
 
-    /// One login: session, REPORT LUNS, every disk LUN attached as /dev/nbdN.
-    private func attempt(id: Int, record: NodeRecord, planner: SessionPlanner) async throws {
+    /// One login: session, REPORT LUNS, every disk LUN attached as /dev/nbdN. A LUN in `adopting` goes to
+    /// the device a previous daemon left (NBD_CMD_RECONFIGURE with fresh sockets), once its identity is the
+    /// one that device's backend identifier names; the kernel checks it again.
+    private func attempt(id: Int, record: NodeRecord, planner: SessionPlanner,
+                         adopting: [UInt16: DeviceRegistry.Orphan] = [:]) async throws {
         let plan = try planner.plan(node: record.id, record: record,
                                     overrides: SessionOverrides(busyPollMicroseconds: settings.busyPollMicroseconds))
         let nodeSettings = plan.settings
@@ -220,7 +282,11 @@ actor DaemonCore {
         var attachments: [(UInt16, KernelAttachment)] = []
         var scsiDevices: [SCSIBlockDevice] = []
         var lastError: String?
-        for lun in await SessionWiring.reportLUNs(session: session, logger: sessionLogger) {
+        let reported = await SessionWiring.reportLUNs(session: session, logger: sessionLogger)
+        for (lun, orphan) in adopting where !reported.contains(lun) {
+            sessionLogger.error("\(orphan.path) (\(orphan.identity.path)) is not re-adopted: the target no longer reports LUN \(lun)")
+        }
+        for lun in reported {
             do {
                 let opened = try await SessionWiring.openLUN(session: session, lun: lun, readOnly: false, logger: sessionLogger)
                 let target = record.id.target
@@ -232,7 +298,13 @@ actor DaemonCore {
                                              identity: opened.scsi.lunIdentity),
                     exportName: "\(target)/lun-\(lun)", byPathDirectory: settings.byPathDirectory,
                     interface: settings.kernelInterface)
-                let attachment = try await KernelAttachment.attach(device: opened.device, options: options, group: group, logger: sessionLogger)
+                if let orphan = adopting[lun], orphan.backend != options.identity.backendIdentifier {
+                    sessionLogger.error("\(orphan.path) is not re-adopted: it holds \(orphan.backend), LUN \(lun) of the target is now \(options.identity.backendIdentifier)")
+                }
+                let reconfigure = adopting[lun].flatMap { $0.backend == options.identity.backendIdentifier ? $0.index : nil }
+                let attachment = try await KernelAttachment.attach(device: opened.device, options: options, group: group,
+                                                                   logger: sessionLogger, reconfigure: reconfigure)
+                if reconfigure != nil { sessionLogger.notice("re-adopted \(attachment.devicePath) from a previous daemon") }
                 attachment.follow(opened.scsi)
                 attachments.append((lun, attachment))
                 scsiDevices.append(opened.scsi)

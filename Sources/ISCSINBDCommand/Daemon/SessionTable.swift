@@ -21,6 +21,9 @@ struct SessionTable: Sendable {
         case recovering = "FAILED"
         /// Flushing, detaching and logging out.
         case loggingOut = "LOGGING_OUT"
+        /// The target refused the login in a way retrying cannot fix (a wrong secret, no such target): not
+        /// retried; the entry stays so that `-m session` says why, until the next --login or a logout.
+        case refused = "LOGIN_REFUSED"
     }
 
     struct Entry: Sendable, Hashable {
@@ -43,7 +46,10 @@ struct SessionTable: Sendable {
     /// Claims `key` for a login. Only one entry per node.
     mutating func beginLogin(_ key: Key) -> BeginResult {
         if let existing = entries.values.first(where: { $0.key == key }) {
-            return .alreadyPresent(id: existing.id, state: existing.state)
+            guard existing.state == .refused else { return .alreadyPresent(id: existing.id, state: existing.state) }
+            entries[existing.id]?.state = .loggingIn
+            entries[existing.id]?.attempts += 1
+            return .started(id: existing.id)
         }
         let id = nextID
         nextID += 1
@@ -64,12 +70,25 @@ struct SessionTable: Sendable {
         return true
     }
 
-    /// A failed attempt: with `retry` the entry stays (background retry), otherwise it is removed.
-    mutating func loginFailed(_ id: Int, error: String, retry: Bool) {
-        if retry {
+    /// What becomes of a node after a failed login attempt.
+    enum AfterFailure: Sendable {
+        /// Tried again in the background (automatic logins, re-adoption).
+        case retry
+        /// Kept, not retried: the target refused it for good (`-m session` shows why).
+        case refused
+        /// Forgotten (an interactive --login: the caller saw the error).
+        case forget
+    }
+
+    mutating func loginFailed(_ id: Int, error: String, then next: AfterFailure) {
+        switch next {
+        case .retry:
             entries[id]?.state = .retrying
             entries[id]?.lastError = error
-        } else {
+        case .refused:
+            entries[id]?.state = .refused
+            entries[id]?.lastError = error
+        case .forget:
             entries[id] = nil
         }
     }

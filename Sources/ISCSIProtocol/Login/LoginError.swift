@@ -125,6 +125,21 @@ public struct LoginError: Error, Sendable, Hashable, CustomStringConvertible {
         kind == .chapAlgorithmRejected ? [.md5] : nil
     }
 
+    /// A failure that trying again with the same configuration cannot fix: the target refused the login
+    /// with an initiator error (Status-Class 2, which RFC 7143 §11.13.5 says "should not be tried again":
+    /// authentication or authorization failed, target not found or removed), or the credentials or
+    /// configuration do not work (mutual CHAP failed, no method in common, identical secrets).
+    public var isPermanent: Bool {
+        switch kind {
+        case .rejectedByTarget(let status): return status.statusClass == 2
+        case .authenticationMethodRejected, .targetAuthenticationFailed, .chapChallengeReflected,
+             .identicalCHAPSecrets, .invalidConfiguration, .negotiationFailed:
+            return true
+        case .chapAlgorithmRejected, .protocolViolation, .malformedText:
+            return false
+        }
+    }
+
     /// The target's login status, for `.rejectedByTarget`.
     public var status: LoginStatus? {
         if case .rejectedByTarget(let status) = kind { return status }
