@@ -102,15 +102,7 @@ actor DaemonCore {
     /// Returns when every first attempt finished, so READY=1 never waits on a dead target for longer than
     /// one login timeout.
     func loginAutomatic() async -> (started: Int, failed: Int) {
-        let planner: SessionPlanner
-        let records: [NodeRecord]
-        do {
-            planner = try makePlanner(settings.configDir)
-            records = try NodeDatabase(configDirectory: settings.configDir).find()
-        } catch {
-            logger.error("cannot read node records in \(settings.configDir): \(error)")
-            return (0, 0)
-        }
+        guard let (planner, records) = loadRecords(for: "automatic logins") else { return (0, 0) }
         var started = 0
         var failed = 0
         await withTaskGroup(of: Bool.self) { group in
@@ -135,15 +127,7 @@ actor DaemonCore {
     func adoptOrphans(registry: DeviceRegistry = DeviceRegistry()) async -> (adopted: Int, failed: Int) {
         let orphans = registry.orphans()
         guard !orphans.isEmpty else { return (0, 0) }
-        let planner: SessionPlanner
-        let records: [NodeRecord]
-        do {
-            planner = try makePlanner(settings.configDir)
-            records = try NodeDatabase(configDirectory: settings.configDir).find()
-        } catch {
-            logger.error("cannot read node records in \(settings.configDir) to re-adopt \(orphans.map(\.path)): \(error)")
-            return (0, orphans.count)
-        }
+        guard let (planner, records) = loadRecords(for: "re-adopting \(orphans.map(\.path))") else { return (0, orphans.count) }
         var byRecord: [NodeID: (record: NodeRecord, luns: [UInt16: DeviceRegistry.Orphan])] = [:]
         var unmatched = 0
         for orphan in orphans {
@@ -202,6 +186,17 @@ actor DaemonCore {
     var sessionCount: Int { table.entries.count }
 
     // MARK: - Login
+
+    /// The planner and every node record of the daemon's configuration directory; nil (logged) when they
+    /// cannot be read.
+    private func loadRecords(for purpose: String) -> (SessionPlanner, [NodeRecord])? {
+        do {
+            return (try makePlanner(settings.configDir), try NodeDatabase(configDirectory: settings.configDir).find())
+        } catch {
+            logger.error("cannot read node records in \(settings.configDir) for \(purpose): \(error)")
+            return nil
+        }
+    }
 
     /// The daemon plans every session the way the other commands do; the initiator name file is written
     /// when missing, as iscsid does.
