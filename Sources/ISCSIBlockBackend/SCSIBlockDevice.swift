@@ -27,15 +27,9 @@ public final class SCSIBlockDevice: BlockDevice {
     public var info: BlockDeviceInfo { current.withLockedValue { $0.info } }
     public var properties: SCSIDeviceProperties { current.withLockedValue { $0.properties } }
     public var strategy: SCSIBlockStrategy { current.withLockedValue { $0.strategy } }
-    public var lunIdentity: LUNIdentity { Self.identity(of: current.withLockedValue { $0.properties }) }
-
-    static func identity(of p: SCSIDeviceProperties) -> LUNIdentity {
-        let lu = p.deviceIdentification?.designators.filter { $0.association == .logicalUnit } ?? []
-        return LUNIdentity(
-            designator: p.deviceIdentification?.preferredLogicalUnitDesignator, designators: lu,
-            serialNumber: p.serialNumber, vendor: p.inquiry.vendor, product: p.inquiry.product,
-            blockCount: p.blockCount, blockLength: p.blockLength)
-    }
+    /// Judges whether a LUN found later (after a unit attention or a new login) is this logical unit.
+    public var identityGuard: LUNIdentityGuard { current.withLockedValue { $0.identityGuard } }
+    public var lunIdentity: LUNIdentity { identityGuard.identity }
 
     /// Most sub-commands of one split request in flight at once.
     public static let maxChunksInFlight = 16
@@ -53,6 +47,7 @@ public final class SCSIBlockDevice: BlockDevice {
         var properties: SCSIDeviceProperties
         var strategy: SCSIBlockStrategy
         var info: BlockDeviceInfo
+        var identityGuard: LUNIdentityGuard
         /// Set when the logical unit behind the LUN is no longer the one that was opened: every request
         /// fails with EIO from then on (serving another disk's blocks would corrupt data).
         var fenced: String?
@@ -60,6 +55,7 @@ public final class SCSIBlockDevice: BlockDevice {
             properties = p
             strategy = SCSIBlockStrategy(properties: p)
             info = SCSIBlockStrategy.info(properties: p, strategy: strategy)
+            identityGuard = LUNIdentityGuard(serving: p)
         }
     }
     private let current: NIOLockedValueBox<Geometry>
@@ -147,11 +143,7 @@ public final class SCSIBlockDevice: BlockDevice {
             let old = self.properties
             var p = old
             try await Self.probeCapacity(runner: runner, hasVPD: old.supportedVPDPages != nil, into: &p)
-            guard p.blockLength == old.blockLength else {
-                throw SCSIProbeError(
-                    .unsupportedGeometry,
-                    "LUN \(runner.lun): logical block length changed from \(old.blockLength) to \(p.blockLength)")
-            }
+            try self.judgeAfterUnitAttention(p)
             // Same logical unit? (After a reset or reconnect the LUN could now name another LU.)
             // A page that cannot be read now keeps its old value: only a page that was read and differs
             // counts as a different logical unit (a transient failure must not fence a healthy device).
@@ -168,14 +160,7 @@ public final class SCSIBlockDevice: BlockDevice {
                     p.deviceIdentification = ident
                 }
             }
-            let before = self.lunIdentity
-            let after = Self.identity(of: p)
-            guard before.isSameLogicalUnit(as: after) else {
-                let message = "LUN \(runner.lun) now names another logical unit (was \(before), now \(after))"
-                logger.critical("fencing device: \(message)")
-                self.current.withLockedValue { $0.fenced = message }
-                throw SCSIProbeError(.identityChanged, message)
-            }
+            try self.judgeAfterUnitAttention(p)
             await Self.probeMode(runner: runner, logger: logger, into: &p)
             let (info, changed) = self.current.withLockedValue { g -> (BlockDeviceInfo, Bool) in
                 let before = g.info
@@ -192,25 +177,41 @@ public final class SCSIBlockDevice: BlockDevice {
         }
     }
 
+    /// Acts on the guard's verdict on what a refresh has re-read so far: first the capacity (so that a new
+    /// block length stops the refresh before any VPD page is asked for), then the identification.
+    private func judgeAfterUnitAttention(_ p: SCSIDeviceProperties) throws(SCSIProbeError) {
+        switch identityGuard.afterUnitAttention(LUNIdentity(properties: p)) {
+        case .same:
+            return
+        case .blockLengthChanged(let from, let to):
+            throw SCSIProbeError(.unsupportedGeometry, "LUN \(lun): logical block length changed from \(from) to \(to)")
+        case .different(let why):
+            let message = "LUN \(lun) \(why)"
+            logger.critical("fencing device: \(message)")
+            current.withLockedValue { $0.fenced = message }
+            throw SCSIProbeError(.identityChanged, message)
+        }
+    }
+
     // MARK: - Re-login
 
     /// Probes the LUN again over `transport` (the new connection after a session recovery, before queued
-    /// I/O is released) and compares it with the first login (`LUNIdentity.verdictAfterRelogin`). Fails with
-    /// `LUNIdentityMismatch` when another LUN answers (the caller must stop: never write to a different
-    /// LUN); other failures (LUN not configured yet, connection lost) are worth retrying. A grown LUN
-    /// updates `info` and calls the `onInfoChange` handler.
+    /// I/O is released) and has the guard compare it with the logical unit served (`LUNIdentityGuard.afterRelogin`).
+    /// Fails with `LUNIdentityMismatch` when another LUN answers (the caller must stop: never write to a
+    /// different LUN); other failures (LUN not configured yet, connection lost) are worth retrying. A grown
+    /// LUN updates `info` and calls the `onInfoChange` handler.
     public func verifyAfterRelogin(over transport: any SCSITransport) -> EventLoopFuture<ReloginIdentityVerdict> {
         let runner = CommandRunner(transport: transport, lun: lun, policy: self.runner.policy, logger: logger)
         let logger = self.logger
-        let before = self.lunIdentity
+        let identityGuard = self.identityGuard
         return transport.eventLoop.makeFutureWithTask {
             let p: SCSIDeviceProperties
             do {
                 p = try await Self.probe(runner: runner, logger: logger)
-            } catch let error as SCSIProbeError where error.kind == .notDirectAccess {
-                throw LUNIdentityMismatch("\(error)")
+            } catch {
+                throw identityGuard.afterRelogin(failedProbe: error) ?? error
             }
-            let verdict = before.verdictAfterRelogin(Self.identity(of: p))
+            let verdict = identityGuard.afterRelogin(LUNIdentity(properties: p))
             switch verdict {
             case .same:
                 break

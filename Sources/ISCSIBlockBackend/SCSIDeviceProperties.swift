@@ -58,45 +58,6 @@ public struct SCSIDeviceProperties: Sendable, Hashable {
     }
 }
 
-/// Who a LUN is: for checking after a reconnect that the same logical unit is still behind the LUN.
-public struct LUNIdentity: Hashable, Sendable, CustomStringConvertible {
-    /// The preferred LU designator from VPD 83h (NAA, EUI-64, SCSI name, T10 vendor ID, in that order).
-    public var designator: Designator?
-    /// Every designator associated with the logical unit.
-    public var designators: [Designator]
-    public var serialNumber: String?
-    public var vendor: String
-    public var product: String
-    public var blockCount: UInt64
-    public var blockLength: UInt32
-
-    public init(
-        designator: Designator?, designators: [Designator], serialNumber: String?, vendor: String, product: String,
-        blockCount: UInt64, blockLength: UInt32
-    ) {
-        self.designator = designator
-        self.designators = designators
-        self.serialNumber = serialNumber
-        self.vendor = vendor
-        self.product = product
-        self.blockCount = blockCount
-        self.blockLength = blockLength
-    }
-
-    /// Same designators and serial (capacity may legitimately change: online resize).
-    public func isSameLogicalUnit(as other: LUNIdentity) -> Bool {
-        designators == other.designators && serialNumber == other.serialNumber && vendor == other.vendor
-            && product == other.product
-    }
-
-    public var description: String {
-        var s = "\(vendor) \(product)"
-        if let designator { s += " \(designator)" }
-        if let serialNumber { s += " serial \(serialNumber)" }
-        return s + " \(blockCount)×\(blockLength)"
-    }
-}
-
 /// How block requests are turned into commands, derived from the probe (pure; tested on its own).
 public struct SCSIBlockStrategy: Sendable, Hashable {
     /// Cap on one NBD request's payload: 32 MiB (the usual NBD maximum payload, and the kernel's).

@@ -743,10 +743,14 @@ private func expectErrno<T: Sendable>(_ code: BlockDeviceError.Code, _ future: E
         let b = try await open(makeDisk { $0.blockCount = 4096 })
         let other = try await open(makeDisk { $0.naa = [0x60, 0, 0, 0, 0, 0, 0, 2] })
         let reserial = try await open(makeDisk { $0.serial = "OTHER" })
-        #expect(a.lunIdentity.isSameLogicalUnit(as: b.lunIdentity))
+        func isDifferent(_ verdict: UnitAttentionIdentityVerdict) -> Bool {
+            if case .different = verdict { return true }
+            return false
+        }
+        #expect(a.identityGuard.afterUnitAttention(b.lunIdentity) == .same)
         #expect(a.lunIdentity != b.lunIdentity)
-        #expect(!a.lunIdentity.isSameLogicalUnit(as: other.lunIdentity))
-        #expect(!a.lunIdentity.isSameLogicalUnit(as: reserial.lunIdentity))
+        #expect(isDifferent(a.identityGuard.afterUnitAttention(other.lunIdentity)))
+        #expect(isDifferent(a.identityGuard.afterUnitAttention(reserial.lunIdentity)))
         #expect("\(a.lunIdentity)" == "FAKE SCSI DISK naa.6001405fabcdef01 serial FAKE0001 2048×512")
     }
 

@@ -23,7 +23,7 @@ struct DaemonSettings: Sendable {
 actor DaemonCore {
     private struct Live {
         var session: ISCSISession
-        var attachments: [(lun: UInt16, attachment: KernelAttachment)]
+        var attachments: [(lun: UInt16, attachment: KernelAttachment, scsi: SCSIBlockDevice)]
         var settings: EffectiveNodeSettings
         var tpgt: Int
         var record: NodeRecord
@@ -229,7 +229,7 @@ actor DaemonCore {
         var sessionLogger = logger
         sessionLogger[metadataKey: "sid"] = "\(id)"
         let session = try await SessionWiring.login(configuration, on: group.next(), logger: sessionLogger)
-        var attachments: [(UInt16, KernelAttachment)] = []
+        var attachments: [(UInt16, KernelAttachment, SCSIBlockDevice)] = []
         var scsiDevices: [SCSIBlockDevice] = []
         var lastError: String?
         for lun in await SessionWiring.reportLUNs(session: session, logger: sessionLogger) {
@@ -246,7 +246,7 @@ actor DaemonCore {
                     interface: settings.kernelInterface)
                 let attachment = try await KernelAttachment.attach(device: opened.device, options: options, group: group, logger: sessionLogger)
                 attachment.follow(opened.scsi)
-                attachments.append((lun, attachment))
+                attachments.append((lun, attachment, opened.scsi))
                 scsiDevices.append(opened.scsi)
             } catch {
                 // tgtd's LUN 0 is the controller: not a disk, skipped quietly.
@@ -296,20 +296,18 @@ actor DaemonCore {
                 let configuration = sessionConfiguration(old.record.id, old.settings, old.context)
                 let session = try await SessionWiring.login(configuration, on: group.next(), logger: logger)
                 newSession = session
-                var attachments: [(lun: UInt16, attachment: KernelAttachment)] = []
+                var attachments: [(lun: UInt16, attachment: KernelAttachment, scsi: SCSIBlockDevice)] = []
                 var scsiDevices: [SCSIBlockDevice] = []
                 for a in old.attachments {
                     let opened = try await SessionWiring.openLUN(session: session, lun: a.lun, readOnly: false, logger: logger)
-                    let backend = DeviceIdentity(host: old.record.id.portal.host, port: old.record.id.portal.port,
-                                                 target: old.record.id.target, lun: a.lun, identity: opened.scsi.lunIdentity).backendIdentifier
-                    guard backend == a.attachment.backendIdentifier else {
-                        throw CommandFailure("LUN \(a.lun) is another logical unit now (\(backend), was \(a.attachment.backendIdentifier))")
+                    if case .different(let why) = a.scsi.identityGuard.afterRelogin(opened.scsi.lunIdentity) {
+                        throw CommandFailure("LUN \(a.lun) is another logical unit now (\(why))")
                     }
                     let attachment = try await KernelAttachment.attach(
                         device: opened.device, options: a.attachment.options, group: group, logger: logger,
                         reconfigure: a.attachment.index)
                     attachment.follow(opened.scsi)
-                    attachments.append((a.lun, attachment))
+                    attachments.append((a.lun, attachment, opened.scsi))
                     scsiDevices.append(opened.scsi)
                 }
                 SessionWiring.guardIdentity(session: session, devices: scsiDevices)
