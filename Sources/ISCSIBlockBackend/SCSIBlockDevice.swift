@@ -15,8 +15,9 @@ import SCSI
 /// - trim → UNMAP, or WRITE SAME(16) with UNMAP = 1; advisory, so an unsupported trim succeeds;
 /// - write zeroes → WRITE SAME(16) with a zero block (UNMAP = 1 when NO_HOLE is clear and unmapped blocks
 ///   read as zeros), emulated with WRITE of zero buffers when the target rejects WRITE SAME.
-/// Requests longer than the per-command limits are split (`RequestSplitter`) and issued concurrently,
-/// at most `maxChunksInFlight` at a time. Errors map through `SCSIErrorMapping`; retries follow `RetryPolicy`.
+/// What the target turns out to refuse is learnt in `SCSIFallbacks`. Requests longer than the per-command
+/// limits are split (`RequestSplitter`) and issued concurrently, at most `maxChunksInFlight` at a time.
+/// Errors map through `SCSIErrorMapping`; retries follow `RetryPolicy`.
 public final class SCSIBlockDevice: BlockDevice {
     public let transport: any SCSITransport
     public let lun: LogicalUnitNumber
@@ -60,17 +61,16 @@ public final class SCSIBlockDevice: BlockDevice {
     }
     private let current: NIOLockedValueBox<Geometry>
 
-    /// What the target turned out not to support at run time, and the refresh state.
-    private struct RuntimeFlags {
-        var writeSameRejected = false
-        var writeSameUnmapRejected = false
-        var unmapRejected = false
-        var synchronizeCache10Rejected = false
+    /// The refresh after a unit attention: one at a time, one more when another attention arrived meanwhile.
+    private struct RefreshState {
         var refreshing = false
         var refreshAgain = false
         var infoChanged: (@Sendable (BlockDeviceInfo) -> Void)?
     }
-    private let flags = NIOLockedValueBox(RuntimeFlags())
+    private let refreshState = NIOLockedValueBox(RefreshState())
+
+    /// What the target turned out not to support at run time.
+    private let fallbacks = NIOLockedValueBox(SCSIFallbacks())
 
     init(runner: CommandRunner, properties: SCSIDeviceProperties, logger: Logger) {
         self.runner = runner
@@ -94,7 +94,7 @@ public final class SCSIBlockDevice: BlockDevice {
 
     /// Called with the new `info` after a refresh changed it (e.g. the LU was resized on the target).
     public func onInfoChange(_ handler: @escaping @Sendable (BlockDeviceInfo) -> Void) {
-        flags.withLockedValue { $0.infoChanged = handler }
+        refreshState.withLockedValue { $0.infoChanged = handler }
     }
 
     private func unitAttention(_ sense: SenseData) {
@@ -106,12 +106,12 @@ public final class SCSIBlockDevice: BlockDevice {
                 || code == .deviceIdentifierChanged || code.asc == 0x29
         else { return }
         logger.notice("unit attention: re-reading capacity and mode data", metadata: ["scsi.sense": "\(sense)"])
-        let start = flags.withLockedValue { f -> Bool in
-            if f.refreshing {
-                f.refreshAgain = true
+        let start = refreshState.withLockedValue { r -> Bool in
+            if r.refreshing {
+                r.refreshAgain = true
                 return false
             }
-            f.refreshing = true
+            r.refreshing = true
             return true
         }
         if start { backgroundRefresh() }
@@ -122,12 +122,12 @@ public final class SCSIBlockDevice: BlockDevice {
             if case .failure(let error) = result {
                 self.logger.warning("refresh after unit attention failed", metadata: ["error": "\(error)"])
             }
-            let again = self.flags.withLockedValue { f -> Bool in
-                if f.refreshAgain {
-                    f.refreshAgain = false
+            let again = self.refreshState.withLockedValue { r -> Bool in
+                if r.refreshAgain {
+                    r.refreshAgain = false
                     return true
                 }
-                f.refreshing = false
+                r.refreshing = false
                 return false
             }
             if again { self.backgroundRefresh() }
@@ -171,7 +171,7 @@ public final class SCSIBlockDevice: BlockDevice {
             }
             if changed {
                 logger.notice("device changed", metadata: ["size": "\(info.size)", "readOnly": "\(info.readOnly)"])
-                self.flags.withLockedValue { $0.infoChanged }?(info)
+                self.refreshState.withLockedValue { $0.infoChanged }?(info)
             }
             return info
         }
@@ -223,7 +223,7 @@ public final class SCSIBlockDevice: BlockDevice {
                     g = Geometry(p)
                     return g.info
                 }
-                self.flags.withLockedValue { $0.infoChanged }?(info)
+                self.refreshState.withLockedValue { $0.infoChanged }?(info)
             }
             return verdict
         }
@@ -606,17 +606,8 @@ public final class SCSIBlockDevice: BlockDevice {
     }
 
     private func synchronizeCache() -> EventLoopFuture<Void> {
-        let use16 = flags.withLockedValue { $0.synchronizeCache10Rejected }
-        let cdb: CDB = use16 ? .synchronizeCache16() : .synchronizeCache10()
-        return runner.execute(SCSICommand(cdb: cdb), kind: .flush).map { _ in }.flatMapError { error in
-            if !use16, let f = error as? SCSICommandFailure, f.isIllegalRequest,
-                f.sense?.code == .invalidCommandOperationCode
-            {
-                self.flags.withLockedValue { $0.synchronizeCache10Rejected = true }
-                return self.runner.execute(SCSICommand(cdb: .synchronizeCache16()), kind: .flush).map { _ in }
-            }
-            return self.loop.makeFailedFuture(error)
-        }
+        let first = fallbacks.withLockedValue { $0.first(.flush) }
+        return perform(.flush, first, offset: 0, length: 0)
     }
 
     public func trim(offset: UInt64, length: UInt32, flags writeFlags: BlockWriteFlags) -> EventLoopFuture<Void> {
@@ -625,27 +616,71 @@ public final class SCSIBlockDevice: BlockDevice {
         case .success(let s): strategy = s
         case .failure(let error): return loop.makeFailedFuture(error)
         }
-        let state = flags.withLockedValue { $0 }
-        let trimmed: EventLoopFuture<Void>
-        if strategy.useUnmap && !state.unmapRejected {
-            trimmed = unmap(offset: offset, length: length)
-        } else if strategy.writeSameUnmap && !state.writeSameUnmapRejected {
-            trimmed = writeSame(offset: offset, length: UInt64(length), unmap: true, kind: .trim)
-        } else {
-            return loop.makeSucceededVoidFuture()  // advisory (nbd-proto.md NBD_CMD_TRIM): nothing to do
+        let request = SCSIFallbacks.Request.trim(strategy)
+        let first = fallbacks.withLockedValue { $0.first(request) }
+        // Advisory (nbd-proto.md NBD_CMD_TRIM): with no way to trim there is nothing to do, not even FUA's flush.
+        if first == .succeed { return loop.makeSucceededVoidFuture() }
+        let trimmed = perform(request, first, offset: offset, length: length)
+        return afterWrite(trimmed, fua: writeFlags.contains(.fua) && strategy.writeCacheEnabled)
+    }
+
+    public func writeZeroes(offset: UInt64, length: UInt32, flags writeFlags: BlockWriteFlags) -> EventLoopFuture<Void> {
+        let strategy: SCSIBlockStrategy
+        switch admit(offset, UInt64(length)) {
+        case .success(let s): strategy = s
+        case .failure(let error): return loop.makeFailedFuture(error)
         }
-        let advisory = trimmed.flatMapError { error in
-            // NBD_CMD_TRIM is a hint: a target that turns out not to implement it makes it a no-op.
-            if let f = error as? SCSICommandFailure, f.unsupported {
-                self.logger.notice("target rejected trim; disabling it", metadata: ["error": "\(f)"])
-                self.flags.withLockedValue {
-                    if f.opcode == .unmap { $0.unmapRejected = true } else { $0.writeSameUnmapRejected = true }
-                }
-                return self.loop.makeSucceededVoidFuture()
+        let noHole = writeFlags.contains(.noHole)
+        let request: SCSIFallbacks.Request =
+            writeFlags.contains(.fastZero) ? .fastZero(strategy, noHole: noHole) : .writeZeroes(strategy, noHole: noHole)
+        let first = fallbacks.withLockedValue { $0.first(request) }
+        // A fast zero that cannot be fast fails at once, without touching the LU.
+        if case .notSupported(let why) = first { return loop.makeFailedFuture(BlockDeviceError(.enotsup, why)) }
+        let zeroed = perform(request, first, offset: offset, length: length)
+        return afterWrite(zeroed, fua: writeFlags.contains(.fua) && strategy.writeCacheEnabled)
+    }
+
+    /// Carries out `step` of `request`; when the target refuses the method, `SCSIFallbacks` learns it and
+    /// names the next step.
+    private func perform(
+        _ request: SCSIFallbacks.Request, _ step: SCSIFallbacks.Step, offset: UInt64, length: UInt32
+    ) -> EventLoopFuture<Void> {
+        let method: SCSIFallbacks.Method
+        switch step {
+        case .issue(let m): method = m
+        case .succeed: return loop.makeSucceededVoidFuture()
+        case .notSupported(let why): return loop.makeFailedFuture(BlockDeviceError(.enotsup, why))
+        }
+        return issue(method, kind: request.kind, offset: offset, length: length).flatMapError { error in
+            guard let next = self.fallbacks.withLockedValue({ $0.failed(method, for: request, with: error) }) else {
+                return self.loop.makeFailedFuture(error)
             }
-            return self.loop.makeFailedFuture(error)
+            if case .trim = request {
+                self.logger.notice("target rejected trim; disabling it", metadata: ["error": "\(error)"])
+            } else if method == .writeSame {
+                self.logger.notice("target rejected WRITE SAME; emulating write zeroes", metadata: ["error": "\(error)"])
+            }
+            return self.perform(request, next, offset: offset, length: length)
         }
-        return afterWrite(advisory, fua: writeFlags.contains(.fua) && strategy.writeCacheEnabled)
+    }
+
+    private func issue(
+        _ method: SCSIFallbacks.Method, kind: SCSIRequestKind, offset: UInt64, length: UInt32
+    ) -> EventLoopFuture<Void> {
+        switch method {
+        case .synchronizeCache10:
+            return runner.execute(SCSICommand(cdb: .synchronizeCache10()), kind: kind).map { _ in }
+        case .synchronizeCache16:
+            return runner.execute(SCSICommand(cdb: .synchronizeCache16()), kind: kind).map { _ in }
+        case .unmap:
+            return unmap(offset: offset, length: length)
+        case .writeSameUnmap:
+            return writeSame(offset: offset, length: UInt64(length), unmap: true, kind: kind)
+        case .writeSame:
+            return writeSame(offset: offset, length: UInt64(length), unmap: false, kind: kind)
+        case .writeZeroBuffers:
+            return emulateWriteZeroes(offset: offset, length: length)
+        }
     }
 
     private func unmap(offset: UInt64, length: UInt32) -> EventLoopFuture<Void> {
@@ -667,63 +702,6 @@ public final class SCSIBlockDevice: BlockDevice {
             let command = SCSICommand(
                 cdb: .writeSame16(lba: chunk.lba, blocks: chunk.blocks, unmap: unmap), dataOut: self.zeroBlock)
             return self.runner.execute(command, kind: kind).map { _ in }
-        }
-    }
-
-    public func writeZeroes(offset: UInt64, length: UInt32, flags writeFlags: BlockWriteFlags) -> EventLoopFuture<Void> {
-        let strategy: SCSIBlockStrategy
-        switch admit(offset, UInt64(length)) {
-        case .success(let s): strategy = s
-        case .failure(let error): return loop.makeFailedFuture(error)
-        }
-        let state = flags.withLockedValue { $0 }
-        let fastPossible = strategy.canFastZero && !state.writeSameUnmapRejected
-        let mayUnmap = !writeFlags.contains(.noHole) && fastPossible
-        let fua = writeFlags.contains(.fua) && strategy.writeCacheEnabled
-
-        if writeFlags.contains(.fastZero) {
-            // nbd-proto.md NBD_CMD_WRITE_ZEROES: with FAST_ZERO, fail at once with ENOTSUP unless it is fast.
-            // Only WRITE SAME UNMAP on an LU whose unmapped blocks read as zeros is known to be fast.
-            guard mayUnmap else {
-                return loop.makeFailedFuture(BlockDeviceError(.enotsup, "fast zero is not possible on this LU"))
-            }
-            let fast = writeSame(offset: offset, length: UInt64(length), unmap: true, kind: .writeZeroes)
-                .flatMapError { error in
-                    if let f = error as? SCSICommandFailure, f.unsupported {
-                        self.flags.withLockedValue { $0.writeSameUnmapRejected = true }
-                        return self.loop.makeFailedFuture(BlockDeviceError(.enotsup, "fast zero rejected: \(f)"))
-                    }
-                    return self.loop.makeFailedFuture(error)
-                }
-            return afterWrite(fast, fua: fua)
-        }
-
-        let zeroed: EventLoopFuture<Void>
-        if mayUnmap {
-            zeroed = writeSame(offset: offset, length: UInt64(length), unmap: true, kind: .writeZeroes)
-                .flatMapError { error in
-                    guard let f = error as? SCSICommandFailure, f.unsupported else {
-                        return self.loop.makeFailedFuture(error)
-                    }
-                    self.flags.withLockedValue { $0.writeSameUnmapRejected = true }
-                    return self.writeZeroesWithoutUnmap(offset: offset, length: length)
-                }
-        } else {
-            zeroed = writeZeroesWithoutUnmap(offset: offset, length: length)
-        }
-        return afterWrite(zeroed, fua: fua)
-    }
-
-    /// WRITE SAME(16) without UNMAP, or plain WRITEs of zeros when the target rejects WRITE SAME.
-    private func writeZeroesWithoutUnmap(offset: UInt64, length: UInt32) -> EventLoopFuture<Void> {
-        if flags.withLockedValue({ $0.writeSameRejected }) {
-            return emulateWriteZeroes(offset: offset, length: length)
-        }
-        return writeSame(offset: offset, length: UInt64(length), unmap: false, kind: .writeZeroes).flatMapError { error in
-            guard let f = error as? SCSICommandFailure, f.unsupported else { return self.loop.makeFailedFuture(error) }
-            self.logger.notice("target rejected WRITE SAME; emulating write zeroes", metadata: ["error": "\(f)"])
-            self.flags.withLockedValue { $0.writeSameRejected = true }
-            return self.emulateWriteZeroes(offset: offset, length: length)
         }
     }
 
