@@ -1,33 +1,6 @@
 import BlockBackend
 import SCSI
 
-/// A failure to open a LUN as a block device.
-public struct SCSIProbeError: Error, Hashable, Sendable, CustomStringConvertible {
-    public struct Kind: RawRepresentable, Hashable, Sendable {
-        public var rawValue: UInt8
-        public init(rawValue: UInt8) { self.rawValue = rawValue }
-        /// The peripheral qualifier says no logical unit is behind this LUN.
-        public static let noLogicalUnit = Kind(rawValue: 1)
-        /// The logical unit is not a direct-access block device (peripheral device type ≠ 00h).
-        public static let notDirectAccess = Kind(rawValue: 2)
-        /// A mandatory probe command failed.
-        public static let commandFailed = Kind(rawValue: 3)
-        /// Parameter data could not be parsed.
-        public static let invalidData = Kind(rawValue: 4)
-        /// Block length or capacity that cannot be served (not a power of two, zero size, overflow).
-        public static let unsupportedGeometry = Kind(rawValue: 5)
-        /// After a unit attention, the LUN names a different logical unit (other designators or serial).
-        public static let identityChanged = Kind(rawValue: 6)
-    }
-    public var kind: Kind
-    public var message: String
-    public init(_ kind: Kind, _ message: String) {
-        self.kind = kind
-        self.message = message
-    }
-    public var description: String { message }
-}
-
 /// Everything the probe learned about a logical unit.
 public struct SCSIDeviceProperties: Sendable, Hashable {
     public var inquiry: StandardInquiryData
