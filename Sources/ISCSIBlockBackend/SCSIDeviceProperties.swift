@@ -1,33 +1,6 @@
 import BlockBackend
 import SCSI
 
-/// A failure to open a LUN as a block device.
-public struct SCSIProbeError: Error, Hashable, Sendable, CustomStringConvertible {
-    public struct Kind: RawRepresentable, Hashable, Sendable {
-        public var rawValue: UInt8
-        public init(rawValue: UInt8) { self.rawValue = rawValue }
-        /// The peripheral qualifier says no logical unit is behind this LUN.
-        public static let noLogicalUnit = Kind(rawValue: 1)
-        /// The logical unit is not a direct-access block device (peripheral device type ≠ 00h).
-        public static let notDirectAccess = Kind(rawValue: 2)
-        /// A mandatory probe command failed.
-        public static let commandFailed = Kind(rawValue: 3)
-        /// Parameter data could not be parsed.
-        public static let invalidData = Kind(rawValue: 4)
-        /// Block length or capacity that cannot be served (not a power of two, zero size, overflow).
-        public static let unsupportedGeometry = Kind(rawValue: 5)
-        /// After a unit attention, the LUN names a different logical unit (other designators or serial).
-        public static let identityChanged = Kind(rawValue: 6)
-    }
-    public var kind: Kind
-    public var message: String
-    public init(_ kind: Kind, _ message: String) {
-        self.kind = kind
-        self.message = message
-    }
-    public var description: String { message }
-}
-
 /// Everything the probe learned about a logical unit.
 public struct SCSIDeviceProperties: Sendable, Hashable {
     public var inquiry: StandardInquiryData
@@ -55,45 +28,6 @@ public struct SCSIDeviceProperties: Sendable, Hashable {
         self.inquiry = inquiry
         self.blockCount = blockCount
         self.blockLength = blockLength
-    }
-}
-
-/// Who a LUN is: for checking after a reconnect that the same logical unit is still behind the LUN.
-public struct LUNIdentity: Hashable, Sendable, CustomStringConvertible {
-    /// The preferred LU designator from VPD 83h (NAA, EUI-64, SCSI name, T10 vendor ID, in that order).
-    public var designator: Designator?
-    /// Every designator associated with the logical unit.
-    public var designators: [Designator]
-    public var serialNumber: String?
-    public var vendor: String
-    public var product: String
-    public var blockCount: UInt64
-    public var blockLength: UInt32
-
-    public init(
-        designator: Designator?, designators: [Designator], serialNumber: String?, vendor: String, product: String,
-        blockCount: UInt64, blockLength: UInt32
-    ) {
-        self.designator = designator
-        self.designators = designators
-        self.serialNumber = serialNumber
-        self.vendor = vendor
-        self.product = product
-        self.blockCount = blockCount
-        self.blockLength = blockLength
-    }
-
-    /// Same designators and serial (capacity may legitimately change: online resize).
-    public func isSameLogicalUnit(as other: LUNIdentity) -> Bool {
-        designators == other.designators && serialNumber == other.serialNumber && vendor == other.vendor
-            && product == other.product
-    }
-
-    public var description: String {
-        var s = "\(vendor) \(product)"
-        if let designator { s += " \(designator)" }
-        if let serialNumber { s += " serial \(serialNumber)" }
-        return s + " \(blockCount)×\(blockLength)"
     }
 }
 

@@ -23,7 +23,7 @@ struct DaemonSettings: Sendable {
 actor DaemonCore {
     private struct Live {
         var session: ISCSISession
-        var attachments: [(lun: UInt16, attachment: KernelAttachment)]
+        var attachments: [(lun: UInt16, attachment: KernelAttachment, scsi: SCSIBlockDevice)]
         var plan: SessionPlan
         var record: NodeRecord
         var planner: SessionPlanner
@@ -274,8 +274,7 @@ actor DaemonCore {
         var sessionLogger = logger
         sessionLogger[metadataKey: "sid"] = "\(id)"
         let session = try await SessionWiring.login(plan.configuration, on: group.next(), logger: sessionLogger)
-        var attachments: [(UInt16, KernelAttachment)] = []
-        var scsiDevices: [SCSIBlockDevice] = []
+        var attachments: [(UInt16, KernelAttachment, SCSIBlockDevice)] = []
         var lastError: String?
         let reported = await SessionWiring.reportLUNs(session: session, logger: sessionLogger)
         for (lun, orphan) in adopting where !reported.contains(lun) {
@@ -301,8 +300,7 @@ actor DaemonCore {
                                                                    logger: sessionLogger, reconfigure: reconfigure)
                 if reconfigure != nil { sessionLogger.notice("re-adopted \(attachment.devicePath) from a previous daemon") }
                 attachment.follow(opened.scsi)
-                attachments.append((lun, attachment))
-                scsiDevices.append(opened.scsi)
+                attachments.append((lun, attachment, opened.scsi))
             } catch {
                 // tgtd's LUN 0 is the controller: not a disk, skipped quietly.
                 sessionLogger.info("LUN \(lun) not attached: \(error)")
@@ -314,7 +312,7 @@ actor DaemonCore {
             throw CommandFailure("no LUN of \(record.id.target) could be attached\(lastError.map { ": " + $0 } ?? "")")
         }
         // The session reconnects by itself (ERL0); before queued I/O is re-issued, each LU must be the same.
-        SessionWiring.guardIdentity(session: session, devices: scsiDevices)
+        SessionWiring.guardIdentity(session: session, devices: attachments.map(\.2))
         live[id] = Live(session: session, attachments: attachments, plan: plan, record: record, planner: planner)
         table.loggedIn(id)
         session.closeFuture.whenComplete { _ in Task { await self.sessionClosed(id: id, session: session) } }
@@ -349,23 +347,19 @@ actor DaemonCore {
             do {
                 let session = try await SessionWiring.login(old.plan.configuration, on: group.next(), logger: logger)
                 newSession = session
-                var attachments: [(lun: UInt16, attachment: KernelAttachment)] = []
-                var scsiDevices: [SCSIBlockDevice] = []
+                var attachments: [(lun: UInt16, attachment: KernelAttachment, scsi: SCSIBlockDevice)] = []
                 for a in old.attachments {
                     let opened = try await SessionWiring.openLUN(session: session, lun: a.lun, readOnly: false, logger: logger)
-                    let backend = DeviceIdentity(host: old.record.id.portal.host, port: old.record.id.portal.port,
-                                                 target: old.record.id.target, lun: a.lun, identity: opened.scsi.lunIdentity).backendIdentifier
-                    guard backend == a.attachment.backendIdentifier else {
-                        throw CommandFailure("LUN \(a.lun) is another logical unit now (\(backend), was \(a.attachment.backendIdentifier))")
+                    if case .different(let why) = a.scsi.identityGuard.afterRelogin(opened.scsi.lunIdentity) {
+                        throw CommandFailure("LUN \(a.lun) is another logical unit now (\(why))")
                     }
                     let attachment = try await KernelAttachment.attach(
                         device: opened.device, options: a.attachment.options, group: group, logger: logger,
                         reconfigure: a.attachment.index)
                     attachment.follow(opened.scsi)
-                    attachments.append((a.lun, attachment))
-                    scsiDevices.append(opened.scsi)
+                    attachments.append((a.lun, attachment, opened.scsi))
                 }
-                SessionWiring.guardIdentity(session: session, devices: scsiDevices)
+                SessionWiring.guardIdentity(session: session, devices: attachments.map(\.scsi))
                 guard table.entries[id]?.state == .recovering else {
                     // Logged out meanwhile: tearDown owns the old devices; drop what we built.
                     for a in attachments { await a.attachment.abandon() }
