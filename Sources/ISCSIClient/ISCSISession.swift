@@ -207,6 +207,17 @@ public final class ISCSISession: SCSITransport, Sendable {
         return promise.futureResult
     }
 
+    /// Stops waiting for a recovering session: its queued commands fail now, as they would at the replacement
+    /// timeout, and so do new ones until the target is back (reconnecting goes on). Returns how many queued
+    /// commands failed (0 when the session is not recovering). For a system that shuts down while its target
+    /// is unreachable: held writes fail at once instead of holding the unmount up.
+    public func expireRecovery(reason: String) -> EventLoopFuture<Int> {
+        let promise = eventLoop.makePromise(of: Int.self)
+        let core = self.core
+        eventLoop.execute { promise.succeed(core.value.expireRecovery(reason: reason)) }
+        return promise.futureResult
+    }
+
     /// Drops the current connection as if the network had failed (tests, and an operator's "recover now").
     public func dropConnection() {
         let core = self.core
@@ -483,16 +494,27 @@ final class SessionCore {
     }
 
     private func replacementTimedOut() {
-        guard case .recovering = state, !replacementExpired else { return }
+        _ = expire(because: "not recovered within the replacement timeout")
+    }
+
+    func expireRecovery(reason: String) -> Int {
+        replacementTimer?.cancel()
+        return expire(because: reason)
+    }
+
+    /// Fails the queued commands and every new one while the session stays down; returns how many failed.
+    private func expire(because reason: String) -> Int {
+        guard case .recovering = state, !replacementExpired else { return 0 }
         replacementExpired = true
         published.withLockedValue { $0.state = .recovering(expired: true) }
         let failed = queue
         queue.removeAll()
         logger.error(
-            "iSCSI session not recovered within the replacement timeout: failing \(failed.count) queued and all new requests with EIO until the target is back; still reconnecting",
+            "iSCSI session \(reason): failing \(failed.count) queued and all new requests with EIO until the target is back; still reconnecting",
             metadata: ["replacement_timeout_s": "\(configuration.replacementTimeout.seconds)"])
         let error = ISCSISessionError.replacementTimeout(seconds: configuration.replacementTimeout.seconds)
         for command in failed { command.promise.fail(error) }
+        return failed.count
     }
 
     /// Ends the session for good: timers off, queue failed, `closeFuture` completed.

@@ -8,6 +8,27 @@ import Foundation
 enum SystemdNotify {
     @discardableResult
     static func send(_ state: String, environment: [String: String] = ProcessInfo.processInfo.environment) -> Bool {
+        send(state, descriptors: [], environment: environment)
+    }
+
+    /// The fd store (sd_pid_notify_with_fds(3), `FDSTORE=1`): systemd keeps a duplicate of each descriptor
+    /// for as long as the unit lives (FileDescriptorStoreMax=), across restarts and crashes of the daemon,
+    /// and passes them back at the next start (LISTEN_FDS, named by FDNAME=). The daemon stores its end of
+    /// every kernel NBD socket there, so the kernel's connection outlives the daemon process.
+    @discardableResult
+    static func store(_ descriptors: [Int32], name: String,
+                      environment: [String: String] = ProcessInfo.processInfo.environment) -> Bool {
+        send("FDSTORE=1\nFDNAME=\(name)", descriptors: descriptors, environment: environment)
+    }
+
+    /// Drops the stored descriptors named `name` (FDSTOREREMOVE=1), when their device is detached.
+    @discardableResult
+    static func removeStored(name: String, environment: [String: String] = ProcessInfo.processInfo.environment) -> Bool {
+        send("FDSTOREREMOVE=1\nFDNAME=\(name)", environment: environment)
+    }
+
+    /// Sends `state`, with `descriptors` as SCM_RIGHTS ancillary data.
+    static func send(_ state: String, descriptors: [Int32], environment: [String: String]) -> Bool {
         guard var path = environment["NOTIFY_SOCKET"], !path.isEmpty else { return false }
         let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { return false }
@@ -24,10 +45,40 @@ enum SystemdNotify {
             for (i, b) in bytes.enumerated() { raw[offset + i] = b }
         }
         let length = socklen_t(MemoryLayout<sa_family_t>.size + bytes.count + (abstract ? 1 : 0))
-        let message = Array(state.utf8)
-        let sent = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                sendto(fd, message, message.count, Int32(MSG_NOSIGNAL), $0, length)
+        var message = Array(state.utf8)
+        // cmsg(3): one SCM_RIGHTS header, then the descriptors; CMSG_SPACE rounds both to size_t.
+        let align = MemoryLayout<Int>.size
+        func aligned(_ n: Int) -> Int { (n + align - 1) & ~(align - 1) }
+        let headerSize = aligned(MemoryLayout<cmsghdr>.size)
+        let dataSize = descriptors.count * MemoryLayout<Int32>.size
+        var control = [UInt8](repeating: 0, count: descriptors.isEmpty ? 0 : headerSize + aligned(dataSize))
+        if !descriptors.isEmpty {
+            control.withUnsafeMutableBytes { raw in
+                var header = cmsghdr()
+                header.cmsg_len = headerSize + dataSize
+                header.cmsg_level = SOL_SOCKET
+                header.cmsg_type = Int32(SCM_RIGHTS)
+                raw.storeBytes(of: header, as: cmsghdr.self)
+                for (i, d) in descriptors.enumerated() {
+                    raw.storeBytes(of: d, toByteOffset: headerSize + i * MemoryLayout<Int32>.size, as: Int32.self)
+                }
+            }
+        }
+        let sent = message.withUnsafeMutableBytes { payload in
+            control.withUnsafeMutableBytes { controlBytes in
+                withUnsafeMutablePointer(to: &addr) { addrPointer in
+                    var iov = iovec(iov_base: payload.baseAddress, iov_len: payload.count)
+                    return withUnsafeMutablePointer(to: &iov) { iovPointer in
+                        var header = msghdr()
+                        header.msg_name = UnsafeMutableRawPointer(addrPointer)
+                        header.msg_namelen = length
+                        header.msg_iov = iovPointer
+                        header.msg_iovlen = 1
+                        header.msg_control = controlBytes.count > 0 ? controlBytes.baseAddress : nil
+                        header.msg_controllen = controlBytes.count
+                        return sendmsg(fd, &header, Int32(MSG_NOSIGNAL))
+                    }
+                }
             }
         }
         return sent == message.count

@@ -142,7 +142,9 @@ struct DaemonCoreService: Service {
         } else {
             SystemdNotify.send("READY=1\nSTATUS=ready")
         }
-        logger.notice("daemon ready", metadata: ["control": "\(path)", "pid": "\(getpid())"])
+        logger.notice("daemon ready", metadata: ["control": "\(path)", "pid": "\(getpid())", "version": "\(ISCSINBDVersion.current)"])
+        let watcher = Task { await core.watchShutdown() }
+        defer { watcher.cancel() }
         let reason = await StopSignal().first()
         logger.notice("stopping: \(reason); flushing, detaching and logging out")
         SystemdNotify.send("STOPPING=1\nSTATUS=logging out")

@@ -175,6 +175,14 @@ actor DaemonCore {
 
     /// SIGTERM: flush, detach and log out of everything (filesystems are unmounted by then: the unit is
     /// ordered before remote-fs-pre.target, so mounts on our devices stop first).
+    /// Live sessions that are reconnecting and still holding their requests, with their devices.
+    func recoveringSessions() -> [(id: Int, session: ISCSISession, devices: [String])] {
+        live.sorted { $0.key < $1.key }.compactMap { id, l in
+            guard case .recovering(expired: false) = l.session.status.state else { return nil }
+            return (id, l.session, l.attachments.map(\.attachment.devicePath))
+        }
+    }
+
     func shutdown() async {
         shuttingDown = true
         let ids = table.beginLogout(target: nil, host: nil, port: nil)
