@@ -80,6 +80,22 @@ import Testing
         #expect(zero?.descriptors == [])
     }
 
+    /// The control socket and what the fd store hands back come in one list, told apart by name.
+    @Test func storedNBDSocketsComeBackByName() throws {
+        let parsed = try #require(try SocketActivation.parse(environment: [
+            "LISTEN_PID": "42", "LISTEN_FDS": "5", "LISTEN_FDNAMES": "nbd3.1:control:nbd3.0:nbd0.0:stray",
+        ], pid: 42))
+        #expect(parsed.control == 4)
+        #expect(parsed.storedDevices == [3: [5, 3], 0: [6]])
+        #expect(parsed.unexpected == [7])
+        #expect(try SocketActivation.parse(environment: ["LISTEN_PID": "42", "LISTEN_FDS": "1"], pid: 42)?.control == 3)
+        #expect(try SocketActivation.parse(environment: ["LISTEN_PID": "42", "LISTEN_FDS": "1", "LISTEN_FDNAMES": "nbd1.0"], pid: 42)?.control == nil)
+        for bad in ["nbd", "nbd1", "nbd1.", "nbd.1", "nbdx.0", "nbd1.0.0", "nbd-1.0", "nbd1.99999"] {
+            #expect(SocketActivation.storeName(bad) == nil, "\(bad)")
+        }
+        #expect(SocketActivation.storeName(SocketActivation.storeName(index: 12, connection: 3)) ?? (0, 0) == (12, 3))
+    }
+
     @Test func malformedIsAnError() {
         #expect(throws: ControlProtocolError.self) { try SocketActivation.parse(environment: ["LISTEN_PID": "x", "LISTEN_FDS": "1"], pid: 42) }
         #expect(throws: ControlProtocolError.self) { try SocketActivation.parse(environment: ["LISTEN_PID": "42", "LISTEN_FDS": "-1"], pid: 42) }

@@ -4,13 +4,14 @@
 #   2. scenario-daemon.sh   (daemon, login/logout, by-path, ext4, fio, tgtd + LIO, attach/detach)
 #   3. scenario-discovery-chap.sh (discovery CHAP against LIO)
 #   4. scenario-resize.sh   (online resize: ioctl interface grows /dev/nbdN with the LUN; netlink says why not)
+#   5. scenario-crash.sh    (kill -9 of the daemon and of attach during fio: re-adoption, 0 errors; too late: EIO)
 # Each writes its results under $VM_RESULTS/<name>/. Stops at the first failure.
 # vm-apt: nbdkit e2fsprogs python3 tgt fio
 set -u
 DIR=$(dirname "${VM_SCRIPT:-$0}")
 : "${VM_RESULTS:=/tmp/vm-results}"
 rc=0
-for s in netlink daemon discovery-chap resize; do
+for s in netlink daemon discovery-chap resize crash; do
   echo "==== scenario-$s ===="
   t0=${EPOCHREALTIME/./}
   VM_SCRIPT=$DIR/scenario-$s.sh VM_RESULTS=$VM_RESULTS/$s bash "$DIR/scenario-$s.sh"

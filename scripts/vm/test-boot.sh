@@ -7,8 +7,10 @@
 #                   shutdown in order with no I/O error                         (scripts/vm/boot/job-guide.sh)
 #   sysext  the systemd-sysext image merged by hand serves a LUN             (scripts/vm/boot/job-sysext.sh)
 #   butane  dist/butane/iscsi-nbd.bu applied as Ignition would, two boots    (scripts/vm/boot/job-butane.sh)
+#   life    the bad days over four boots: restart, kill -9 and upgrade under fio on a mounted disk; bad
+#           records at boot; the target down at boot; power off with the target gone (job-life.sh)
 # Prints each boot's timings (boot to job start, job, shutdown) and a summary; exit status 0 when every
-# boot passed. Options: -r RESULTS_DIR, -o ONLY (guide|sysext|butane, repeatable).
+# boot passed. Options: -r RESULTS_DIR, -o ONLY (guide|sysext|butane|life, repeatable).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 results=${VM_TEST_RESULTS:-/tmp/iscsi-nbd-boot-$$}
@@ -17,7 +19,7 @@ while getopts "r:o:" o; do
   case $o in
     r) results=$OPTARG ;;
     o) only+=("$OPTARG") ;;
-    *) echo "usage: $0 [-r RESULTS_DIR] [-o guide|sysext|butane]..." >&2; exit 2 ;;
+    *) echo "usage: $0 [-r RESULTS_DIR] [-o guide|sysext|butane|life]..." >&2; exit 2 ;;
   esac
 done
 wanted() { [ ${#only[@]} -eq 0 ] || [[ " ${only[*]} " == *" $1 "* ]]; }
@@ -90,6 +92,16 @@ if wanted butane; then
   python3 scripts/vm/boot/apply-butane.py dist/butane/iscsi-nbd.bu .build/package "$s" | sed 's/^/  butane: /'
   boot butane-1 "$stage/butane.img" "$s" job-butane.sh -t 300
   boot butane-2 "$stage/butane.img" "" job-butane.sh -t 300
+fi
+
+if wanted life; then
+  # A newer package to install over the running one: the same files, a higher Debian version.
+  rm -rf "$stage/newer" && dpkg-deb -R "$deb" "$stage/newer"
+  sed -i "s/^Version: .*/Version: ${version}+1/" "$stage/newer/DEBIAN/control"
+  dpkg-deb --root-owner-group -b "$stage/newer" "$stage/iscsi-nbd_${version}+1_amd64.deb" >/dev/null
+  rm -rf "$stage/newer"
+  s=$(seed life)
+  for n in 1 2 3 4; do boot life-$n "$stage/life.img" "$([ $n = 1 ] && echo "$s")" job-life.sh -t 420; done
 fi
 
 echo "== boot tests ($version): $((SECONDS - start)) s; results in $results"

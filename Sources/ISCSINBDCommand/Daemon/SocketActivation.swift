@@ -1,14 +1,49 @@
 /// systemd socket activation (sd_listen_fds(3)) without libsystemd: systemd passes listening sockets
 /// starting at fd 3 and sets LISTEN_PID (the receiving process), LISTEN_FDS (how many) and optionally
-/// LISTEN_FDNAMES (colon-separated names).
+/// LISTEN_FDNAMES (colon-separated names). The same mechanism hands back what the daemon put in its fd
+/// store (`SystemdNotify.store`): the kernel NBD sockets of a previous daemon, named `nbdN.K`.
 enum SocketActivation {
     static let firstDescriptor: Int32 = 3
-    /// More is a malformed environment, not a real unit (ours passes one).
-    static let maximumDescriptors = 64
+    /// More is a malformed environment, not a real unit (FileDescriptorStoreMax= is 1024 at most).
+    static let maximumDescriptors = 1025
 
     struct Parsed: Hashable {
         var descriptors: [Int32]
         var names: [String]
+
+        /// The control socket: the one named "control" (iscsi-nbd.socket's FileDescriptorName=), or the
+        /// only one when systemd passed no names.
+        var control: Int32? {
+            if let i = names.firstIndex(of: "control") { return descriptors[i] }
+            return descriptors.count == 1 && names == ["unknown"] ? descriptors[0] : nil
+        }
+
+        /// Kernel NBD sockets from the fd store, by device index, in connection order (`nbdN.K`).
+        var storedDevices: [Int: [Int32]] {
+            var byDevice: [Int: [(Int, Int32)]] = [:]
+            for (fd, name) in zip(descriptors, names) {
+                guard let (index, k) = SocketActivation.storeName(name) else { continue }
+                byDevice[index, default: []].append((k, fd))
+            }
+            return byDevice.mapValues { $0.sorted { $0.0 < $1.0 }.map(\.1) }
+        }
+
+        /// Descriptors that are neither: closed by the daemon, with a warning.
+        var unexpected: [Int32] {
+            zip(descriptors, names).filter { $0.1 != "control" && SocketActivation.storeName($0.1) == nil && $0.0 != control }.map(\.0)
+        }
+    }
+
+    /// The fd store name of connection `k` of /dev/nbd`index`.
+    static func storeName(index: Int, connection k: Int) -> String { "nbd\(index).\(k)" }
+
+    /// `nbdN.K` → (N, K).
+    static func storeName(_ name: String) -> (index: Int, connection: Int)? {
+        guard name.hasPrefix("nbd") else { return nil }
+        let parts = name.dropFirst(3).split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count == 2, parts.allSatisfy({ !$0.isEmpty && $0.allSatisfy { $0.isASCII && $0.isNumber } }),
+              let index = Int(parts[0]), let k = Int(parts[1]), index < 1_000_000, k < 1024 else { return nil }
+        return (index, k)
     }
 
     /// The passed descriptors, or nil when the variables are absent or meant for another process.
