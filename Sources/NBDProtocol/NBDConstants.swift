@@ -220,17 +220,6 @@ public struct NBDErrorCode: RawRepresentable, Hashable, Sendable, CustomStringCo
     public static let enotsup = NBDErrorCode(rawValue: 95)
     public static let eshutdown = NBDErrorCode(rawValue: 108)
 
-    /// Maps an arbitrary errno to one of the values the spec allows on the wire
-    /// (nbd-proto.md "Error values": EDQUOT and EFBIG map to ENOSPC; anything unknown becomes EIO).
-    public init(errno: UInt32) {
-        switch errno {
-        case 1, 5, 12, 22, 28, 75, 95, 108: self.init(rawValue: errno)
-        case 122 /* EDQUOT */, 27 /* EFBIG */: self = .enospc
-        case 30 /* EROFS */, 13 /* EACCES */: self = .eperm
-        default: self = .eio
-        }
-    }
-
     public var description: String {
         switch self {
         case .eperm: "EPERM"

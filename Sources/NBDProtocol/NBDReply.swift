@@ -1,8 +1,70 @@
 import NIOCore
 
+/// The reply to one request, in the form the transmission machine chose (nbd-proto.md "Simple reply message",
+/// "Structured reply chunk message"): simple replies unless structured replies were negotiated; then a READ
+/// gets a structured reply (never a simple one) and errors get an error chunk with their message, while other
+/// successes keep the simple reply, which is allowed for any request other than READ without a payload.
+public enum NBDReply: Hashable, Sendable {
+    /// Success without data.
+    case simple(cookie: UInt64)
+    /// An error as a simple reply (the message is for logs: a simple reply carries none).
+    case simpleError(cookie: UInt64, NBDRequestRejection)
+    /// A successful READ as a simple reply: the data follows the header.
+    case simpleData(cookie: UInt64, data: [ByteBuffer])
+    /// NBD_REPLY_TYPE_NONE with NBD_REPLY_FLAG_DONE: a successful READ of length 0.
+    case structuredNone(cookie: UInt64)
+    /// NBD_REPLY_TYPE_ERROR with NBD_REPLY_FLAG_DONE and the message.
+    case structuredError(cookie: UInt64, NBDRequestRejection)
+    /// A successful READ as one NBD_REPLY_TYPE_OFFSET_DATA chunk with NBD_REPLY_FLAG_DONE: the data is complete,
+    /// no error can follow.
+    case offsetData(cookie: UInt64, offset: UInt64, length: UInt32, data: [ByteBuffer])
+
+    public var cookie: UInt64 {
+        switch self {
+        case .simple(let cookie), .simpleError(let cookie, _), .simpleData(let cookie, _), .structuredNone(let cookie),
+            .structuredError(let cookie, _), .offsetData(let cookie, _, _, _):
+            cookie
+        }
+    }
+
+    /// The data pieces of a READ reply, sent after the header as they are (no copy); nil for replies that are
+    /// written whole by `writeNBDReply`.
+    public var data: [ByteBuffer]? {
+        switch self {
+        case .simpleData(_, let data), .offsetData(_, _, _, let data): data
+        case .simple, .simpleError, .structuredNone, .structuredError: nil
+        }
+    }
+
+    /// The error this reply reports, if any.
+    public var rejection: NBDRequestRejection? {
+        switch self {
+        case .simpleError(_, let rejection), .structuredError(_, let rejection): rejection
+        case .simple, .simpleData, .structuredNone, .offsetData: nil
+        }
+    }
+}
+
 // MARK: - Encoding (server side)
 
 extension ByteBuffer {
+    /// Writes `reply`, except the data of a READ reply (`reply.data`), which the caller sends next.
+    @discardableResult
+    public mutating func writeNBDReply(_ reply: NBDReply) -> Int {
+        switch reply {
+        case .simple(let cookie), .simpleData(let cookie, _):
+            writeNBDSimpleReply(cookie: cookie)
+        case .simpleError(let cookie, let rejection):
+            writeNBDSimpleReply(cookie: cookie, error: rejection.code)
+        case .structuredNone(let cookie):
+            writeNBDStructuredNone(cookie: cookie)
+        case .structuredError(let cookie, let rejection):
+            writeNBDStructuredError(cookie: cookie, error: rejection.code, message: rejection.message)
+        case .offsetData(let cookie, let offset, let length, _):
+            writeNBDOffsetDataHeader(cookie: cookie, flags: .done, offset: offset, dataLength: length)
+        }
+    }
+
     /// Simple reply header (nbd-proto.md "Simple reply message"); for a successful READ the data follows.
     @discardableResult
     public mutating func writeNBDSimpleReply(cookie: UInt64, error: NBDErrorCode? = nil) -> Int {

@@ -1,4 +1,5 @@
-/// Why a request is refused: the error value to send and a message for structured error chunks and logs.
+/// Why a request fails (refused by validation or the write budget, or failed by the device): the error value
+/// to send and a message for structured error chunks and logs.
 public struct NBDRequestRejection: Hashable, Sendable, CustomStringConvertible {
     public var code: NBDErrorCode
     public var message: String

@@ -10,16 +10,18 @@ import NIOSSL
 /// prior to initiating a hard disconnect").
 struct NBDDrainEvent: Sendable {}
 
-/// One NBD connection: handshake state machine, then the transmission phase against a `BlockDevice`.
+/// One NBD connection: the handshake state machine, then the transmission state machine (`NBDTransmission`,
+/// which holds every rule of that phase) against a `BlockDevice`. This handler does the bytes, backpressure and
+/// timers, and carries out what the machines ask.
 ///
-/// - Requests are dispatched as soon as they are decoded, up to `maxInFlight` requests and `maxInFlightBytes`
-///   of READ/WRITE data at once, and only while the channel is writable (a peer that does not read its replies
-///   cannot make them pile up). Otherwise the handler stops decoding and withholds `read()` from the channel
-///   (backpressure), resuming as replies complete or the channel becomes writable again.
+/// - Requests are taken as soon as they are decoded, while the machine's in-flight window has room and the
+///   channel is writable (a peer that does not read its replies cannot make them pile up). Otherwise the handler
+///   stops decoding and withholds `read()` from the channel (backpressure), resuming as replies complete or the
+///   channel becomes writable again.
 /// - Replies are written as each request completes (out of order). Flushes are coalesced: one flush at the
 ///   end of each read burst (`channelReadComplete`), and for completions outside a read burst one flush per
 ///   event-loop tick.
-/// - READ data is written as the device's own `ByteBuffer` after a small header (no copy); WRITE payloads
+/// - READ data is written as the device's own `ByteBuffer`s after a small header (no copy); WRITE payloads
 ///   are zero-copy slices of the receive buffer.
 /// - Malformed input (bad magic, bad client flags, oversized option, truncated message) closes this
 ///   connection only, with the reason logged.
@@ -31,20 +33,15 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
     private enum Phase {
         /// Fixed newstyle option haggling.
         case handshake(NBDServerHandshake)
-        /// Requests and replies.
-        case transmission(Transmission)
+        /// Requests and replies, by the rules of `transmission`.
+        case transmission
         /// Closing: ignore input.
         case closed
     }
 
-    private struct Transmission {
-        var validator: NBDRequestValidator
-        var decoder: NBDRequestDecoder
-        var structured: Bool
-    }
-
     private let device: any BlockDevice
     private let maxInFlight: Int
+    private let maxInFlightBytes: Int
     /// FORCEDTLS: the context for the TLS handler installed after NBD_OPT_STARTTLS.
     private let tlsContext: NIOSSLContext?
     /// A connection waiting for the rest of a message (or in the handshake) with no input for this long is
@@ -56,22 +53,19 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
     /// received (payloads of dispatched writes are released when the write completes).
     private let payloadBudget: NBDPayloadBudget?
     private var reservedPartial = 0
-    private let maxInFlightBytes: Int
     private var logger: Logger
     private var phase: Phase
+    /// The transmission phase's machine, set when that phase starts. A stored property rather than a payload of
+    /// `phase` so that it is mutated in place, with no copy per request (completions run between its events).
+    private var transmission: NBDTransmission?
 
     private var cumulation: ByteBuffer?
-    private var inFlight = 0
-    /// READ lengths and WRITE payload bytes of requests in flight.
-    private var inFlightBytes = 0
     private var readWithheld = false
     private var inReadBurst = false
     private var flushScheduled = false
     private var needsFlush = false
     /// Replies without payload, batched into one buffer per flush.
     private var smallReplies: ByteBuffer?
-    /// NBD_CMD_DISC received or server shutting down: no more requests are taken.
-    private var draining = false
     private var isActive = false
 
     /// Bytes currently buffered from the peer (for tests of the memory bound).
@@ -79,52 +73,54 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
     /// Capacity held by the receive buffer (for tests of the memory bound).
     var bufferedInboundCapacity: Int { cumulation?.capacity ?? 0 }
 
+    private init(
+        device: any BlockDevice, maxInFlight: Int, maxInFlightBytes: Int, tlsContext: NIOSSLContext?,
+        stallTimeout: TimeAmount?, payloadBudget: NBDPayloadBudget?, logger: Logger, phase: Phase
+    ) {
+        self.device = device
+        self.maxInFlight = maxInFlight
+        self.maxInFlightBytes = maxInFlightBytes
+        self.tlsContext = tlsContext
+        self.stallTimeout = stallTimeout
+        self.payloadBudget = payloadBudget
+        self.logger = logger
+        self.phase = phase
+    }
+
     /// A connection that starts with the fixed newstyle handshake.
-    init(
+    convenience init(
         device: any BlockDevice, export: NBDExport, maxInFlight: Int, maxInFlightBytes: Int = 64 << 20,
         maxOptionLength: UInt32, tlsContext: NIOSSLContext? = nil, stallTimeout: TimeAmount? = nil,
         payloadBudget: NBDPayloadBudget? = nil, logger: Logger
     ) {
-        self.payloadBudget = payloadBudget
-        self.device = device
-        self.maxInFlight = max(1, maxInFlight)
-        self.maxInFlightBytes = max(1, maxInFlightBytes)
-        self.logger = logger
-        self.tlsContext = tlsContext
-        self.stallTimeout = stallTimeout
-        self.phase = .handshake(
-            NBDServerHandshake(export: export, maximumOptionLength: maxOptionLength, tlsRequired: tlsContext != nil))
+        let handshake = NBDServerHandshake(
+            export: export, maximumOptionLength: maxOptionLength, tlsRequired: tlsContext != nil)
+        self.init(
+            device: device, maxInFlight: maxInFlight, maxInFlightBytes: maxInFlightBytes, tlsContext: tlsContext,
+            stallTimeout: stallTimeout, payloadBudget: payloadBudget, logger: logger, phase: .handshake(handshake))
     }
 
     /// A connection that starts in the transmission phase with simple replies (the kernel's socket after
     /// netlink NBD_CMD_CONNECT, nbd-netlink-proto.md).
-    init(
+    convenience init(
         device: any BlockDevice, transmissionOnly export: NBDExport, maxInFlight: Int, maxInFlightBytes: Int = 64 << 20,
         logger: Logger
     ) {
-        self.device = device
-        self.maxInFlight = max(1, maxInFlight)
-        self.maxInFlightBytes = max(1, maxInFlightBytes)
-        self.logger = logger
-        self.tlsContext = nil
-        self.stallTimeout = nil
-        self.payloadBudget = nil
-        let parameters = NBDTransmissionParameters(export: export, structuredReplies: false)
-        self.phase = .transmission(Self.makeTransmission(parameters))
+        self.init(
+            device: device, maxInFlight: maxInFlight, maxInFlightBytes: maxInFlightBytes, tlsContext: nil,
+            stallTimeout: nil, payloadBudget: nil, logger: logger, phase: .transmission)
+        startTransmission(NBDTransmissionParameters(export: export, structuredReplies: false))
     }
 
-    private static func makeTransmission(_ parameters: NBDTransmissionParameters) -> Transmission {
-        Transmission(
-            validator: NBDRequestValidator(parameters: parameters),
-            decoder: NBDRequestDecoder(maximumBufferedPayload: parameters.export.maximumPayload),
-            structured: parameters.structuredReplies)
+    private func startTransmission(_ parameters: NBDTransmissionParameters) {
+        transmission = NBDTransmission(
+            parameters: parameters, maximumInFlight: maxInFlight, maximumInFlightBytes: maxInFlightBytes)
+        phase = .transmission
     }
 
     /// The export grew: requests up to `size` are valid from now on (kernel devices told NBD_SET_SIZE).
     func exportGrew(to size: UInt64) {
-        guard case .transmission(var t) = phase else { return }
-        t.validator.grow(to: size)
-        phase = .transmission(t)
+        transmission?.grow(to: size)
     }
 
     // MARK: - Channel events
@@ -162,11 +158,11 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
         if case .closed = phase { return }
         lastInput = context.eventLoop.now
         inReadBurst = true
-        if var partial = cumulation, partial.readableBytes > 0, case .transmission(let t) = phase {
+        if var partial = cumulation, partial.readableBytes > 0, case .transmission = phase, let transmission {
             // A request cut by the previous read, finished by the front of this one: copy only that request's
             // bytes (into a buffer of exactly its size: no more than was received), then decode the rest of
             // this read in place. Appending the whole read instead copied every WRITE payload once more.
-            let missing = t.decoder.bytesNeeded(given: partial.readableBytes)
+            let missing = transmission.bytesNeeded(given: partial.readableBytes)
             if missing > 0, missing <= incoming.readableBytes, var head = incoming.readSlice(length: missing) {
                 cumulation = nil
                 var fresh = context.channel.allocator.buffer(capacity: partial.readableBytes + missing)
@@ -197,7 +193,7 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
                 // Compact: copy only the unread tail (part of one message) into a buffer sized for it.
                 let needed = buffer.readableBytes + incoming.readableBytes
                 var messageSize = needed
-                if case .transmission(let t) = phase { messageSize += t.decoder.bytesNeeded(given: needed) }
+                if case .transmission = phase, let transmission { messageSize += transmission.bytesNeeded(given: needed) }
                 var fresh = context.channel.allocator.buffer(capacity: max(needed, min(messageSize, 2 * needed)))
                 fresh.writeBuffer(&buffer)
                 buffer = fresh
@@ -218,17 +214,16 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
     func channelInactive(context: ChannelHandlerContext) {
         let partial: Bool
         switch phase {
-        case .transmission(let t): partial = bufferedInboundBytes > 0 || !t.decoder.isIdle
+        case .transmission: partial = transmission?.isMidMessage(buffered: bufferedInboundBytes) ?? false
         case .handshake: partial = bufferedInboundBytes > 0
         case .closed: partial = false
         }
-        if partial && !draining {
+        if partial {
             logger.notice("connection closed in the middle of a message (truncated)", metadata: ["nbd.buffered": "\(bufferedInboundBytes)"])
         } else {
-            logger.debug("connection closed", metadata: ["nbd.inflight": "\(inFlight)"])
+            logger.debug("connection closed", metadata: ["nbd.inflight": "\(transmission?.inFlight ?? 0)"])
         }
-        phase = .closed
-        cumulation = nil
+        markClosed()
         stallCheck?.cancel()
         stallCheck = nil
         releasePartial()
@@ -240,17 +235,21 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
     private func checkStall(context: ChannelHandlerContext, timeout: TimeAmount) {
         let waitingForPeer: Bool
         switch phase {
-        case .handshake: waitingForPeer = true
-        case .transmission(let t):
-            waitingForPeer = (bufferedInboundBytes > 0 || !t.decoder.isIdle) && !draining && inFlight < maxInFlight
-        case .closed: waitingForPeer = false
+        case .handshake:
+            waitingForPeer = true
+        case .transmission:
+            guard let transmission else { return }
+            waitingForPeer =
+                transmission.isMidMessage(buffered: bufferedInboundBytes)
+                && transmission.inFlight < transmission.maximumInFlight
+        case .closed:
+            waitingForPeer = false
         }
         guard waitingForPeer, context.eventLoop.now - lastInput >= timeout else { return }
         logger.notice(
             "closing a connection stalled in the middle of a message",
             metadata: ["nbd.buffered": "\(bufferedInboundBytes)", "nbd.stallTimeout": "\(timeout)"])
-        phase = .closed
-        cumulation = nil
+        markClosed()
         stallCheck?.cancel()
         stallCheck = nil
         context.close(promise: nil)
@@ -258,7 +257,7 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
         logger.notice("connection error, closing", metadata: ["error": "\(error)"])
-        phase = .closed
+        markClosed()
         context.close(promise: nil)
     }
 
@@ -266,21 +265,32 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
         if event is NBDDrainEvent {
             switch phase {
             case .handshake, .closed:
-                phase = .closed
+                markClosed()
                 context.close(promise: nil)
             case .transmission:
-                draining = true
-                closeIfDrained(context: context)
+                if transmission?.startDrain() == .closeNow { closeDrained(context: context) }
             }
             return
         }
         context.fireUserInboundEventTriggered(event)
     }
 
-    /// Whether another request may be taken: the in-flight window (count and bytes) has room and the peer is
-    /// reading our replies (channel writable: replies the peer does not read must not pile up in memory).
+    /// Input is ignored from now on; in-flight completions are dropped.
+    private func markClosed() {
+        phase = .closed
+        cumulation = nil
+    }
+
+    /// Whether another request may be taken: the transmission machine's window has room (the handshake takes
+    /// input freely) and the peer is reading our replies (channel writable: replies the peer does not read must
+    /// not pile up in memory).
     private func canTakeRequest(context: ChannelHandlerContext) -> Bool {
-        !draining && inFlight < maxInFlight && inFlightBytes < maxInFlightBytes && context.channel.isWritable
+        guard context.channel.isWritable else { return false }
+        switch phase {
+        case .handshake: return true
+        case .transmission: return transmission?.canTakeRequest ?? false
+        case .closed: return false
+        }
     }
 
     /// Backpressure: withhold reads while no request may be taken.
@@ -319,48 +329,23 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
                     buffer.clear()
                     return
                 case .handshake(var handshake):
-                    let action: NBDHandshakeAction?
-                    do {
-                        action = try handshake.receive(&buffer)
-                    } catch {
-                        phase = .closed
-                        throw error
-                    }
+                    let action = try handshake.receive(&buffer)
                     phase = .handshake(handshake)
                     guard let action else { return }
                     if case .sendAndStartTLS = action, buffer.readableBytes > 0 {
                         // The client must wait for our ACK before its ClientHello (nbd-proto.md "TLS support").
-                        phase = .closed
                         throw NBDProtocolError(.unexpectedData, "plain-text data after NBD_OPT_STARTTLS")
                     }
                     try perform(action, context: context)
                     // Loop: remaining bytes may hold more options or the first requests.
-                case .transmission(var transmission):
-                    while canTakeRequest(context: context) {
-                        let request: NBDRequest?
-                        do {
-                            request = try transmission.decoder.decode(&buffer)
-                        } catch {
-                            phase = .closed
-                            throw error
-                        }
-                        guard var request else {
-                            reservePartialPayload(&transmission, &buffer)
-                            break
-                        }
-                        if let payload = request.payload, !admitPayload(payload.readableBytes) {
-                            request.payload = nil
-                            request.payloadDiscarded = true
-                        }
-                        dispatch(request, transmission: transmission, context: context)
-                    }
-                    if case .transmission = phase { phase = .transmission(transmission) }
+                case .transmission:
+                    try takeRequests(from: &buffer, context: context)
                     return
                 }
             }
         } catch {
             logger.notice("protocol violation, closing connection", metadata: ["error": "\(error)"])
-            cumulation = nil
+            markClosed()
             context.close(promise: nil)
         }
     }
@@ -379,11 +364,10 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
             logger.debug(
                 "entering transmission phase",
                 metadata: ["nbd.structured": "\(parameters.structuredReplies)", "nbd.flags": "0x\(String(parameters.transmissionFlags.rawValue, radix: 16))"])
-            phase = .transmission(Self.makeTransmission(parameters))
+            startTransmission(parameters)
             context.writeAndFlush(wrapOutboundOut(out), promise: nil)
         case .sendAndStartTLS:
             guard let tlsContext else {
-                phase = .closed
                 throw NBDProtocolError(.unexpectedData, "STARTTLS accepted without a TLS context")
             }
             // The ACK goes out in plain text (it is below the TLS handler once written); everything after it,
@@ -394,6 +378,32 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
         case .sendAndClose:
             phase = .closed
             context.writeAndFlush(wrapOutboundOut(out)).assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+        }
+    }
+
+    /// Carries out the transmission machine's answers to the buffered input while the channel is writable.
+    private func takeRequests(from buffer: inout ByteBuffer, context: ChannelHandlerContext) throws(NBDProtocolError) {
+        while case .transmission = phase, context.channel.isWritable {
+            guard let action = try transmission?.receive(&buffer) else { return }
+            switch action {
+            case .noRequest:
+                return
+            case .payloadArriving(let buffered, let length):
+                reservePartialPayload(buffered, of: length, in: &buffer)
+                return
+            case .execute(let request):
+                execute(request, context: context)
+            case .reply(let reply):
+                // A payload held for a refused WRITE is given back at once.
+                releasePartial()
+                if let rejection = reply.rejection {
+                    logger.debug("request refused", metadata: ["nbd.cookie": "\(reply.cookie)", "nbd.error": "\(rejection)"])
+                }
+                send(reply, context: context)
+            case .drain(let drain):
+                logger.debug("NBD_CMD_DISC", metadata: ["nbd.inflight": "\(transmission?.inFlight ?? 0)"])
+                if drain == .closeNow { closeDrained(context: context) }
+            }
         }
     }
 
@@ -415,20 +425,17 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
         return false
     }
 
-    /// A payload is arriving: reserve what is buffered so far, or give it up (discard the rest, ENOMEM).
-    private func reservePartialPayload(_ transmission: inout Transmission, _ buffer: inout ByteBuffer) {
-        guard let payloadBudget, let length = transmission.decoder.payloadInProgress else { return }
-        let have = min(buffer.readableBytes, Int(length))
-        guard have > reservedPartial else { return }
-        if payloadBudget.tryReserve(have - reservedPartial) {
-            reservedPartial = have
+    /// A payload is arriving: reserve what is buffered so far, or give it up (the machine drops it: ENOMEM).
+    private func reservePartialPayload(_ buffered: Int, of length: UInt32, in buffer: inout ByteBuffer) {
+        guard let payloadBudget, buffered > reservedPartial else { return }
+        if payloadBudget.tryReserve(buffered - reservedPartial) {
+            reservedPartial = buffered
             return
         }
         logger.notice(
             "write payload dropped while arriving: buffer budget exhausted",
             metadata: ["nbd.length": "\(length)", "nbd.budget": "\(payloadBudget.limit)"])
-        transmission.decoder.abandonPayload(buffered: have)
-        buffer.moveReaderIndex(forwardBy: have)
+        transmission?.refusePayload(in: &buffer)
         releasePartial()
     }
 
@@ -439,170 +446,100 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
 
     // MARK: - Requests
 
-    private func dispatch(_ request: NBDRequest, transmission: Transmission, context: ChannelHandlerContext) {
-        let header = request.header
-        // A WRITE payload admitted to the budget: given back when the device write completes, or at once on
-        // every other path (refused, zero length, ...).
-        var unreleased = payloadBudget == nil || request.payloadDiscarded ? 0 : (request.payload?.readableBytes ?? 0)
-        defer { if unreleased > 0 { payloadBudget?.release(unreleased) } }
-        if let rejection = transmission.validator.validate(header) {
-            logger.debug("request refused", metadata: ["nbd.cookie": "\(header.cookie)", "nbd.command": "\(header.command)", "nbd.error": "\(rejection)"])
-            replyError(header, rejection.code, rejection.message, structured: transmission.structured, context: context)
-            return
-        }
-        let structured = transmission.structured
-        switch header.command {
-        case .disconnect:
-            logger.debug("NBD_CMD_DISC", metadata: ["nbd.inflight": "\(inFlight)"])
-            draining = true
-            closeIfDrained(context: context)
-        case .read:
-            guard header.length > 0 else {
-                replyReadData(header, [], length: 0, structured: structured, context: context)
+    /// Asks the device; the reply comes from the machine once the device answered.
+    private func execute(_ request: NBDDeviceRequest, context: ChannelHandlerContext) {
+        switch request {
+        case .read(let header):
+            track(device.readSegments(offset: header.offset, length: header.length), header, context: context)
+        case .write(let header, let payload, let flags):
+            guard admitPayload(payload.readableBytes) else {
+                finish(transmission?.refuseWrite(header), context: context)
                 return
             }
-            track(device.readSegments(offset: header.offset, length: header.length), header, structured, context) { handler, pieces in
-                let total = pieces.reduce(0) { $0 + $1.readableBytes }
-                guard total == Int(header.length) else {
-                    handler.replyError(header, .eio, "device returned \(total) bytes", structured: structured, context: context)
-                    return
-                }
-                handler.replyReadData(header, pieces, length: total, structured: structured, context: context)
+            let write = device.write(offset: header.offset, data: payload, flags: BlockWriteFlags(flags))
+            if let payloadBudget {
+                let reserved = payload.readableBytes
+                write.whenComplete { _ in payloadBudget.release(reserved) }
             }
-        case .write:
-            guard let payload = request.payload, !request.payloadDiscarded else {
-                // Validation refuses every discarded payload (length > maximum); zero length lands here.
-                if request.payloadDiscarded && payloadBudget != nil && header.length <= transmission.validator.maximumPayload {
-                    replyError(header, .enomem, "server out of write buffer memory, retry later", structured: structured, context: context)
-                } else if request.payloadDiscarded {
-                    replyError(header, .einval, "payload too large", structured: structured, context: context)
-                } else {
-                    replySuccess(header, context: context)
-                }
-                return
-            }
-            let flags: BlockWriteFlags = header.flags.contains(.fua) ? .fua : []
-            let reserved = unreleased
-            unreleased = 0
-            let write = device.write(offset: header.offset, data: payload, flags: flags)
-            if reserved > 0, let payloadBudget { write.whenComplete { _ in payloadBudget.release(reserved) } }
-            trackVoid(write, header, structured, context)
-        case .flush:
-            trackVoid(device.flush(), header, structured, context)
-        case .trim:
-            guard header.length > 0 else { return replySuccess(header, context: context) }
-            let flags: BlockWriteFlags = header.flags.contains(.fua) ? .fua : []
-            trackVoid(device.trim(offset: header.offset, length: header.length, flags: flags), header, structured, context)
-        case .writeZeroes:
-            guard header.length > 0 else { return replySuccess(header, context: context) }
-            var flags: BlockWriteFlags = []
-            if header.flags.contains(.fua) { flags.insert(.fua) }
-            if header.flags.contains(.noHole) { flags.insert(.noHole) }
-            if header.flags.contains(.fastZero) { flags.insert(.fastZero) }
-            trackVoid(device.writeZeroes(offset: header.offset, length: header.length, flags: flags), header, structured, context)
-        case .cache:
-            replySuccess(header, context: context)
-        default:
-            // The validator refuses every other command.
-            replyError(header, .einval, "unsupported command", structured: structured, context: context)
+            track(write, header, context: context)
+        case .flush(let header):
+            track(device.flush(), header, context: context)
+        case .trim(let header, let flags):
+            let trim = device.trim(offset: header.offset, length: header.length, flags: BlockWriteFlags(flags))
+            track(trim, header, context: context)
+        case .writeZeroes(let header, let flags):
+            let zeroes = device.writeZeroes(offset: header.offset, length: header.length, flags: BlockWriteFlags(flags))
+            track(zeroes, header, context: context)
         }
     }
 
-    private func trackVoid(
-        _ future: EventLoopFuture<Void>, _ header: NBDRequestHeader, _ structured: Bool, _ context: ChannelHandlerContext
+    /// A READ's completion, on this channel's loop.
+    private func track(
+        _ future: EventLoopFuture<[ByteBuffer]>, _ header: NBDRequestHeader, context: ChannelHandlerContext
     ) {
-        track(future, header, structured, context) { handler, _ in handler.replySuccess(header, context: context) }
-    }
-
-    /// Counts the request in flight and runs `onSuccess` (or sends the error reply) on this channel's loop.
-    private func track<T: Sendable>(
-        _ future: EventLoopFuture<T>, _ header: NBDRequestHeader, _ structured: Bool, _ context: ChannelHandlerContext,
-        onSuccess: @escaping (NBDConnectionHandler, T) -> Void
-    ) {
-        inFlight += 1
-        let cost = header.command == .read || header.command == .write ? Int(header.length) : 0
-        inFlightBytes += cost
         future.hop(to: context.eventLoop).assumeIsolated().whenComplete { result in
-            self.inFlight -= 1
-            self.inFlightBytes -= cost
-            switch result {
-            case .success(let value):
-                onSuccess(self, value)
-            case .failure(let error):
-                let (code, message): (NBDErrorCode, String)
-                if let error = error as? BlockDeviceError {
-                    (code, message) = (NBDErrorCode(errno: error.code.rawValue), error.message)
-                } else {
-                    (code, message) = (.eio, "\(error)")
-                }
-                self.logger.debug("request failed", metadata: ["nbd.cookie": "\(header.cookie)", "nbd.command": "\(header.command)", "error": "\(error)"])
-                self.replyError(header, code, message, structured: structured, context: context)
-            }
-            self.requestCompleted(context: context)
+            self.completed(header, result.map { .success(data: $0) }, context: context)
         }
     }
 
-    private func requestCompleted(context: ChannelHandlerContext) {
-        if case .closed = phase { return }
-        if draining {
-            closeIfDrained(context: context)
-            return
+    /// Any other request's completion, on this channel's loop.
+    private func track(_ future: EventLoopFuture<Void>, _ header: NBDRequestHeader, context: ChannelHandlerContext) {
+        future.hop(to: context.eventLoop).assumeIsolated().whenComplete { result in
+            self.completed(header, result.map { .success(data: []) }, context: context)
         }
-        resumeIfPossible(context: context)
+    }
+
+    private func completed(
+        _ header: NBDRequestHeader, _ result: Result<NBDDeviceResult, any Error>, context: ChannelHandlerContext
+    ) {
+        guard case .transmission = phase else { return }
+        switch result {
+        case .success(let outcome):
+            finish(transmission?.deviceCompleted(header, outcome), context: context)
+        case .failure(let error):
+            logger.debug(
+                "request failed",
+                metadata: ["nbd.cookie": "\(header.cookie)", "nbd.command": "\(header.command)", "error": "\(error)"])
+            // BlockDevice contract: errors are BlockDeviceError (an errno); anything else is an IO error.
+            let outcome: NBDDeviceResult =
+                if let error = error as? BlockDeviceError {
+                    .failure(errno: error.code.rawValue, message: error.message)
+                } else {
+                    .failure(errno: nil, message: "\(error)")
+                }
+            finish(transmission?.deviceCompleted(header, outcome), context: context)
+        }
+    }
+
+    private func finish(_ action: NBDTransmission.OnCompletion?, context: ChannelHandlerContext) {
+        switch action {
+        case .reply(let reply):
+            send(reply, context: context)
+            resumeIfPossible(context: context)
+        case .replyAndClose(let reply):
+            send(reply, context: context)
+            closeDrained(context: context)
+        case .ignored, nil:
+            break
+        }
     }
 
     // MARK: - Replies
 
-    private func replySuccess(_ header: NBDRequestHeader, context: ChannelHandlerContext) {
-        // A simple reply is allowed for every non-READ request even with structured replies.
-        var out = smallReplies ?? context.channel.allocator.buffer(capacity: 1024)
-        smallReplies = nil
-        out.writeNBDSimpleReply(cookie: header.cookie)
-        smallReplies = out
-        replyWritten(context: context)
-    }
-
-    private func replyError(
-        _ header: NBDRequestHeader, _ code: NBDErrorCode, _ message: String, structured: Bool, context: ChannelHandlerContext
-    ) {
-        var out = smallReplies ?? context.channel.allocator.buffer(capacity: 1024)
-        smallReplies = nil
-        if structured {
-            // "The server SHOULD prefer sending errors via a structured reply" (and MUST for READ).
-            out.writeNBDStructuredError(cookie: header.cookie, error: code, message: message)
+    /// READ data goes out as the device's buffers after a small header, each written as it is (one vectored
+    /// write when flushed, no copy); every other reply is appended to `smallReplies`, one buffer per flush.
+    private func send(_ reply: NBDReply, context: ChannelHandlerContext) {
+        if let data = reply.data {
+            var head = context.channel.allocator.buffer(capacity: 32)
+            head.writeNBDReply(reply)
+            context.write(wrapOutboundOut(head), promise: nil)
+            for piece in data where piece.readableBytes > 0 { context.write(wrapOutboundOut(piece), promise: nil) }
         } else {
-            out.writeNBDSimpleReply(cookie: header.cookie, error: code)
-        }
-        smallReplies = out
-        replyWritten(context: context)
-    }
-
-    /// The reply header, then the data pieces (`length` bytes in all) as they are: one vectored write when
-    /// flushed, no copy.
-    private func replyReadData(
-        _ header: NBDRequestHeader, _ pieces: [ByteBuffer], length: Int, structured: Bool, context: ChannelHandlerContext
-    ) {
-        guard length > 0 else {
             var out = smallReplies ?? context.channel.allocator.buffer(capacity: 1024)
-            smallReplies = nil
-            if structured { out.writeNBDStructuredNone(cookie: header.cookie) } else { out.writeNBDSimpleReply(cookie: header.cookie) }
+            smallReplies = nil  // keep `out` uniquely referenced while appending
+            out.writeNBDReply(reply)
             smallReplies = out
-            replyWritten(context: context)
-            return
         }
-        var head = context.channel.allocator.buffer(capacity: 32)
-        if structured {
-            // One OFFSET_DATA chunk marked DONE: the data is complete, no error can follow.
-            head.writeNBDOffsetDataHeader(cookie: header.cookie, flags: .done, offset: header.offset, dataLength: UInt32(length))
-        } else {
-            head.writeNBDSimpleReply(cookie: header.cookie)
-        }
-        context.write(wrapOutboundOut(head), promise: nil)
-        for piece in pieces where piece.readableBytes > 0 { context.write(wrapOutboundOut(piece), promise: nil) }
-        replyWritten(context: context)
-    }
-
-    private func replyWritten(context: ChannelHandlerContext) {
         needsFlush = true
         if inReadBurst || flushScheduled { return }
         flushScheduled = true
@@ -622,15 +559,23 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
         context.flush()
     }
 
-    private func closeIfDrained(context: ChannelHandlerContext) {
-        guard draining, inFlight == 0 else { return }
-        if case .closed = phase { return }
+    /// A drain is complete: what is pending goes out, then the connection closes.
+    private func closeDrained(context: ChannelHandlerContext) {
         flushNow(context: context)
-        phase = .closed
-        cumulation = nil
+        markClosed()
         context.close(promise: nil)
     }
 }
 
 @available(*, unavailable)
 extension NBDConnectionHandler: Sendable {}
+
+extension BlockWriteFlags {
+    /// A device request's flags (`NBDCommandFlags.deviceFlags(for:)`), one to one.
+    init(_ flags: NBDCommandFlags) {
+        self = []
+        if flags.contains(.fua) { insert(.fua) }
+        if flags.contains(.noHole) { insert(.noHole) }
+        if flags.contains(.fastZero) { insert(.fastZero) }
+    }
+}

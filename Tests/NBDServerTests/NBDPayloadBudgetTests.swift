@@ -64,14 +64,38 @@ import Testing
         #expect(device.statistics.writes == 0)
 
         // The connection is still usable: a write within the budget goes through and releases its share.
-        var small = writeHeader(cookie: 2, length: 64 << 10)
-        small.writeRepeatingByte(0x5B, count: 64 << 10)
+        try expectWriteGoesThrough(channel, loop, device, budget, length: 64 << 10)
+        _ = try? channel.finish(acceptAlreadyClosed: true)
+    }
+
+    /// A write of `length` bytes with cookie 2 succeeds and gives its budget back (the first device write).
+    func expectWriteGoesThrough(
+        _ channel: EmbeddedChannel, _ loop: EmbeddedEventLoop, _ device: MemoryBlockDevice, _ budget: NBDPayloadBudget,
+        length: Int
+    ) throws {
+        var small = writeHeader(cookie: 2, length: UInt32(length))
+        small.writeRepeatingByte(0x5B, count: length)
         try channel.writeInbound(small)
         loop.run()
         let next = try simpleReplies(channel)
         #expect(next.count == 1 && next.first?.0 == 0 && next.first?.1 == 2)
         #expect(device.statistics.writes == 1)
         #expect(budget.inUse == 0)
+    }
+
+    /// A payload that arrives whole in one read and does not fit is refused as well, after validation.
+    @Test func wholePayloadBeyondTheBudgetIsFailedWithENOMEM() throws {
+        let budget = NBDPayloadBudget(limit: 64 << 10)
+        let (channel, loop, _, device) = try makeChannel(budget: budget)
+        var write = writeHeader(cookie: 1, length: 128 << 10)
+        write.writeRepeatingByte(0xAA, count: 128 << 10)
+        try channel.writeInbound(write)
+        loop.run()
+        let replies = try simpleReplies(channel)
+        #expect(replies.count == 1 && replies.first?.0 == NBDErrorCode.enomem.rawValue && replies.first?.1 == 1)
+        #expect(device.statistics.writes == 0)
+        #expect(budget.inUse == 0)
+        try expectWriteGoesThrough(channel, loop, device, budget, length: 4096)
         _ = try? channel.finish(acceptAlreadyClosed: true)
     }
 

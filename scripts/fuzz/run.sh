@@ -2,7 +2,7 @@
 # libFuzzer runs over the decoders and parsers that take outside input (Fuzz/<target>/Harness.swift):
 #   pdu     iSCSI PDU framing + message decoding + text keys + SendTargets   (Sources/ISCSIProtocol)
 #   login   LoginStateMachine fed with target Login Responses, with/without (mutual) CHAP
-#   nbd     NBD server handshake (option decoder) + request decoder/validator; option reply reader
+#   nbd     NBD server handshake (option decoder) + transmission machine (decoder, validator, budget, replies); option reply reader
 #   config  iscsid.conf / node records / initiatorname.iscsi / portals / iSCSI names (Sources/ISCSIConfig)
 #   isns    iSNS PDU framing, reassembly, attribute and response parsing (Sources/ISNS codec files)
 #   server  NBD connection handler on an EmbeddedChannel (buffers, backpressure, write budget) (Sources/NBDServer)
