@@ -117,6 +117,17 @@ public struct NBDServedConnection: Sendable {
     public var closeFuture: EventLoopFuture<Void> { channel.closeFuture }
     /// Closes the connection without waiting for in-flight requests.
     public func close() { channel.close(promise: nil) }
+    /// Stops at a request boundary and closes the channel there, without telling the peer (see
+    /// `NBDPauseEvent`): the socket's other descriptor, kept by the caller, then continues the stream in
+    /// another process. `readExactly(n)` must return the next `n` bytes of the socket (or nil); it runs on the
+    /// channel's event loop while the channel does not read. True once closed at a boundary.
+    public func pauseAtRequestBoundary(readExactly: @escaping @Sendable (Int) -> ByteBuffer?) -> EventLoopFuture<Bool> {
+        let done = channel.eventLoop.makePromise(of: Bool.self)
+        channel.pipeline.fireUserInboundEventTriggered(NBDPauseEvent(readExactly: readExactly, done: done))
+        channel.closeFuture.whenComplete { _ in done.succeed(false) }
+        return done.futureResult
+    }
+
     /// Accepts requests up to `size` from now on (the export grew, and the client was told so out of
     /// band: NBD_SET_SIZE for the kernel). Completes once the connection applied it.
     public func exportGrew(to size: UInt64) -> EventLoopFuture<Void> {

@@ -369,6 +369,78 @@ struct NBDServerRawSocketTests {
         #expect(f.device.contents(offset: 4096, length: 4096) == pattern(4096, seed: 11))
         await f.stop()
     }
+    /// A kernel socket handed to another process (a restarting daemon) continues exactly where the first
+    /// server stopped: requests it read are answered, the one a read cut short is completed from the socket,
+    /// and the next request is left in the socket for the second server.
+    @Test func pauseStopsAtARequestBoundaryAndAnotherServerContinues() async throws {
+        let f = try await ServerFixture(latency: .milliseconds(30))
+        var fds: [Int32] = [0, 0]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0)
+        let kept = dup(fds[0])
+        let first = try await f.server.serveConnectedSocket(fd: fds[0], transmissionOnly: true)
+        let peer = RawConnectionBox(RawConnection(fd: fds[1]))
+        let one = pattern(4096, seed: 1), two = pattern(8192, seed: 2)
+        var cut = ByteBuffer()
+        cut.writeNBDRequestHeader(NBDRequestHeader(command: .write, cookie: 2, offset: 8192, length: 8192))
+        cut.writeBytes(two)
+        let head = cut.readSlice(length: 28 + 1000)!
+        let rest = cut
+        try await blocking {
+            try peer.connection.request(NBDRequestHeader(command: .write, cookie: 1, offset: 0, length: 4096), payload: one)
+            try peer.connection.send(head)
+        }
+        try await Task.sleep(for: .milliseconds(100))  // both taken by the server; the first is in flight
+        let paused = first.pauseAtRequestBoundary { SocketReading.readExactly(fd: kept, count: $0, timeout: .seconds(3)) }
+        try await blocking {
+            usleep(200_000)
+            try peer.connection.send(rest)  // the rest of the cut request...
+            try peer.connection.request(NBDRequestHeader(command: .read, cookie: 3, offset: 0, length: 16384))  // ...and one more
+        }
+        try #require(try await paused.get())
+        try await first.closeFuture.get()
+        #expect(f.device.contents(offset: 0, length: 4096) == one && f.device.contents(offset: 8192, length: 8192) == two)
+        // The READ went to whichever server read it first (a read the channel had already asked for may take
+        // it before the pause closes); the next request is the second server's for sure.
+        let second = try await f.server.serveConnectedSocket(fd: kept, transmissionOnly: true)
+        let replies = try await blocking { () -> [UInt64: (error: UInt32, data: [UInt8])] in
+            var seen: [UInt64: (error: UInt32, data: [UInt8])] = [:]
+            try peer.connection.request(NBDRequestHeader(command: .read, cookie: 4, offset: 8192, length: 8192))
+            while seen.count < 4 {
+                guard let head = peer.connection.read(16) else { throw TestPeerError("reply missing") }
+                let b = ByteBuffer(bytes: head)
+                #expect(b.getInteger(at: 0, as: UInt32.self) == NBDMagic.simpleReply)
+                let cookie = b.getInteger(at: 8, as: UInt64.self)!
+                let length = [3: 16384, 4: 8192][cookie] ?? 0
+                seen[cookie] = (b.getInteger(at: 4, as: UInt32.self)!, length > 0 ? peer.connection.read(length) ?? [] : [])
+            }
+            return seen
+        }
+        #expect(Set(replies.keys) == [1, 2, 3, 4] && replies.values.allSatisfy { $0.error == 0 })
+        #expect(replies[3].map { Array($0.data[0..<4096]) == one && Array($0.data[8192...]) == two } == true)
+        #expect(replies[4]?.data == two)
+        second.close()
+        await f.stop()
+    }
+
+    /// A pause that cannot complete the cut request (the peer never sends the rest) reports failure: the
+    /// socket must not be reused.
+    @Test func pauseFailsWhenTheRestOfARequestNeverArrives() async throws {
+        let f = try await ServerFixture()
+        var fds: [Int32] = [0, 0]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0)
+        let kept = dup(fds[0])
+        defer { close(kept) }
+        let first = try await f.server.serveConnectedSocket(fd: fds[0], transmissionOnly: true)
+        let peer = RawConnectionBox(RawConnection(fd: fds[1]))
+        var b = ByteBuffer()
+        b.writeNBDRequestHeader(NBDRequestHeader(command: .write, cookie: 9, offset: 0, length: 4096))
+        let header = b
+        try await blocking { try peer.connection.send(header) }
+        try await Task.sleep(for: .milliseconds(100))
+        let paused = first.pauseAtRequestBoundary { SocketReading.readExactly(fd: kept, count: $0, timeout: .milliseconds(300)) }
+        #expect(try await paused.get() == false)
+        await f.stop()
+    }
 }
 
 /// Carries a RawConnection across tasks in a test.
