@@ -125,7 +125,7 @@ struct CommandTimeoutTests {
     func tmfResponse(_ h: FakeTargetHarness, _ response: UInt8) -> ISCSIMessage {
         var r = ISCSIPDU.TaskManagementResponse()
         r.response = response
-        r.initiatorTaskTag = ISCSIConnectionHandler.taskManagementITT
+        r.initiatorTaskTag = ConnectionStateMachine.taskManagementITT
         h.stamp(&r) { m, stat, exp, max in m.statSN = stat; m.expCmdSN = exp; m.maxCmdSN = max }
         h.statSN += 1
         return .taskManagementResponse(r)
