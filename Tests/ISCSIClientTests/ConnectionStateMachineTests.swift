@@ -308,7 +308,8 @@ struct ConnectionStateMachineTests {
         let itt = try #require(MachineDriver.pdus(sentA).first).header.initiatorTaskTag
         let afterA = MachineDriver.pdus(d.deliverRead(d.response(itt: itt)))
         #expect(afterA.map(\.opcode) == [.scsiCommand])
-        let afterB = MachineDriver.pdus(d.deliverRead(d.response(itt: try #require(afterA.first).header.initiatorTaskTag)))
+        // B's answer: the Logout follows the completion at once, not only at the end of the read.
+        let afterB = MachineDriver.pdus(d.deliver(d.response(itt: try #require(afterA.first).header.initiatorTaskTag)))
         let request = try ISCSIPDU.LogoutRequest(try #require(afterB.first))
         #expect(request.reason == .closeSession && request.immediate && request.initiatorTaskTag == ConnectionStateMachine.logoutITT)
         #expect(outcome(a) != nil && outcome(b) != nil && !d.machine.isInFullFeaturePhase)
@@ -330,7 +331,7 @@ struct ConnectionStateMachineTests {
         #expect(MachineDriver.armed(asked).map(\.0) == [.logout])
         let (held, heldActions) = d.submit(SCSICommand(cdb: readCDB(blocks: 2), expectedDataInLength: 1024))
         #expect(heldActions.isEmpty && outcome(held) == nil, "held, neither sent nor failed")
-        let drained = MachineDriver.pdus(d.deliverRead(d.response(itt: try #require(MachineDriver.pdus(sent).first).header.initiatorTaskTag)))
+        let drained = MachineDriver.pdus(d.deliver(d.response(itt: try #require(MachineDriver.pdus(sent).first).header.initiatorTaskTag)))
         #expect(try outcome(inFlight)?.get().status == .good)
         let request = try #require(drained.first)
         #expect(drained.map(\.opcode) == [.logoutRequest])
