@@ -41,8 +41,9 @@ struct ConnectionStateMachine {
     enum State {
         /// Connected, no Login Request sent (RFC 7143 §8.1.3 S2/XPT_UP).
         case idle
-        /// Login Requests and Responses are being exchanged (RFC 7143 §6.3; S4 IN_LOGIN).
-        case loggingIn(LoggingIn)
+        /// Login Requests and Responses are being exchanged (RFC 7143 §6.3; S4 IN_LOGIN). Boxed: the login
+        /// machine is large and short-lived, and would otherwise size every move of the state.
+        indirect case loggingIn(LoggingIn)
         /// Logged in (S5 LOGGED_IN); `FullFeature.logout` says how far a logout has come (S6, S7).
         case fullFeature(FullFeature)
         /// Closed or closing: nothing outstanding, inbound PDUs are ignored.
@@ -166,10 +167,13 @@ struct ConnectionStateMachine {
     }
 
     /// Takes the full feature payload out of `state`, leaving `_modifying`, so that it is mutated in place;
-    /// the caller puts it back with `store(_:)` before anything else reads `state`.
+    /// the caller puts it back with `store(_:)` before anything else reads `state`. The swap moves the
+    /// payload out: no reference is retained, so the task table and queues stay uniquely referenced.
     mutating func takeFullFeature() -> FullFeature? {
-        guard case .fullFeature(let ff) = state else { return nil }
-        state = ._modifying
+        guard case .fullFeature = state else { return nil }
+        var taken = State._modifying
+        swap(&taken, &state)
+        guard case .fullFeature(let ff) = taken else { preconditionFailure("the state was full feature") }
         return ff
     }
 
@@ -202,18 +206,21 @@ struct ConnectionStateMachine {
                 throw .protocolViolation("\(pdu.header.opcode) before login")
             case .closed:
                 return
-            case .fullFeature(var ff):
-                if case .done = ff.logout { return }
-                state = ._modifying
+            case .fullFeature:
+                guard var ff = takeFullFeature() else { preconditionFailure("the state was full feature") }
+                if case .done = ff.logout {
+                    store(ff)
+                    return
+                }
                 do throws(ISCSISessionError) {
                     let message = try InboundMessage(pdu)
                     applySequenceNumbers(of: message, header: pdu.header, to: &ff.window)
                     try receive(message, dataPieces: dataPieces, &ff, now: now)
                 } catch {
-                    state = .fullFeature(ff)
+                    store(ff)
                     throw error
                 }
-                state = .fullFeature(ff)
+                store(ff)
             case ._modifying:
                 preconditionFailure("re-entered while modifying")
             }
