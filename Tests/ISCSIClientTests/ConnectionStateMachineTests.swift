@@ -315,6 +315,11 @@ struct ConnectionStateMachineTests {
         #expect(outcome(a) != nil && outcome(b) != nil && !d.machine.isInFullFeaturePhase)
         let done = d.deliver(d.logoutResponse(itt: try #require(afterB.first).header.initiatorTaskTag))
         #expect(MachineDriver.closes(done))
+        // Logged out: whatever still arrives before the channel is down is ignored (no answer to a ping).
+        var ping = ISCSIPDU.NOPIn()
+        ping.targetTransferTag = 0x99
+        d.stamp(&ping) { m, stat, exp, max in m.statSN = stat; m.expCmdSN = exp; m.maxCmdSN = max }
+        #expect(d.deliver(.nopIn(ping)).isEmpty && d.machine.isClosed)
         guard case .success? = outcome(logout.futureResult), case .success? = outcome(second.futureResult) else {
             Issue.record("logout did not succeed for both callers")
             return
