@@ -75,15 +75,8 @@ struct DataOutBurst: IteratorProtocol {
     /// ExpStatSN when the burst was due; every PDU of the burst carries it.
     let expStatSN: SerialNumber
     let payload: ByteBuffer
-    private var segments: DataOutSequence
-
-    init(initiatorTaskTag: UInt32, lun: UInt64, expStatSN: SerialNumber, payload: ByteBuffer, segments: DataOutSequence) {
-        self.initiatorTaskTag = initiatorTaskTag
-        self.lun = lun
-        self.expStatSN = expStatSN
-        self.payload = payload
-        self.segments = segments
-    }
+    /// The segments not written yet.
+    var segments: DataOutSequence
 
     mutating func next() -> OutboundPDU? {
         guard let segment = segments.next() else { return nil }
