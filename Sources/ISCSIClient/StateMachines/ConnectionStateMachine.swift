@@ -39,12 +39,12 @@ struct ConnectionStateMachine {
     static let taskManagementITT: UInt32 = 0x0000_FFF5
 
     enum State {
-        /// Connected, no Login Request sent (RFC 7143 §8.1.3 S2/XPT_UP).
+        /// Connected, no Login Request sent yet (RFC 7143 §8.1.3: between S2 XPT_WAIT and S4 IN_LOGIN).
         case idle
         /// Login Requests and Responses are being exchanged (RFC 7143 §6.3; S4 IN_LOGIN). Boxed: the login
         /// machine is large and short-lived, and would otherwise size every move of the state.
         indirect case loggingIn(LoggingIn)
-        /// Logged in (S5 LOGGED_IN); `FullFeature.logout` says how far a logout has come (S6, S7).
+        /// Logged in (S5 LOGGED_IN); `FullFeature.logout` says how far a logout has come (S7, S6).
         case fullFeature(FullFeature)
         /// Closed or closing: nothing outstanding, inbound PDUs are ignored.
         case closed
@@ -89,8 +89,9 @@ struct ConnectionStateMachine {
     enum LogoutPhase {
         /// No logout asked for: new commands are accepted.
         case none
-        /// Logout asked for: new commands are refused (or held for the next connection); the Logout Request
-        /// goes out once the queued and outstanding commands are done.
+        /// Logout asked for (S7 LOGOUT_REQUESTED: "waiting for an internal event signaling readiness to
+        /// proceed with Logout"): new commands are refused (or held for the next connection); the Logout
+        /// Request goes out once the queued and outstanding commands are done.
         case draining(Logout)
         /// Logout Request sent (S6 IN_LOGOUT); waiting for the Logout Response.
         case requested(Logout)
