@@ -7,9 +7,14 @@ extension ConnectionStateMachine {
     /// Sends the first Login Request. False (and the promise failed) when the connection is not fresh.
     @discardableResult
     mutating func startLogin(_ login: LoginStateMachine, promise: EventLoopPromise<LoginOutcome>) -> Bool {
-        guard case .idle = state else {
+        switch state {
+        case .idle:
+            break
+        case .loggingIn, .fullFeature, .closed:
             emit(.completeLogin(promise, .failure(.connectionClosed)))
             return false
+        case ._modifying:
+            preconditionFailure("re-entered while modifying")
         }
         var loggingIn = LoggingIn(login: login, promise: promise)
         let step = loggingIn.login.start()
