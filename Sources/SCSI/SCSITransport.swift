@@ -44,6 +44,17 @@ public struct CDB: Sendable, Hashable, CustomStringConvertible {
 
     public var opcode: UInt8 { self[0] }
 
+    /// The CDB's bytes zero padded to 16, as two big-endian words (byte 0 is the most significant byte of
+    /// `high`): the CDB field of an iSCSI SCSI Command PDU (RFC 7143 §11.3.5) without a byte-by-byte copy.
+    public var bigEndianWords: (high: UInt64, low: UInt64) {
+        // Bytes past `count` read as zero whatever was stored there.
+        let inFirst = min(count, 8)  // bytes 0-7 live in storage.0, byte i in bits 8i..<8i+8
+        let inSecond = count - inFirst
+        let first = inFirst == 8 ? storage.0 : storage.0 & ((1 << (UInt64(inFirst) * 8)) - 1)
+        let second = inSecond == 8 ? storage.1 : storage.1 & ((1 << (UInt64(inSecond) * 8)) - 1)
+        return (first.byteSwapped, second.byteSwapped)
+    }
+
     /// The 16-byte CDB field of an iSCSI SCSI Command PDU (RFC 7143 §11.3.5): the CDB, zero padded.
     public func write16(to buffer: inout ByteBuffer) {
         buffer.writeInteger(storage.0, endianness: .little)

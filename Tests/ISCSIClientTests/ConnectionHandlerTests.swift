@@ -7,7 +7,7 @@ import SCSI
 import Testing
 
 /// The connection handler against a scripted target on an EmbeddedChannel: no sockets, no timers.
-final class FakeTargetHarness {
+final class FakeTargetHarness: ScriptedTarget {
     let channel = EmbeddedChannel()
     let handler: ISCSIConnectionHandler
     var statSN = SerialNumber(100)
@@ -19,13 +19,7 @@ final class FakeTargetHarness {
 
     init(window: UInt32 = 64, targetKeys: [(String, String)] = FakeTargetHarness.defaultKeys,
          noopOutInterval: TimeAmount? = nil, commandTimeout: TimeAmount? = nil, digests: Bool = false) throws {
-        var configuration = ISCSISessionConfiguration(
-            host: "127.0.0.1", targetName: "iqn.2026-11.test:fake", initiatorName: "iqn.2026-11.test:init",
-            queueDepth: 8, noopOutInterval: noopOutInterval
-        )
-        configuration.commandTimeout = commandTimeout
-        configuration.taskManagementTimeout = .seconds(2)
-        configuration.proposal.maxRecvDataSegmentLength = 65536
+        var configuration = ISCSISessionConfiguration.scripted(noopOutInterval: noopOutInterval, commandTimeout: commandTimeout)
         var targetKeys = targetKeys
         if digests {
             configuration.proposal.headerDigests = [.crc32c, .none]
@@ -63,10 +57,6 @@ final class FakeTargetHarness {
         channel.embeddedEventLoop.run()
     }
 
-    func stamp<T>(_ value: inout T, _ set: (inout T, SerialNumber, SerialNumber, SerialNumber) -> Void) {
-        set(&value, statSN, expCmdSN, maxCmdSN)
-    }
-
     /// Runs the login to the full feature phase.
     func login() throws -> EventLoopFuture<LoginOutcome> {
         let promise = channel.eventLoop.makePromise(of: LoginOutcome.self)
@@ -76,61 +66,12 @@ final class FakeTargetHarness {
         for _ in 0..<8 {
             let requests = try sent()
             guard let pdu = requests.first else { break }
-            let request = try ISCSIPDU.LoginRequest(pdu)
-            var response = ISCSIPDU.LoginResponse()
-            response.transit = request.transit
-            response.currentStage = request.currentStage
-            response.nextStage = request.nextStage
-            response.isid = request.isid
-            response.tsih = 0x22
-            response.initiatorTaskTag = request.initiatorTaskTag
-            response.statSN = statSN
-            response.expCmdSN = expCmdSN
-            response.maxCmdSN = maxCmdSN
-            let keys = request.currentStage == 0 ? [("AuthMethod", "None")] : targetKeys
-            response.data = TextKeyValues(keys).encoded()
-            statSN += 1
-            try deliver(.loginResponse(response))
+            try deliver(loginResponse(answering: try ISCSIPDU.LoginRequest(pdu)))
         }
         // Digests start with the first PDU after the Login Phase (RFC 7143 §13.1).
         let digests = Dictionary(targetKeys, uniquingKeysWith: { a, _ in a })
         parser.digests = DigestSettings(header: digests["HeaderDigest"] == "CRC32C", data: digests["DataDigest"] == "CRC32C")
         return promise.futureResult
-    }
-
-    func dataIn(itt: UInt32, dataSN: UInt32, offset: UInt32, data: ByteBuffer, status: UInt8? = nil) -> ISCSIMessage {
-        var d = ISCSIPDU.DataIn()
-        d.initiatorTaskTag = itt
-        d.dataSN = SerialNumber(dataSN)
-        d.bufferOffset = offset
-        d.data = data
-        d.expCmdSN = expCmdSN
-        d.maxCmdSN = maxCmdSN
-        if let status {
-            d.final = true
-            d.statusPresent = true
-            d.status = status
-            d.statSN = statSN
-            statSN += 1
-        }
-        return .dataIn(d)
-    }
-
-    func response(itt: UInt32, status: UInt8 = 0, sense: [UInt8]? = nil) -> ISCSIMessage {
-        var r = ISCSIPDU.SCSIResponse()
-        r.initiatorTaskTag = itt
-        r.status = status
-        r.statSN = statSN
-        statSN += 1
-        r.expCmdSN = expCmdSN
-        r.maxCmdSN = maxCmdSN
-        if let sense {
-            var data = ByteBuffer()
-            data.writeInteger(UInt16(sense.count))
-            data.writeBytes(sense)
-            r.data = data
-        }
-        return .scsiResponse(r)
     }
 
     func submit(_ command: SCSICommand, lun: UInt16 = 1) -> EventLoopFuture<SCSICommandResult> {

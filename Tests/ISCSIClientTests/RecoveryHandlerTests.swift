@@ -122,15 +122,6 @@ struct RecoveryHandlerTests {
 
 /// Per-command timeouts: ABORT TASK, then LOGICAL UNIT RESET, then dropping the connection.
 struct CommandTimeoutTests {
-    func tmfResponse(_ h: FakeTargetHarness, _ response: UInt8) -> ISCSIMessage {
-        var r = ISCSIPDU.TaskManagementResponse()
-        r.response = response
-        r.initiatorTaskTag = ISCSIConnectionHandler.taskManagementITT
-        h.stamp(&r) { m, stat, exp, max in m.statSN = stat; m.expCmdSN = exp; m.maxCmdSN = max }
-        h.statSN += 1
-        return .taskManagementResponse(r)
-    }
-
     @Test func timedOutCommandIsAbortedAndReissued() throws {
         let h = try FakeTargetHarness(commandTimeout: .seconds(5))
         _ = try h.login()
@@ -144,7 +135,7 @@ struct CommandTimeoutTests {
         #expect(abort.referencedTaskTag == first.initiatorTaskTag)
         #expect(abort.refCmdSN == first.cmdSN)
         #expect(abort.immediate)
-        try h.deliver(tmfResponse(h, 0))
+        try h.deliver(h.taskManagementResponse(0))
         let again = try ISCSIPDU.SCSICommand(try #require(try h.sent().first))
         #expect(again.cdb.bytes == first.cdb.bytes)
         #expect(again.initiatorTaskTag != first.initiatorTaskTag)
@@ -210,10 +201,10 @@ struct CommandTimeoutTests {
         #expect(try h.sent().count == 2)
         h.channel.embeddedEventLoop.advanceTime(by: .seconds(6))
         _ = try h.sent()
-        try h.deliver(tmfResponse(h, 5))  // TMF not supported
+        try h.deliver(h.taskManagementResponse(5))  // TMF not supported
         let reset = try ISCSIPDU.TaskManagementRequest(try #require(try h.sent().first))
         #expect(reset.function == .logicalUnitReset)
-        try h.deliver(tmfResponse(h, 0))
+        try h.deliver(h.taskManagementResponse(0))
         let reissued = try h.sent().map { try ISCSIPDU.SCSICommand($0) }
         #expect(reissued.map(\.expectedDataTransferLength) == [512, 1024])
         for command in reissued { try h.deliver(h.response(itt: command.initiatorTaskTag)) }

@@ -1,5 +1,6 @@
 @testable import ISCSIClient
 import ISCSIProtocol
+import NIOCore
 import Testing
 
 /// RFC 7143 §4.2.2.1 command numbering, no IO.
@@ -190,4 +191,68 @@ struct TaskTableTests {
         p.windowExpired(thenSlept: 100_001)
         #expect(p.windowNanoseconds == 4_000)
     }
+}
+
+/// The NOP-Out ping on its own (RFC 7143 §11.18), no IO.
+@Suite struct KeepAliveTests {
+    let t0 = NIODeadline.uptimeNanoseconds(1_000_000_000_000)
+
+    @Test func pingsAfterTheIdleIntervalAndTimesOutWithoutAnswer() {
+        var k = KeepAlive(interval: .seconds(5), timeout: .seconds(3))
+        #expect(k.tickInterval == .milliseconds(1500))
+        #expect(k.tick(now: t0 + .seconds(4), lastReceive: t0) == .wait)
+        #expect(k.tick(now: t0 + .seconds(5), lastReceive: t0) == .sendPing)
+        #expect(k.tick(now: t0 + .seconds(8), lastReceive: t0) == .wait, "3 s is not more than the timeout")
+        #expect(k.tick(now: t0 + .seconds(9), lastReceive: t0) == .timedOut)
+    }
+
+    @Test func anythingReceivedAfterThePingSettlesIt() {
+        var k = KeepAlive(interval: .seconds(5), timeout: .seconds(3))
+        #expect(k.tick(now: t0 + .seconds(5), lastReceive: t0) == .sendPing)
+        // A late Data-In, not the NOP-In: the link is alive (open-iscsi #97).
+        #expect(k.tick(now: t0 + .seconds(9), lastReceive: t0 + .milliseconds(5001)) == .wait)
+        #expect(k.pingSentAt == nil)
+        #expect(k.tick(now: t0 + .seconds(11), lastReceive: t0 + .milliseconds(5001)) == .sendPing)
+        k.pingAnswered()
+        #expect(k.tick(now: t0 + .seconds(20), lastReceive: t0 + .milliseconds(5001)) == .sendPing, "answered: a new ping, not a timeout")
+    }
+
+    @Test func tickIntervalHasAFloor() {
+        #expect(KeepAlive(interval: .milliseconds(4), timeout: .seconds(1)).tickInterval == .milliseconds(10))
+    }
+}
+
+/// ABORT TASK → LOGICAL UNIT RESET → connection (RFC 7143 §7.11, §11.5, §11.6) on its own, no IO.
+@Suite struct CommandTimeoutLadderTests {
+    let t0 = NIODeadline.uptimeNanoseconds(1_000_000_000_000)
+
+    @Test func climbsOneStepPerTimeout() {
+        var ladder = CommandTimeoutLadder(commandTimeout: .seconds(30), taskManagementTimeout: .seconds(4))
+        #expect(ladder.tickInterval == .seconds(1))
+        #expect(!ladder.commandExpired(sentAt: t0, now: t0 + .seconds(30)))
+        #expect(ladder.commandExpired(sentAt: t0, now: t0 + .seconds(31)))
+        #expect(ladder.escalate(victim: 7, lun: 1, now: t0) == .abortTask)
+        #expect(ladder.inFlight == CommandTimeoutLadder.Function(step: .abortTask, sentAt: t0, victim: 7, lun: 1))
+        #expect(ladder.expiredFunction(now: t0 + .seconds(4)) == nil)
+        #expect(ladder.expiredFunction(now: t0 + .seconds(5))?.step == .abortTask)
+        #expect(ladder.escalate(victim: 7, lun: 1, now: t0 + .seconds(5)) == .logicalUnitReset)
+        #expect(ladder.escalate(victim: 7, lun: 1, now: t0 + .seconds(10)) == .connectionRecovery)
+        #expect(ladder.inFlight == nil)
+    }
+
+    @Test func answersSettleOrEscalateAndOnlyACompletionWithoutAFunctionRestarts() {
+        var ladder = CommandTimeoutLadder(commandTimeout: .seconds(30), taskManagementTimeout: .seconds(4))
+        #expect(ladder.receiveResponse(0) == .unsolicited)
+        _ = ladder.escalate(victim: 7, lun: 1, now: t0)
+        ladder.commandCompleted()  // another command: the abort is still in flight, the ladder stays
+        #expect(ladder.receiveResponse(5) == .refused(.init(step: .abortTask, sentAt: t0, victim: 7, lun: 1)))
+        #expect(ladder.escalate(victim: 7, lun: 1, now: t0) == .logicalUnitReset)
+        #expect(ladder.receiveResponse(1).isCompleted, "1: the task does not exist, it is gone")
+        ladder.commandCompleted()
+        #expect(ladder.escalate(victim: 8, lun: 1, now: t0) == .abortTask)
+    }
+}
+
+extension CommandTimeoutLadder.OnResponse {
+    var isCompleted: Bool { if case .completed = self { true } else { false } }
 }

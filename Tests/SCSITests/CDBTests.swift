@@ -103,6 +103,24 @@ import Testing
         #expect(CDB.reportLUNs(allocationLength: 4).uint32(at: 6) == 16, "SPC minimum allocation length is 16")
     }
 
+    /// The iSCSI CDB field (RFC 7143 §11.3.5) as two big-endian words: byte 0 is the top byte of `high`,
+    /// bytes past the CDB's length are zero even when something was stored there.
+    @Test func bigEndianWordsAreTheZeroPaddedBytes() {
+        for cdb in [CDB.testUnitReady(), .read10(lba: 0x0102_0304, blocks: 0x0506),
+                    .readCapacity16(allocationLength: 32), .read16(lba: 0x0102_0304_0506_0708, blocks: 0x0A0B_0C0D, fua: true),
+                    CDB((1...12).map { UInt8($0) }), CDB((0x80...0x8F).map { UInt8($0) })]
+        {
+            let padded = cdb.bytes + [UInt8](repeating: 0, count: 16 - cdb.count)
+            let words = cdb.bigEndianWords
+            let high = padded[0..<8].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+            let low = padded[8..<16].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+            #expect(words.high == high && words.low == low, "\(cdb)")
+        }
+        var stray = CDB.read10(lba: 1, blocks: 1)
+        stray[12] = 0xFF  // beyond the 10 bytes: not part of the CDB
+        #expect(stray.bigEndianWords.low == 0x0100_0000_0000_0000)  // byte 8 (TRANSFER LENGTH low byte) = 1
+    }
+
     @Test func opcodeDescriptions() {
         #expect("\(SCSIOpcode.writeSame16)" == "WRITE SAME(16)")
         #expect("\(SCSIOpcode(rawValue: 0xC1))" == "OPCODE C1")

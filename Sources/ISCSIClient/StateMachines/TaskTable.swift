@@ -45,7 +45,7 @@ public struct TaskTable<Element> {
     public subscript(slot slot: Int) -> Element? { slots[slot] }
 
     /// Mutates the element in place (no copy of the element's buffers).
-    public mutating func modify<R>(slot: Int, _ body: (inout Element) throws -> R) rethrows -> R? {
+    public mutating func modify<R, Failure: Error>(slot: Int, _ body: (inout Element) throws(Failure) -> R) throws(Failure) -> R? {
         guard slots[slot] != nil else { return nil }
         return try body(&slots[slot]!)
     }
