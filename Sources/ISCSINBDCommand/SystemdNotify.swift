@@ -12,9 +12,10 @@ enum SystemdNotify {
     }
 
     /// The fd store (sd_pid_notify_with_fds(3), `FDSTORE=1`): systemd keeps a duplicate of each descriptor
-    /// for as long as the unit lives (FileDescriptorStoreMax=), across restarts and crashes of the daemon,
-    /// and passes them back at the next start (LISTEN_FDS, named by FDNAME=). The daemon stores its end of
-    /// every kernel NBD socket there, so the kernel's connection outlives the daemon process.
+    /// while the unit is not stopped for good (FileDescriptorStoreMax=), across restarts and crashes of the
+    /// daemon, and passes them back at the next start (LISTEN_FDS, named by FDNAME=). A daemon stopping
+    /// under a device in use stores its ends of the kernel NBD sockets there, left at a request boundary,
+    /// so the kernel's connections outlive the process (`KernelAttachment.handOver`).
     @discardableResult
     static func store(_ descriptors: [Int32], name: String,
                       environment: [String: String] = ProcessInfo.processInfo.environment) -> Bool {

@@ -280,3 +280,33 @@ import Testing
         #expect(DaemonCore.kernelRequestTimeout(nil, replacement: .seconds(120)) == nil)
     }
 }
+
+/// A stop by hand leaves a device in use attached: who holds it is read from /proc (and O_EXCL, which a
+/// real block device needs; here the path is not one, so only the /proc walk decides).
+@Suite struct DeviceHolderTests {
+    private func fakeProc(_ processes: [(pid: String, comm: String, fds: [String])]) throws -> String {
+        let root = FileManager.default.temporaryDirectory.appendingPathComponent("proc-\(UUID().uuidString.prefix(8))").path
+        for p in processes {
+            try FileManager.default.createDirectory(atPath: "\(root)/\(p.pid)/fd", withIntermediateDirectories: true)
+            try (p.comm + "\n").write(toFile: "\(root)/\(p.pid)/comm", atomically: true, encoding: .utf8)
+            for (i, target) in p.fds.enumerated() {
+                try FileManager.default.createSymbolicLink(atPath: "\(root)/\(p.pid)/fd/\(i)", withDestinationPath: target)
+            }
+        }
+        try FileManager.default.createDirectory(atPath: "\(root)/sys", withIntermediateDirectories: true)  // not a pid
+        return root
+    }
+
+    @Test func aProcessWithTheDeviceOpenHoldsIt() throws {
+        let proc = try fakeProc([("17", "bash", ["/dev/pts/0", "/dev/nbd10"]), ("4242", "fio", ["/dev/nbd7", "/tmp/x"])])
+        defer { try? FileManager.default.removeItem(atPath: proc) }
+        #expect(KernelAttachment.holder(of: "/dev/nbd7", proc: proc) == "open by fio (pid 4242)")
+        #expect(KernelAttachment.holder(of: "/dev/nbd1", proc: proc) == nil)
+    }
+
+    @Test func ourOwnDescriptorsDoNotCount() throws {
+        let proc = try fakeProc([("\(getpid())", "iscsi-nbd", ["/dev/nbd3"])])
+        defer { try? FileManager.default.removeItem(atPath: proc) }
+        #expect(KernelAttachment.holder(of: "/dev/nbd3", proc: proc) == nil)
+    }
+}

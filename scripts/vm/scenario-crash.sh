@@ -6,6 +6,8 @@
 #     kernel once its request timeout passes);
 #   restarted after it: the held I/O fails with EIO (fio ends, it does not hang), and once restarted the
 #     same device works again.
+#   SIGTERM while the device is in use (no systemd here, so no fd store): the device is left attached
+#     and the next daemon takes it back; fio sees no error.
 # Run:  scripts/vm/run-in-vm.sh scripts/vm/scenario-crash.sh   (after `swift build --build-tests`)
 # vm-apt: tgt fio
 set -u
@@ -63,6 +65,11 @@ step "kill -9 the daemon again" eval 'kill -KILL $DPID; wait $DPID 2>/dev/null; 
 step "past the dead-connection timeout fio fails, it does not hang" fio_failed_within daemon-late $((DEAD + 40))
 step "a new daemon takes $DEV back" eval 'start_daemon daemon3 && wait_for 30 grep -q "re-adopted $DEV" "$VM_RESULTS/daemon3.log"'
 step "$DEV works again" usable
+fio_bg daemon-term
+sleep 3
+step "SIGTERM (no systemd, so no fd store) during fio: exits, $DEV left attached" eval 'kill -TERM $DPID && wait_for 30 eval "! alive $DPID" && configured $DEV'
+step "a new daemon takes $DEV back" eval 'start_daemon daemon4 && wait_for 30 grep -q "re-adopted $DEV" "$VM_RESULTS/daemon4.log"'
+step "fio: 0 I/O errors, 0 verify errors" fio_clean daemon-term
 step "daemon stop (not in use: detached)" eval 'kill -TERM $DPID && wait_for 30 eval "! alive $DPID" && wait_for 10 eval "! configured $DEV"'
 
 # ---- attach --------------------------------------------------------------------------------------

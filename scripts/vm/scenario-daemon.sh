@@ -2,7 +2,8 @@
 # scenario-daemon.sh - inside the VM: the iscsi-nbd daemon and /dev/nbdN end to end.
 #   tgtd: discovery -> node.startup=automatic -> daemon start logs in by itself -> /dev/nbd0 + by-path link
 #   -> -m session -P 3 -> ext4 round trip through logout + login (by-path name) -> fio libaio direct verify
-#   -> fio numbers (FIO_RUNTIME > 0) -> logout while fio runs (clean errors, no hang) -> daemon SIGTERM while fio runs.
+#   -> fio numbers (FIO_RUNTIME > 0) -> logout while fio runs (clean errors, no hang) -> daemon SIGTERM while
+#   ext4 is mounted: the device in use stays, the next daemon re-adopts it -> SIGTERM idle: detached.
 #   LIO (configfs, LUN 0): manual login through a new daemon -> ext4 round trip through logout + login.
 #   attach/detach without the daemon (chosen index, by-path link, O_DIRECT data lands in the LUN file).
 # Run (as root, from the project checkout, after `swift build --build-tests`):
@@ -161,7 +162,20 @@ step "kill -9 tgtd twice during fio verify: 0 errors" t_kill_loop
 step "logout while fio runs" fio_interrupted logout t_logout
 step "no sessions after logout" no_sessions
 step "login again" t_login
-step "SIGTERM while fio runs" fio_interrupted sigterm stop_daemon
+# t_term_in_use: SIGTERM under a mounted file system (a restart by hand, not a shutdown of the machine): the
+# daemon exits without tearing the device down; the next one takes it back; the file system works on.
+# (I/O in flight across such a restart: scenario-crash.sh and the systemd guest's life job.)
+t_term_in_use() {
+  mkfs.ext4 -q -F "$DEV" && mount "$DEV" "$MNT" && head -c 2M /dev/urandom > "$MNT/before" && sync || return 1
+  stop_daemon || return 1
+  grep "in use" "$VM_RESULTS/daemon.log" | tail -1
+  connected "$DEV" || { log "$DEV was torn down under its mount"; return 1; }
+  start_daemon daemon-again && wait_for 60 grep -q "re-adopted $DEV" "$VM_RESULTS/daemon-again.log" || return 1
+  head -c 2M /dev/urandom > /tmp/after && cp /tmp/after "$MNT/after" && sync && umount "$MNT" &&
+    mount -o ro "$DEV" "$MNT" && cmp /tmp/after "$MNT/after" && umount "$MNT"
+}
+step "SIGTERM under a mounted fs: the device stays, the next daemon re-adopts it" t_term_in_use
+step "SIGTERM idle: detached" stop_daemon
 step "device gone after SIGTERM" wait_for 10 gone "$T_LINK"
 # ---- LIO (kernel target, LUN 0), manual login ----------------------------------------------------
 step "LIO setup (configfs)" eval "truncate -s ${SIZE_MB}M /tmp/lio.img && lio_setup $L_IQN /tmp/lio.img $((SIZE_MB << 20)) $L_PORT"

@@ -126,7 +126,8 @@ struct KernelDeviceService: Service {
             $0.backend == options.identity.backendIdentifier && (options.index == nil || options.index == $0.index)
         }
         let attachment = try await KernelAttachment.attach(
-            device: lun.device, options: options, group: group, logger: logger, reconfigure: orphan?.index)
+            device: lun.device, options: options, group: group, logger: logger,
+            start: orphan.map { .reconfigure(index: $0.index) } ?? .connect)
         if let orphan { logger.notice("re-adopted \(orphan.path), left by an attach that died") }
         attachment.follow(lun.scsi)
         FileHandle.standardOutput.write(Data((attachment.devicePath + "\n").utf8))

@@ -18,7 +18,9 @@ struct DaemonCommand: AsyncParsableCommand {
         discussion: """
             Normally started by systemd (iscsi-nbd.service, Type=notify; iscsi-nbd.socket passes the control
             socket). READY=1 is sent once every automatic login either succeeded or was handed to background
-            retry. SIGTERM flushes, detaches every /dev/nbdN and logs out.
+            retry. SIGTERM during a shutdown of the machine flushes, detaches every /dev/nbdN and logs out;
+            otherwise (restart, upgrade, stop) a device still in use stays attached and its kernel sockets go to
+            systemd's fd store for the next daemon, which re-adopts it.
             """
     )
 
@@ -65,8 +67,10 @@ struct DaemonCommand: AsyncParsableCommand {
         let environment = ProcessInfo.processInfo.environment
         let activation = try SocketActivation.parse(environment: environment, pid: getpid())
         for v in SocketActivation.variables { unsetenv(v) }
-        if let activation, activation.descriptors.count != 1 {
-            throw CommandFailure("socket activation passed \(activation.descriptors.count) sockets; iscsi-nbd.socket has one")
+        // From systemd: the control socket (iscsi-nbd.socket) and what a previous daemon handed over.
+        for fd in activation?.unexpected ?? [] {
+            logger.warning("systemd passed descriptor \(fd) under an unknown name: closed")
+            close(fd)
         }
         let settings = DaemonSettings(
             configDir: ConfigDirectory.resolve(explicit: configDir),
@@ -75,9 +79,9 @@ struct DaemonCommand: AsyncParsableCommand {
             requestTimeout: requestTimeout == 0 ? nil : .seconds(requestTimeout),
             kernelInterface: kernelInterface, busyPollMicroseconds: polling.pollUs)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
-        let core = DaemonCore(settings: settings, group: group, logger: logger)
+        let core = DaemonCore(settings: settings, group: group, logger: logger, stored: activation?.storedDevices ?? [:])
         let control = ControlService(path: controlSocket ?? ControlProtocol.socketPath(environment: environment),
-                                     activated: activation?.descriptors.first, group: group, core: core, logger: logger)
+                                     activated: activation?.control, group: group, core: core, logger: logger)
         // The control socket first, the sessions second: a shutdown logs every session out (requests get
         // "the daemon is stopping" meanwhile), then closes the socket.
         do {
@@ -146,9 +150,11 @@ struct DaemonCoreService: Service {
         let watcher = Task { await core.watchShutdown() }
         defer { watcher.cancel() }
         let reason = await StopSignal().first()
-        logger.notice("stopping: \(reason); flushing, detaching and logging out")
+        // The machine going down: everything goes. A restart, an upgrade, a stop by hand: devices in use stay.
+        let machineStopping = (try? await NIOThreadPool.singleton.runIfActive { SystemShutdown.inProgress() }) ?? false
+        logger.notice("stopping: \(reason)\(machineStopping ? " (the system is shutting down)" : ""); flushing, detaching and logging out\(machineStopping ? "" : " (devices in use are handed to the next daemon)")")
         SystemdNotify.send("STOPPING=1\nSTATUS=logging out")
-        await core.shutdown()
+        await core.shutdown(handOver: !machineStopping)
         logger.notice("stopped")
     }
 }

@@ -37,11 +37,15 @@ actor DaemonCore {
     private var live: [Int: Live] = [:]
     private var retries: [Int: Task<Void, Never>] = [:]
     private var shuttingDown = false
+    /// Our ends of kernel NBD sockets a previous daemon handed over (systemd's fd store), by device index;
+    /// taken by the re-adoption of that device.
+    private var stored: [Int: [Int32]]
 
-    init(settings: DaemonSettings, group: any EventLoopGroup, logger: Logger) {
+    init(settings: DaemonSettings, group: any EventLoopGroup, logger: Logger, stored: [Int: [Int32]] = [:]) {
         self.settings = settings
         self.group = group
         self.logger = logger
+        self.stored = stored
     }
 
     // MARK: - Requests
@@ -126,6 +130,10 @@ actor DaemonCore {
     /// kernel fails the held I/O once the timeout passes, and the device works again once re-adopted.
     func adoptOrphans(registry: DeviceRegistry = DeviceRegistry()) async -> (adopted: Int, failed: Int) {
         let orphans = registry.orphans()
+        for (index, sockets) in stored where !orphans.contains(where: { $0.index == index }) {
+            logger.warning("sockets of /dev/nbd\(index) came back from systemd's fd store, but the device is not one a previous daemon left: closed")
+            dropStored(index: index, sockets: sockets)
+        }
         guard !orphans.isEmpty else { return (0, 0) }
         guard let (planner, records) = loadRecords(for: "re-adopting \(orphans.map(\.path))") else { return (0, orphans.count) }
         var byRecord: [NodeID: (record: NodeRecord, luns: [UInt16: DeviceRegistry.Orphan])] = [:]
@@ -183,12 +191,82 @@ actor DaemonCore {
         }
     }
 
-    func shutdown() async {
+    /// SIGTERM. When the machine shuts down (or `handOver` is false), everything is flushed, detached and
+    /// logged out: mounts are gone by then, the unit being ordered before remote-fs-pre.target. Otherwise this
+    /// is a restart, an upgrade or a stop by hand, and a device still in use (mounted, open) must not be torn
+    /// down under its user: it is handed over (`KernelAttachment.handOver`), its sockets kept in systemd's fd
+    /// store for the next daemon, and its I/O waits meanwhile; devices nobody uses are detached as usual.
+    func shutdown(handOver: Bool) async {
         shuttingDown = true
         let ids = table.beginLogout(target: nil, host: nil, port: nil)
         await withTaskGroup(of: Void.self) { group in
-            for id in ids { group.addTask { await self.tearDown(id, flush: true) } }
+            for id in ids { group.addTask { await self.stop(id, handOver: handOver) } }
         }
+        for (index, sockets) in stored { dropStored(index: index, sockets: sockets) }
+    }
+
+    private func stop(_ id: Int, handOver: Bool) async {
+        guard handOver, let l = live[id] else { return await tearDown(id, flush: true) }
+        retries.removeValue(forKey: id)?.cancel()
+        live[id] = nil
+        for a in l.attachments {
+            let device = a.attachment.devicePath
+            guard let holder = (try? await NIOThreadPool.singleton.runIfActive { a.attachment.holder() }) ?? nil else {
+                await a.attachment.detach(flush: true)
+                continue
+            }
+            let timeout = a.attachment.options.deadConnectionTimeout.map { "\($0.components.seconds) s" } ?? "the kernel's dead-connection timeout"
+            if let sockets = await a.attachment.handOver() {
+                let kept = sockets.enumerated().allSatisfy { k, fd in
+                    SystemdNotify.store([fd], name: SocketActivation.storeName(index: a.attachment.index, connection: k))
+                }
+                for fd in sockets { close(fd) }
+                if kept {
+                    logger.notice("\(device) is in use (\(holder)): left attached, its sockets in systemd's fd store at a request boundary; its I/O waits for the next daemon (for at most \(timeout))")
+                    continue
+                }
+            }
+            logger.warning("\(device) is in use (\(holder)): left attached; the next daemon must give it fresh sockets within \(timeout), or its I/O fails (requests in flight are re-sent when their timeout fires)")
+        }
+        await logOut(id, l)
+    }
+
+    private func logOut(_ id: Int, _ l: Live) async {
+        do {
+            try await l.session.logout().get()
+            logger.notice("session \(id) logged out", metadata: ["target": "\(l.record.id.target)"])
+        } catch {
+            logger.warning("logout of session \(id): \(error)")
+        }
+        table.remove(id)
+    }
+
+    /// How an orphan is taken back: its handed-over sockets while they are alive, else fresh ones.
+    private func adoptionStart(_ index: Int) -> KernelStart {
+        guard let sockets = stored[index] else { return .reconfigure(index: index) }
+        if sockets.allSatisfy(Self.isOpen) { return .resume(index: index, sockets: sockets) }
+        logger.notice("the handed-over sockets of /dev/nbd\(index) were closed by the kernel meanwhile: giving it fresh ones")
+        dropStored(index: index, sockets: sockets)
+        return .reconfigure(index: index)
+    }
+
+    /// The kernel has not shut its end (its request timeout marks a connection dead that way).
+    private static func isOpen(_ fd: Int32) -> Bool {
+        // POLLRDHUP (0x2000, poll(2)): the peer shut down its writing side.
+        var p = pollfd(fd: fd, events: 0x2000, revents: 0)
+        return poll(&p, 1, 0) == 0
+    }
+
+    /// The resumed sockets leave the fd store: after a crash of this daemon their streams could be cut
+    /// anywhere, so the next one must give the device fresh sockets instead.
+    private func forgetStored(index: Int) {
+        guard let sockets = stored.removeValue(forKey: index) else { return }
+        for k in sockets.indices { SystemdNotify.removeStored(name: SocketActivation.storeName(index: index, connection: k)) }
+    }
+
+    private func dropStored(index: Int, sockets: [Int32]) {
+        forgetStored(index: index)
+        for fd in sockets { close(fd) }
     }
 
     var sessionCount: Int { table.entries.count }
@@ -303,10 +381,21 @@ actor DaemonCore {
                 if let orphan = adopting[lun], orphan.backend != options.identity.backendIdentifier {
                     sessionLogger.error("\(orphan.path) is not re-adopted: it holds \(orphan.backend), LUN \(lun) of the target is now \(options.identity.backendIdentifier)")
                 }
-                let reconfigure = adopting[lun].flatMap { $0.backend == options.identity.backendIdentifier ? $0.index : nil }
-                let attachment = try await KernelAttachment.attach(device: opened.device, options: options, group: group,
-                                                                   logger: sessionLogger, reconfigure: reconfigure)
-                if reconfigure != nil { sessionLogger.notice("re-adopted \(attachment.devicePath) from a previous daemon") }
+                let start = adopting[lun].flatMap { $0.backend == options.identity.backendIdentifier ? $0.index : nil }
+                    .map(adoptionStart) ?? .connect
+                let attachment: KernelAttachment
+                do {
+                    attachment = try await KernelAttachment.attach(device: opened.device, options: options, group: group,
+                                                                   logger: sessionLogger, start: start)
+                } catch where start.isResume {
+                    sessionLogger.warning("cannot resume the handed-over sockets of /dev/nbd\(start.index ?? -1) (\(error)); giving it fresh ones")
+                    attachment = try await KernelAttachment.attach(device: opened.device, options: options, group: group,
+                                                                   logger: sessionLogger, start: .reconfigure(index: start.index ?? -1))
+                }
+                if start.isResume { forgetStored(index: attachment.index) }
+                if start != .connect {
+                    sessionLogger.notice("re-adopted \(attachment.devicePath) from a previous daemon (\(start.isResume ? "its sockets, from systemd's fd store: no request waited" : "fresh sockets: requests in flight are re-sent when their timeout fires"))")
+                }
                 attachment.follow(opened.scsi)
                 attachments.append((lun, attachment, opened.scsi))
             } catch {
@@ -363,7 +452,7 @@ actor DaemonCore {
                     }
                     let attachment = try await KernelAttachment.attach(
                         device: opened.device, options: a.attachment.options, group: group, logger: logger,
-                        reconfigure: a.attachment.index)
+                        start: .reconfigure(index: a.attachment.index))
                     attachment.follow(opened.scsi)
                     attachments.append((a.lun, attachment, opened.scsi))
                 }
@@ -406,12 +495,7 @@ actor DaemonCore {
         if let l = live.removeValue(forKey: id) {
             // A device without live connections cannot flush (it would wait for the dead-connection timeout).
             for a in l.attachments { await a.attachment.detach(flush: flush && !wasRecovering) }
-            do {
-                try await l.session.logout().get()
-                logger.notice("session \(id) logged out", metadata: ["target": "\(l.record.id.target)"])
-            } catch {
-                logger.warning("logout of session \(id): \(error)")
-            }
+            await logOut(id, l)
         }
         table.remove(id)
     }

@@ -47,6 +47,19 @@ struct KernelAttachOptions: Sendable {
     var backendIdentifier: String { identity.backendIdentifier }
 }
 
+/// How an attachment gets its kernel device.
+enum KernelStart: Sendable, Equatable {
+    /// A new device (NBD_CMD_CONNECT; NBD_DO_IT for ioctl).
+    case connect
+    /// /dev/nbd<index> exists and its connections died: fresh sockets replace them (NBD_CMD_RECONFIGURE),
+    /// and the I/O the kernel held back continues on them (requests in flight on the dead ones are re-sent
+    /// when their request timeout fires). An ioctl device has no such grace: it starts afresh at that index.
+    case reconfigure(index: Int)
+    /// /dev/nbd<index> is alive and these are our ends of its sockets, left at a request boundary by a
+    /// previous daemon (systemd's fd store): serving them again is all it takes; the kernel never notices.
+    case resume(index: Int, sockets: [Int32])
+}
+
 /// One LUN attached as /dev/nbdN: an NBD server with no listeners serves our ends of socketpairs in
 /// transmission-only mode; the kernel holds the other ends (NBD_CMD_CONNECT).
 final class KernelAttachment: Sendable {
@@ -60,6 +73,10 @@ final class KernelAttachment: Sendable {
     let options: KernelAttachOptions
     private let server: NBDServer
     private let served: NIOLockedValueBox<[NBDServedConnection]>
+    /// A second descriptor of each of our socket ends (same order as `served`): what a handover gives to
+    /// systemd's fd store, and what completes a request cut short when pausing. Closed with the attachment,
+    /// or the kernel would never see the sockets close.
+    private let kept: NIOLockedValueBox<[Int32]>
     /// Set for a device set up with ioctls: the thread blocked in NBD_DO_IT (nil: netlink).
     private let ioctlDevice: NBDIoctlDevice?
     private let logger: Logger
@@ -74,7 +91,8 @@ final class KernelAttachment: Sendable {
     }
 
     private init(index: Int, device: any BlockDevice, options: KernelAttachOptions, byPathLink: String?, ownsLink: Bool,
-                 server: NBDServer, served: [NBDServedConnection], ioctlDevice: NBDIoctlDevice?, logger: Logger) {
+                 server: NBDServer, served: [NBDServedConnection], kept: [Int32], ioctlDevice: NBDIoctlDevice?, logger: Logger) {
+        self.kept = NIOLockedValueBox(kept)
         self.ownsLink = ownsLink
         self.ioctlDevice = ioctlDevice
         self.options = options
@@ -90,12 +108,9 @@ final class KernelAttachment: Sendable {
     }
 
     /// Serves `device` to the kernel. Blocking netlink calls run on the thread pool.
-    /// With `reconfigure`, the device /dev/nbd<reconfigure> already exists (its old connections died): the new
-    /// sockets replace them with NBD_CMD_RECONFIGURE, and I/O the kernel held back continues on them. An
-    /// ioctl device has no such grace (its I/O failed when the sockets closed): it starts afresh at that index.
     static func attach(
         device: any BlockDevice, options: KernelAttachOptions, group: any EventLoopGroup, logger: Logger,
-        reconfigure: Int? = nil
+        start: KernelStart = .connect
     ) async throws -> KernelAttachment {
         let info = device.info
         let export = NBDServer.makeExport(info: info, name: options.exportName, description: nil)
@@ -103,59 +118,79 @@ final class KernelAttachment: Sendable {
         let server = NBDServer(
             device: device, configuration: NBDServerConfiguration(exportName: options.exportName, listen: []),
             group: group, logger: logger)
-        var pairs: [(ours: Int32, kernels: Int32)] = []
+        // Our ends: new socketpairs, or the resumed sockets.
+        var ours: [Int32] = []
+        var kernelFDs: [Int32] = []
+        var kept: [Int32] = []
         var served: [NBDServedConnection] = []
         func closeAll() async {
-            for p in pairs { close(p.kernels) }
+            for fd in kernelFDs + kept { close(fd) }
             for s in served { s.close() }
+            if served.count < ours.count { for fd in ours[served.count...] { close(fd) } }
             await server.shutdown()
         }
-        do {
+        if case .resume(_, let sockets) = start {
+            ours = sockets
+        } else {
             for _ in 0..<count {
                 var fds: [Int32] = [-1, -1]
                 guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0 else {
-                    throw CommandFailure("socketpair: \(String(cString: strerror(errno)))")
+                    let e = errno
+                    await closeAll()
+                    throw CommandFailure("socketpair: \(String(cString: strerror(e)))")
                 }
-                pairs.append((fds[0], fds[1]))
-                served.append(try await server.serveConnectedSocket(fd: fds[0], transmissionOnly: true))
+                ours.append(fds[0])
+                kernelFDs.append(fds[1])
+            }
+        }
+        do {
+            for fd in ours {
+                let copy = fcntl(fd, F_DUPFD_CLOEXEC, 3)
+                guard copy >= 0 else { throw CommandFailure("dup: \(String(cString: strerror(errno)))") }
+                kept.append(copy)
+                served.append(try await server.serveConnectedSocket(fd: fd, transmissionOnly: true))
             }
         } catch {
             await closeAll()
             throw error
         }
-        let kernelFDs = pairs.map(\.kernels)
-        let request = NBDConnectRequest(
-            sockets: kernelFDs, size: info.size, blockSize: info.logicalBlockSize,
-            serverFlags: NBDKernel.NBDTransmissionFlags(rawValue: UInt64(export.flags.rawValue)),
-            clientFlags: [], timeoutSeconds: options.requestTimeout.map(Self.seconds),
-            deadConnectionTimeoutSeconds: options.deadConnectionTimeout.map(Self.seconds),
-            index: options.index.map { UInt32(clamping: $0) }, backendIdentifier: options.backendIdentifier)
         let index: Int
         var ioctlDevice: NBDIoctlDevice?
         do {
-            let interface = await resolve(options.interface)
-            if interface == .ioctl {
-                let setup = NBDIoctlDevice.Setup(
-                    sockets: kernelFDs, size: info.size, blockSize: info.logicalBlockSize,
-                    serverFlags: UInt64(export.flags.rawValue), timeoutSeconds: options.requestTimeout.map(Self.seconds),
-                    index: reconfigure ?? options.index)
-                let identity = options.identity
-                let started = try await NIOThreadPool.singleton.runIfActive { () throws -> NBDIoctlDevice in
-                    try NBDIoctlDevice.start(setup) { index in
-                        // udev asks `iscsi-nbd udev-id` about the device once NBD_DO_IT announces it.
-                        DeviceRegistry().record(index: index, identity: identity)
-                    }
-                }
-                ioctlDevice = started
-                index = started.index
-            } else if let existing = reconfigure {
-                try await NIOThreadPool.singleton.runIfActive { () throws -> Void in
-                    try NBDKernelDevice().reconfigure(index: existing, sockets: kernelFDs, backendIdentifier: options.backendIdentifier)
-                }
+            switch start {
+            case .resume(let existing, _):
                 index = existing
-            } else {
-                index = try await NIOThreadPool.singleton.runIfActive { () throws -> Int in
-                    try NBDKernelDevice().connect(request)
+            case .connect, .reconfigure:
+                let interface = await resolve(options.interface)
+                if interface == .ioctl {
+                    let setup = NBDIoctlDevice.Setup(
+                        sockets: kernelFDs, size: info.size, blockSize: info.logicalBlockSize,
+                        serverFlags: UInt64(export.flags.rawValue), timeoutSeconds: options.requestTimeout.map(Self.seconds),
+                        index: start.index ?? options.index)
+                    let identity = options.identity
+                    let started = try await NIOThreadPool.singleton.runIfActive { () throws -> NBDIoctlDevice in
+                        try NBDIoctlDevice.start(setup) { index in
+                            // udev asks `iscsi-nbd udev-id` about the device once NBD_DO_IT announces it.
+                            DeviceRegistry().record(index: index, identity: identity)
+                        }
+                    }
+                    ioctlDevice = started
+                    index = started.index
+                } else if case .reconfigure(let existing) = start {
+                    try await NIOThreadPool.singleton.runIfActive { [kernelFDs] () throws -> Void in
+                        try NBDKernelDevice().reconfigure(index: existing, sockets: kernelFDs, backendIdentifier: options.backendIdentifier)
+                    }
+                    index = existing
+                } else {
+                    let request = NBDConnectRequest(
+                        sockets: kernelFDs, size: info.size, blockSize: info.logicalBlockSize,
+                        serverFlags: NBDKernel.NBDTransmissionFlags(rawValue: UInt64(export.flags.rawValue)),
+                        clientFlags: [], timeoutSeconds: options.requestTimeout.map(Self.seconds),
+                        deadConnectionTimeoutSeconds: options.deadConnectionTimeout.map(Self.seconds),
+                        index: options.index.map { UInt32(clamping: $0) }, backendIdentifier: options.backendIdentifier)
+                    index = try await NIOThreadPool.singleton.runIfActive { () throws -> Int in
+                        try NBDKernelDevice().connect(request)
+                    }
                 }
             }
         } catch {
@@ -171,13 +206,18 @@ final class KernelAttachment: Sendable {
             link = await settleLink(path: dir + "/" + options.identity.path, device: "/dev/nbd\(index)",
                                     udevMakesIt: dir == DeviceNames.byPathDirectory && udevRunning(), logger: logger)
         }
-        logger.notice(reconfigure == nil ? "attached" : "reconnected", metadata: [
-            "device": "/dev/nbd\(index)", "backend": "\(options.backendIdentifier)", "connections": "\(count)",
+        let verb = switch start {
+        case .connect: "attached"
+        case .reconfigure: "reconnected"
+        case .resume: "resumed"
+        }
+        logger.notice("\(verb)", metadata: [
+            "device": "/dev/nbd\(index)", "backend": "\(options.backendIdentifier)", "connections": "\(served.count)",
             "size": "\(info.size)", "blockSize": "\(info.logicalBlockSize)",
             "interface": "\(ioctlDevice == nil ? "netlink" : "ioctl")",
         ])
         return KernelAttachment(index: index, device: device, options: options, byPathLink: link?.path, ownsLink: link?.ours ?? false,
-                                server: server, served: served, ioctlDevice: ioctlDevice, logger: logger)
+                                server: server, served: served, kept: kept, ioctlDevice: ioctlDevice, logger: logger)
     }
 
     /// `.auto` becomes netlink when the kernel knows the "nbd" family (loading the module if needed), else ioctl.
@@ -272,19 +312,84 @@ final class KernelAttachment: Sendable {
         deadline.cancel()
         await ioctlFinished(timeout: .seconds(10))
         await server.shutdown()
+        closeKept()
         if ownsLink, let link = byPathLink { Self.removeLink(path: link, ifPointingTo: devicePath) }
         DeviceRegistry().unregister(index: index)
         logger.notice("detached", metadata: ["device": "\(devicePath)", "flushed": "\(flushState)"])
     }
 
     /// Drops our ends without telling the kernel: it sees dead connections and holds I/O back for the
-    /// dead-connection timeout, waiting for fresh sockets (`attach(..., reconfigure: index)`). An ioctl
+    /// dead-connection timeout, waiting for fresh sockets (`attach(..., start: .reconfigure)`). An ioctl
     /// device stops instead (its I/O fails); the wait for NBD_DO_IT to return frees its index.
     func abandon() async {
         for c in served.withLockedValue({ $0 }) { c.close() }
+        closeKept()
         await ioctlFinished(timeout: .seconds(10))
         await server.shutdown()
         if ioctlDevice != nil { DeviceRegistry().unregister(index: index) }
+    }
+
+    private func closeKept() {
+        for fd in kept.withLockedValue({ k in defer { k = [] }; return k }) { close(fd) }
+    }
+
+    // MARK: - Handing over to the next daemon
+
+    /// For a restart under a device in use: every connection stops at a request boundary (requests read are
+    /// answered, none is cut) and our socket ends are returned, open, for systemd's fd store; the kernel sees
+    /// nothing and the next daemon continues the streams (`.resume`). Nil when a connection could not stop
+    /// cleanly or the device is an ioctl one (it cannot outlive this process): everything is then dropped as
+    /// by `abandon()`, and the next daemon hands the device fresh sockets instead.
+    func handOver(timeout: Duration = .seconds(10)) async -> [Int32]? {
+        guard ioctlDevice == nil else {
+            await abandon()
+            return nil
+        }
+        let connections = served.withLockedValue { $0 }
+        let descriptors = kept.withLockedValue { $0 }
+        var clean = connections.count == descriptors.count
+        for (connection, fd) in zip(connections, descriptors) where clean {
+            let paused = connection.pauseAtRequestBoundary { count in
+                SocketReading.readExactly(fd: fd, count: count, timeout: .seconds(2))
+            }
+            let loop = paused.eventLoop
+            let timer = loop.scheduleTask(in: .seconds(Int64(timeout.components.seconds))) { connection.close() }
+            clean = (try? await paused.get()) == true
+            timer.cancel()
+        }
+        guard clean else {
+            logger.warning("\(devicePath): its connections could not stop at a request boundary; the next daemon gives it fresh sockets")
+            await abandon()
+            return nil
+        }
+        await server.shutdown()
+        return kept.withLockedValue { k in defer { k = [] }; return k }
+    }
+
+    /// Who holds the device open, if anyone: a mount, swap, a device-mapper or md holder (they open it
+    /// exclusively: O_EXCL fails with EBUSY), or any process with it open. Nil: nobody, it can go.
+    func holder() -> String? {
+        Self.holder(of: devicePath)
+    }
+
+    static func holder(of path: String, proc: String = "/proc") -> String? {
+        let fd = open(path, O_RDONLY | O_EXCL | O_CLOEXEC | O_NONBLOCK)
+        if fd >= 0 {
+            close(fd)
+        } else if errno == EBUSY {
+            return "mounted or held exclusively"
+        }
+        let me = getpid()
+        guard let pids = try? FileManager.default.contentsOfDirectory(atPath: proc) else { return nil }
+        for pid in pids where pid.allSatisfy(\.isNumber) && Int32(pid) != me {
+            guard let fds = try? FileManager.default.contentsOfDirectory(atPath: "\(proc)/\(pid)/fd") else { continue }
+            for fd in fds where (try? FileManager.default.destinationOfSymbolicLink(atPath: "\(proc)/\(pid)/fd/\(fd)")) == path {
+                let comm = (try? String(contentsOfFile: "\(proc)/\(pid)/comm", encoding: .utf8))?
+                    .trimmingCharacters(in: .whitespacesAndNewlines) ?? "?"
+                return "open by \(comm) (pid \(pid))"
+            }
+        }
+        return nil
     }
 
     // MARK: - by-path links
@@ -339,5 +444,22 @@ final class KernelAttachment: Sendable {
     private static func seconds(_ d: Duration) -> UInt64 {
         let (s, atto) = d.components
         return s < 0 ? 0 : UInt64(s) + (atto > 0 ? 1 : 0)
+    }
+}
+
+extension KernelStart {
+    /// The device index the start names, if any.
+    var index: Int? {
+        switch self {
+        case .connect: nil
+        case .reconfigure(let index), .resume(let index, _): index
+        }
+    }
+}
+
+extension KernelStart {
+    var isResume: Bool {
+        if case .resume = self { return true }
+        return false
     }
 }
