@@ -140,9 +140,9 @@ struct DaemonCoreService: Service {
             logger.notice("re-adoption: \(adopted) device(s) taken over, \(notAdopted) not")
         }
         if automaticLogins {
-            let (started, failed) = await core.loginAutomatic()
-            logger.notice("automatic logins: \(started) logged in, \(failed) retrying in the background")
-            SystemdNotify.send("READY=1\nSTATUS=\(started) automatic sessions, \(failed) retrying")
+            let (started, present, failed) = await core.loginAutomatic()
+            logger.notice("automatic logins: \(started) logged in, \(present) already up, \(failed) not logged in (retried in the background unless refused: iscsi-nbd -m session says why)")
+            SystemdNotify.send("READY=1\nSTATUS=\(started + present) automatic sessions up, \(failed) not logged in")
         } else {
             SystemdNotify.send("READY=1\nSTATUS=ready")
         }
