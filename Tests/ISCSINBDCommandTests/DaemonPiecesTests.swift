@@ -206,9 +206,9 @@ import Testing
     @Test func backoffIsBounded() {
         #expect(SessionTable.retryDelay(attempt: 1) == .seconds(2))
         #expect(SessionTable.retryDelay(attempt: 2) == .seconds(4))
-        #expect(SessionTable.retryDelay(attempt: 5) == .seconds(32))
-        #expect(SessionTable.retryDelay(attempt: 6) == .seconds(60))
-        #expect(SessionTable.retryDelay(attempt: 1000) == .seconds(60))
+        #expect(SessionTable.retryDelay(attempt: 4) == .seconds(16))
+        #expect(SessionTable.retryDelay(attempt: 5) == .seconds(20))
+        #expect(SessionTable.retryDelay(attempt: 1000) == .seconds(20))
         #expect(SessionTable.retryDelay(attempt: 0) == .seconds(2))
     }
 }
