@@ -205,7 +205,16 @@ actor DaemonCore {
         await withTaskGroup(of: Void.self) { group in
             for id in ids { group.addTask { await self.stop(id, handOver: handOver) } }
         }
-        for (index, sockets) in stored { dropStored(index: index, sockets: sockets) }
+        // Sockets handed to us that no login took up yet (the target is away): at a restart they stay in the
+        // fd store for the daemon after us; at the machine's shutdown they go.
+        for (index, sockets) in stored {
+            if handOver {
+                for fd in sockets { close(fd) }
+            } else {
+                dropStored(index: index, sockets: sockets)
+            }
+        }
+        stored = [:]
     }
 
     private func stop(_ id: Int, handOver: Bool) async {
