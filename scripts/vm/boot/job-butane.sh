@@ -16,9 +16,10 @@ check "/srv/data is mounted from $(nbd_of "$LINK")" test "$(findmnt -n -o SOURCE
 check "it is the LUN's ext4 (label butane-disk1)" test "$(lsblk -no LABEL "$(nbd_of "$LINK")")" = butane-disk1
 if [ "$VM_BOOT_COUNT" = 1 ]; then
   head -c 2M /dev/urandom > /srv/data/from-boot-1
-  (cd /srv/data && sha256sum from-boot-1) > "$VM_RESULTS/butane.sha256"
+  # The checksum is kept on the guest's own disk: each boot has its own results directory.
+  (cd /srv/data && sha256sum from-boot-1) | tee "$VM_RESULTS/butane.sha256" > /var/lib/iscsi-nbd-test/butane.sha256
 else
-  check "the file of boot 1 is there" sh -c "cd /srv/data && sha256sum -c --quiet '$VM_RESULTS/butane.sha256'"
+  check "the file of boot 1 is there" sh -c "cd /srv/data && sha256sum -c --quiet /var/lib/iscsi-nbd-test/butane.sha256"
   check "no I/O error in boot 1's shutdown" sh -c '! journalctl -b -1 --no-pager | grep -iE "I/O error|EXT4-fs error"'
 fi
 finish
