@@ -158,8 +158,14 @@ public final class NBDServer: Sendable {
     }
     private let state = NIOLockedValueBox(State())
     private let payloadBudget: NBDPayloadBudget?
+    /// Told about every connection and request of this export (metrics); nil: none.
+    private let observer: (any NBDRequestObserver)?
 
-    public init(device: any BlockDevice, configuration: NBDServerConfiguration, group: any EventLoopGroup, logger: Logger) {
+    public init(
+        device: any BlockDevice, configuration: NBDServerConfiguration, group: any EventLoopGroup, logger: Logger,
+        observer: (any NBDRequestObserver)? = nil
+    ) {
+        self.observer = observer
         self.device = device
         self.configuration = configuration
         self.group = group
@@ -319,12 +325,12 @@ public final class NBDServer: Sendable {
             transmissionOnly
             ? NBDConnectionHandler(
                 device: device, transmissionOnly: export, maxInFlight: configuration.maxInFlightPerConnection,
-                maxInFlightBytes: configuration.maxInFlightBytesPerConnection, logger: logger)
+                maxInFlightBytes: configuration.maxInFlightBytesPerConnection, observer: observer, logger: logger)
             : NBDConnectionHandler(
                 device: device, export: export, maxInFlight: configuration.maxInFlightPerConnection,
                 maxInFlightBytes: configuration.maxInFlightBytesPerConnection,
                 maxOptionLength: configuration.maxOptionLength, tlsContext: tlsContext,
-                stallTimeout: configuration.stallTimeout, payloadBudget: payloadBudget, logger: logger)
+                stallTimeout: configuration.stallTimeout, payloadBudget: payloadBudget, observer: observer, logger: logger)
         try channel.pipeline.syncOperations.addHandler(handler)
         logger.debug("connection accepted", metadata: ["nbd.transmissionOnly": "\(transmissionOnly)"])
     }
