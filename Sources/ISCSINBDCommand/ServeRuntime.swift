@@ -32,9 +32,14 @@ struct ServeRuntime {
     var stallTimeout: TimeAmount? = .seconds(30)
     var maxBufferedWriteBytes: Int = 256 << 20
     var sendBufferBytes: Int? = 4 << 20
+    /// `--metrics-listen` / `--metrics-socket`.
+    var metrics: [MetricsEndpoint] = []
     var logger: Logger
 
     func run() async throws {
+        let metrics = try await CommandMetrics.start(self.metrics, configuration: session, logger: logger)
+        var session = self.session
+        metrics?.instrument(&session)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
         // The session, the device and (by the server's placement) every NBD connection share this loop.
         let opened = Handoff<OpenedLUN>()
@@ -45,10 +50,11 @@ struct ServeRuntime {
             maxBufferedWriteBytes: maxBufferedWriteBytes)
         configuration.sendBufferBytes = sendBufferBytes
         do {
-            try await Lifecycle.run([
+            try await Lifecycle.run((metrics?.services ?? []) + [
                 (SessionService(configuration: session, lun: lun, readOnly: readOnly, loop: group.next(), opened: opened,
                                 logger: logger), "session"),
-                (ExportService(opened: opened, configuration: configuration, group: group, logger: logger), "export"),
+                (ExportService(opened: opened, configuration: configuration, group: group, metrics: metrics, logger: logger),
+                 "export"),
             ], logger: logger)
             try? await group.shutdownGracefully()
         } catch {
@@ -63,11 +69,14 @@ struct ExportService: Service {
     var opened: Handoff<OpenedLUN>
     var configuration: NBDServerConfiguration
     var group: MultiThreadedEventLoopGroup
+    var metrics: CommandMetrics?
     var logger: Logger
 
     func run() async throws {
         guard let lun = await opened.value() else { return }
-        let server = NBDServer(device: lun.device, configuration: configuration, group: group, logger: logger)
+        metrics?.serving(lun, device: configuration.exportName)
+        let server = NBDServer(device: lun.device, configuration: configuration, group: group, logger: logger,
+                               observer: metrics?.requests)
         do {
             try await server.start()
         } catch {

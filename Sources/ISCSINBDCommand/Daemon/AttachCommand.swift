@@ -57,6 +57,8 @@ struct AttachCommand: AsyncParsableCommand {
 
     @OptionGroup var chapOptions: CHAPOptions
 
+    @OptionGroup var metrics: MetricsOptions
+
     @Option(name: .long, help: "Initiator name (default: from /etc/iscsi/initiatorname.iscsi, or generated).")
     var initiatorName: String?
 
@@ -93,14 +95,17 @@ struct AttachCommand: AsyncParsableCommand {
                 exportName: "\(parsed.targetName)/lun-\(parsed.lun)",
                 byPathDirectory: byPathDir.isEmpty ? nil : byPathDir, interface: kernelInterface)
         }
+        var configuration = plan.configuration
+        let metrics = try await CommandMetrics.start(try self.metrics.endpoints(), configuration: configuration, logger: logger)
+        metrics?.instrument(&configuration)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         defer { group.shutdownGracefully { _ in } }
         let opened = Handoff<OpenedLUN>()
         // The session first, the device second: a shutdown detaches the device, then logs out.
-        try await Lifecycle.run([
-            (SessionService(configuration: plan.configuration, lun: parsed.lun, readOnly: readOnly, loop: group.next(),
+        try await Lifecycle.run((metrics?.services ?? []) + [
+            (SessionService(configuration: configuration, lun: parsed.lun, readOnly: readOnly, loop: group.next(),
                             opened: opened, logger: logger), "session"),
-            (KernelDeviceService(opened: opened, options: options, group: group, logger: logger), "device"),
+            (KernelDeviceService(opened: opened, options: options, group: group, metrics: metrics, logger: logger), "device"),
         ], logger: logger)
     }
 }
@@ -115,6 +120,7 @@ struct KernelDeviceService: Service {
     /// The device's options, once the LUN's identity is known.
     var options: @Sendable (LUNIdentity?) -> KernelAttachOptions
     var group: any EventLoopGroup
+    var metrics: CommandMetrics?
     var logger: Logger
 
     func run() async throws {
@@ -127,7 +133,8 @@ struct KernelDeviceService: Service {
         }
         let attachment = try await KernelAttachment.attach(
             device: lun.device, options: options, group: group, logger: logger,
-            start: orphan.map { .reconfigure(index: $0.index) } ?? .connect)
+            start: orphan.map { .reconfigure(index: $0.index) } ?? .connect, observer: metrics?.requests)
+        metrics?.serving(lun, device: attachment.devicePath)
         if let orphan { logger.notice("re-adopted \(orphan.path), left by an attach that died") }
         attachment.follow(lun.scsi)
         FileHandle.standardOutput.write(Data((attachment.devicePath + "\n").utf8))

@@ -1,0 +1,203 @@
+import ISCSIBlockBackend
+import NBDProtocol
+import NBDServer
+import NIOConcurrencyHelpers
+import NIOCore
+import Prometheus
+import SCSI
+
+/// The commands a LUN's request counters and histograms are kept for; anything else counts as "other".
+enum RequestKind: Int, CaseIterable, Sendable {
+    case read, write, flush, trim, writeZeroes, other
+
+    init(_ command: NBDCommand) {
+        switch command {
+        case .read: self = .read
+        case .write: self = .write
+        case .flush: self = .flush
+        case .trim: self = .trim
+        case .writeZeroes: self = .writeZeroes
+        default: self = .other
+        }
+    }
+
+    var label: String {
+        switch self {
+        case .read: "read"
+        case .write: "write"
+        case .flush: "flush"
+        case .trim: "trim"
+        case .writeZeroes: "write_zeroes"
+        case .other: "other"
+        }
+    }
+}
+
+/// One LUN's NBD requests as they happen: counts by command and result, bytes, requests in flight, open
+/// connections, and the last minute of latencies (p50/p99 for `-m session -P 1`). The NBD server calls it
+/// once when a request starts and once when it ends; each call takes one lock. The Prometheus latency
+/// histograms are recorded at the end of each request too; everything else is mirrored at scrape time.
+final class LUNRequestStatistics: NBDRequestObserver {
+    struct Snapshot: Sendable, Hashable {
+        /// `[kind.rawValue * 2 + (ok ? 0 : 1)]`.
+        var answered = [UInt64](repeating: 0, count: RequestKind.allCases.count * 2)
+        var refused: UInt64 = 0
+        var bytesRead: UInt64 = 0
+        var bytesWritten: UInt64 = 0
+        var inFlight = 0
+        var connections = 0
+
+        func count(_ kind: RequestKind, ok: Bool) -> UInt64 { answered[kind.rawValue * 2 + (ok ? 0 : 1)] }
+    }
+
+    private struct State {
+        var snapshot = Snapshot()
+        var window = LatencyWindow()
+        /// One Prometheus histogram per `RequestKind` but `.other`, once the LUN's labels are known.
+        var histograms: [DurationHistogram]?
+    }
+
+    private let state = NIOLockedValueBox(State())
+
+    init() {}
+
+    /// The LUN's latency histograms (`LUNMetrics`), from now on.
+    func record(into histograms: [DurationHistogram]?) {
+        state.withLockedValue { $0.histograms = histograms }
+    }
+
+    var snapshot: Snapshot { state.withLockedValue { $0.snapshot } }
+
+    /// p50 and p99 over the last minute in nanoseconds, and how many requests that was; nil without requests.
+    func recentLatency(now: UInt64 = NIODeadline.now().uptimeNanoseconds) -> (p50: UInt64, p99: UInt64, count: UInt64)? {
+        state.withLockedValue { s in
+            guard let p50 = s.window.quantile(0.5, now: now), let p99 = s.window.quantile(0.99, now: now) else { return nil }
+            return (p50, p99, s.window.count(now: now))
+        }
+    }
+
+    func connectionOpened() { state.withLockedValue { $0.snapshot.connections += 1 } }
+    func connectionClosed() { state.withLockedValue { $0.snapshot.connections -= 1 } }
+    func requestStarted() { state.withLockedValue { $0.snapshot.inFlight += 1 } }
+    func requestRefused() { state.withLockedValue { $0.snapshot.refused &+= 1 } }
+
+    func requestFinished(_ command: NBDCommand, bytes: UInt32, start: UInt64, end: UInt64, succeeded: Bool) {
+        let kind = RequestKind(command)
+        let nanoseconds = end &- start
+        let histograms = state.withLockedValue { s in
+            s.snapshot.inFlight -= 1
+            s.snapshot.answered[kind.rawValue * 2 + (succeeded ? 0 : 1)] &+= 1
+            if kind == .read { s.snapshot.bytesRead &+= UInt64(bytes) }
+            if kind == .write { s.snapshot.bytesWritten &+= UInt64(bytes) }
+            s.window.record(nanoseconds: nanoseconds, now: end)
+            return s.histograms
+        }
+        if let histograms, kind != .other { histograms[kind.rawValue].record(.nanoseconds(Int64(clamping: nanoseconds))) }
+    }
+}
+
+/// A LUN's metrics: the labels, the request statistics the NBD server feeds, and the SCSI command statistics
+/// of the device (replaced when the daemon opens the LUN again on a new session).
+final class LUNMetrics: MetricsSource {
+    let labels: [(String, String)]
+    let requests: LUNRequestStatistics
+    private let scsi: NIOLockedValueBox<SCSICommandStatistics?>
+    private let hub: MetricsHub
+    private let mirrors: NIOLockedValueBox<Mirrors>
+
+    private struct Mirrors: @unchecked Sendable {
+        var registered = RegisteredMetrics()
+        var answered: [Counter] = []
+        var refused: Counter
+        var bytesRead: Counter
+        var bytesWritten: Counter
+        var inFlight: Gauge
+        var connections: Gauge
+        var transportFailures: Counter
+        /// Made as values first appear (an opcode and status pair, a sense key, a retry cause).
+        var dynamic: [String: Counter] = [:]
+    }
+
+    /// `requests`: the statistics the NBD server already feeds (kernel devices are named only once attached).
+    init(hub: MetricsHub, target: String, portal: String, lun: UInt16, device: String,
+         requests: LUNRequestStatistics = LUNRequestStatistics()) {
+        let labels = [("target", target), ("portal", portal), ("lun", "\(lun)"), ("device", device)]
+        self.labels = labels
+        self.hub = hub
+        self.scsi = NIOLockedValueBox(nil)
+        var registered = RegisteredMetrics()
+        let histograms = RequestKind.allCases.filter { $0 != .other }.map { kind in
+            registered.keep(hub.histogram(MetricCatalog.requestDuration, labels + [("command", kind.label)],
+                                          buckets: MetricCatalog.latencyBuckets))
+        }
+        requests.record(into: histograms)
+        self.requests = requests
+        var answered: [Counter] = []
+        for kind in RequestKind.allCases {
+            for result in ["ok", "error"] {
+                answered.append(registered.keep(hub.counter(MetricCatalog.requests, labels + [("command", kind.label), ("result", result)])))
+            }
+        }
+        mirrors = NIOLockedValueBox(Mirrors(
+            registered: registered, answered: answered,
+            refused: registered.keep(hub.counter(MetricCatalog.requestsRefused, labels)),
+            bytesRead: registered.keep(hub.counter(MetricCatalog.readBytes, labels)),
+            bytesWritten: registered.keep(hub.counter(MetricCatalog.writtenBytes, labels)),
+            inFlight: registered.keep(hub.gauge(MetricCatalog.requestsInFlight, labels)),
+            connections: registered.keep(hub.gauge(MetricCatalog.nbdConnections, labels)),
+            transportFailures: registered.keep(hub.counter(MetricCatalog.scsiTransportFailures, labels))))
+    }
+
+    /// The device's command statistics (a new device after the daemon opened the LUN again).
+    func follow(_ statistics: SCSICommandStatistics) {
+        scsi.withLockedValue { $0 = statistics }
+    }
+
+    var scsiStatistics: SCSICommandStatistics.Snapshot? { scsi.withLockedValue { $0 }?.snapshot }
+
+    func gather(on loop: any EventLoop) -> EventLoopFuture<MetricsUpdate> {
+        let io = requests.snapshot
+        let scsi = scsiStatistics
+        return loop.makeSucceededFuture({ self.apply(io, scsi) })
+    }
+
+    private func apply(_ io: LUNRequestStatistics.Snapshot, _ scsi: SCSICommandStatistics.Snapshot?) {
+        let labels = self.labels
+        let hub = self.hub
+        mirrors.withLockedValue { m in
+            for (i, counter) in m.answered.enumerated() { counter.mirror(io.answered[i]) }
+            m.refused.mirror(io.refused)
+            m.bytesRead.mirror(io.bytesRead)
+            m.bytesWritten.mirror(io.bytesWritten)
+            m.inFlight.set(Int64(io.inFlight))
+            m.connections.set(Int64(io.connections))
+            guard let scsi else { return }
+            m.transportFailures.mirror(scsi.transportFailures)
+            func dynamic(_ key: String, _ make: () -> Counter) -> Counter {
+                if let c = m.dynamic[key] { return c }
+                let c = m.registered.keep(make())
+                m.dynamic[key] = c
+                return c
+            }
+            for (opcode, status, count) in scsi.commandCounts {
+                let o = MetricCatalog.labelValue(opcode.description)
+                let s = MetricCatalog.labelValue(status?.description ?? "other")
+                dynamic("c/\(o)/\(s)") { hub.counter(MetricCatalog.scsiCommands, labels + [("opcode", o), ("status", s)]) }.mirror(count)
+            }
+            for (key, count) in scsi.senseKeys.enumerated() where count > 0 {
+                let k = MetricCatalog.labelValue(SenseKey(rawValue: UInt8(key)).description)
+                dynamic("k/\(k)") { hub.counter(MetricCatalog.senseKeys, labels + [("sense_key", k)]) }.mirror(count)
+            }
+            for (cause, count) in scsi.retries {
+                dynamic("r/\(cause.rawValue)") { hub.counter(MetricCatalog.scsiRetries, labels + [("cause", cause.rawValue)]) }.mirror(count)
+            }
+        }
+    }
+
+    /// Takes the LUN's metrics out of the registry.
+    func unregister() {
+        hub.remove(self)
+        requests.record(into: nil)
+        mirrors.withLockedValue { $0.registered.unregister(from: hub.registry) }
+    }
+}
