@@ -80,6 +80,16 @@ public struct ISCSICommandWindowSnapshot: Sendable, Hashable {
     public var maxCmdSN: UInt32
     /// Commands the target accepts now: MaxCmdSN - CmdSN + 1 (0 when closed).
     public var window: Int
+
+    public init(queueDepth: Int, outstanding: Int, queued: Int, cmdSN: UInt32, expCmdSN: UInt32, maxCmdSN: UInt32, window: Int) {
+        self.queueDepth = queueDepth
+        self.outstanding = outstanding
+        self.queued = queued
+        self.cmdSN = cmdSN
+        self.expCmdSN = expCmdSN
+        self.maxCmdSN = maxCmdSN
+        self.window = window
+    }
 }
 
 /// A session's counters: those of every connection it has had, its recoveries, and where its command window
@@ -100,6 +110,23 @@ public struct ISCSISessionStatistics: Sendable, Hashable {
         public var lostAt: Double
         public var reason: String
         public var durationSeconds: Double?
+
+        public init(lostAt: Double, reason: String, durationSeconds: Double?) {
+            self.lostAt = lostAt
+            self.reason = reason
+            self.durationSeconds = durationSeconds
+        }
+    }
+
+    public init(
+        pdus: ISCSIPDUCounters, recoveries: Int, reloginAttempts: Int, lastRecovery: RecoveryRecord?,
+        window: ISCSICommandWindowSnapshot?
+    ) {
+        self.pdus = pdus
+        self.recoveries = recoveries
+        self.reloginAttempts = reloginAttempts
+        self.lastRecovery = lastRecovery
+        self.window = window
     }
 }
 

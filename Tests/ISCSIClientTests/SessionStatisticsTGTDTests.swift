@@ -42,6 +42,7 @@ struct SessionStatisticsTGTDTests {
         let after = try await session.statistics().get()
 
         let expected = Self.expectedWrite(total: total, p)
+        print("1 MiB write: FirstBurstLength \(p.firstBurstLength), MaxBurstLength \(p.maxBurstLength), MaxXmitDataSegmentLength \(p.targetMaxRecvDataSegmentLength), ImmediateData \(p.immediateData), InitialR2T \(p.initialR2T): expecting \(expected.dataOut) Data-Out, \(expected.r2t) R2T")
         #expect(expected.r2t > 0)
         #expect(after.pdus.sent(.scsiCommand) - before.pdus.sent(.scsiCommand) == 1)
         #expect(after.pdus.sent(.dataOut) - before.pdus.sent(.dataOut) == expected.dataOut)

@@ -183,6 +183,11 @@ private final class MetricsRequestHandler: ChannelInboundHandler {
         }
     }
 
+    /// Malformed HTTP: NIO's error handler has answered 400; the connection is not kept.
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
+    }
+
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is IdleStateHandler.IdleStateEvent {
             context.close(promise: nil)
