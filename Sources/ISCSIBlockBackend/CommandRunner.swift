@@ -30,11 +30,12 @@ final class CommandRunner: Sendable {
     let logger: Logger
     /// Told about every unit attention (the command itself is retried).
     let unitAttentions = UnitAttentionRelay()
-    /// Statuses, sense keys and retries of this LUN's commands.
-    let statistics = SCSICommandStatistics()
+    /// Statuses, sense keys and retries of this LUN's commands (on the transport's loop, like the completions).
+    let statistics: SCSICommandStatistics
 
     init(transport: any SCSITransport, lun: LogicalUnitNumber, policy: RetryPolicy, logger: Logger) {
         self.transport = transport
+        self.statistics = SCSICommandStatistics(eventLoop: transport.eventLoop)
         self.lun = lun
         self.policy = policy
         self.logger = logger

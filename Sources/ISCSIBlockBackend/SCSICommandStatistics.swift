@@ -1,10 +1,12 @@
-import NIOConcurrencyHelpers
+import NIOCore
 import SCSI
 
 /// What the commands of one LUN came back with: commands by opcode and status, sense keys, retries by cause,
-/// and failures in transport (no status). One lock, taken once per command; no hashing on the way (flat
-/// arrays indexed by opcode and a small status index).
-public final class SCSICommandStatistics: Sendable {
+/// and failures in transport (no status). Kept on the transport's event loop, where every completion of the
+/// LUN's `CommandRunner` runs: plain integers, no lock, no hashing on the way (flat arrays indexed by opcode
+/// and a small status index); `snapshot()` reads them there.
+public final class SCSICommandStatistics: @unchecked Sendable {
+    // SAFETY: `state` is read and written on `eventLoop` only.
     /// The status bytes SAM defines, in index order; anything else counts under `other`.
     public static let statuses: [SCSIStatus] = [
         .good, .checkCondition, .conditionMet, .busy, .reservationConflict, .taskSetFull, .acaActive, .taskAborted,
@@ -61,33 +63,40 @@ public final class SCSICommandStatistics: Sendable {
         }
     }
 
-    private let state = NIOLockedValueBox(Snapshot(
+    private var state = Snapshot(
         commands: [UInt64](repeating: 0, count: 256 * (statuses.count + 1)),
-        senseKeys: [UInt64](repeating: 0, count: 16), retries: [:], transportFailures: 0))
+        senseKeys: [UInt64](repeating: 0, count: 16), retries: [:], transportFailures: 0)
+    public let eventLoop: any EventLoop
 
-    public init() {}
+    public init(eventLoop: any EventLoop) {
+        self.eventLoop = eventLoop
+    }
 
-    public var snapshot: Snapshot { state.withLockedValue { $0 } }
+    /// The counts now, read on the event loop.
+    public func snapshot() -> EventLoopFuture<Snapshot> {
+        eventLoop.submit { self.state }
+    }
 
     static func statusIndex(_ status: SCSIStatus) -> Int {
         statuses.firstIndex(of: status) ?? statuses.count
     }
 
+    // The recorders run on `eventLoop` (the completions of the runner's commands).
+
     /// A status came back (every attempt, retried or not).
     func record(opcode: UInt8, status: SCSIStatus) {
-        let index = Int(opcode) * (Self.statuses.count + 1) + Self.statusIndex(status)
-        state.withLockedValue { $0.commands[index] &+= 1 }
+        state.commands[Int(opcode) * (Self.statuses.count + 1) + Self.statusIndex(status)] &+= 1
     }
 
     func record(sense: SenseData) {
-        state.withLockedValue { $0.senseKeys[Int(sense.key.rawValue)] &+= 1 }
+        state.senseKeys[Int(sense.key.rawValue)] &+= 1
     }
 
     func recordRetry(_ cause: RetryCause) {
-        state.withLockedValue { $0.retries[cause, default: 0] &+= 1 }
+        state.retries[cause, default: 0] &+= 1
     }
 
     func recordTransportFailure() {
-        state.withLockedValue { $0.transportFailures &+= 1 }
+        state.transportFailures &+= 1
     }
 }

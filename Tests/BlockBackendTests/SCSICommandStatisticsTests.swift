@@ -11,13 +11,13 @@ import Testing
     @Test func statusesSenseKeysAndRetriesAreCounted() async throws {
         let dev = try await open(makeDisk())
         let disk = dev.transport as! FakeSCSIDisk
-        let before = dev.commandStatistics.snapshot
+        let before = try await dev.commandStatistics.snapshot().get()
         disk.inject(FakeSCSIDisk.Fault(status: .busy, count: 2))
         disk.inject(FakeSCSIDisk.Fault(status: .taskSetFull, count: 1))
         try await dev.write(offset: 0, data: pattern(512, seed: 1), flags: []).get()
         disk.inject(.checkCondition(.unitAttention, .powerOnResetOccurred, count: 1, opcodes: [0x28]))
         _ = try await dev.read(offset: 0, length: 512).get()
-        let after = dev.commandStatistics.snapshot
+        let after = try await dev.commandStatistics.snapshot().get()
 
         func delta(_ opcode: SCSIOpcode, _ status: SCSIStatus) -> UInt64 {
             after.count(opcode: opcode, status: status) - before.count(opcode: opcode, status: status)

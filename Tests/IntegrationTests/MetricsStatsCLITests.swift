@@ -37,13 +37,14 @@ struct MetricsStatsCLITests {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("stats-\(UUID().uuidString.prefix(8))")
         let path = dir.appendingPathComponent("control.sock").path
         let server = try await ControlServer.start(path: path, activated: nil, group: group, logger: logger) { request in
-            guard request.op == .stats, let stats = try? await session.statistics().get() else {
+            guard request.op == .stats, let stats = try? await session.statistics().get(),
+                  let scsi = try? await device.commandStatistics.snapshot().get() else {
                 return .failure(.failure, "unexpected request")
             }
             var report = ControlSession(
                 id: 1, target: Self.iqn, portal: "127.0.0.1:\(tgt.port)", tpgt: 1, state: "LOGGED_IN", initiatorName: nil,
                 tsih: session.tsih, isid: nil, luns: [], negotiated: [], timeouts: [], lastError: nil)
-            report.stats = DaemonCore.statsRows(stats, scsi: [device.commandStatistics.snapshot])
+            report.stats = DaemonCore.statsRows(stats, scsi: [scsi])
             return .success(sessions: [report].filter { request.sid == nil || $0.id == request.sid })
         }
         let environment = ["ISCSI_NBD_CONTROL_SOCKET": path]

@@ -99,7 +99,10 @@ extension DaemonCore {
         var out: [ControlSession] = []
         for var report in sessionReports() where sid == nil || report.id == sid {
             if let l = live[report.id], let s = try? await l.session.statistics().get() {
-                let scsi = l.attachments.compactMap { metrics.lun(report.id, $0.lun)?.scsiStatistics }
+                var scsi: [SCSICommandStatistics.Snapshot] = []
+                for a in l.attachments {
+                    if let s = try? await a.scsi.commandStatistics.snapshot().get() { scsi.append(s) }
+                }
                 report.stats = Self.statsRows(s, scsi: scsi)
             }
             out.append(report)

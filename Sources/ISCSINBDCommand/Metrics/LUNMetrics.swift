@@ -153,12 +153,15 @@ final class LUNMetrics: MetricsSource {
         scsi.withLockedValue { $0 = statistics }
     }
 
-    var scsiStatistics: SCSICommandStatistics.Snapshot? { scsi.withLockedValue { $0 }?.snapshot }
+    /// The device's SCSI counts (read on its session's loop); nil before the LUN was opened.
+    func scsiStatistics(on loop: any EventLoop) -> EventLoopFuture<SCSICommandStatistics.Snapshot?> {
+        guard let statistics = scsi.withLockedValue({ $0 }) else { return loop.makeSucceededFuture(nil) }
+        return statistics.snapshot().hop(to: loop).map { $0 }
+    }
 
     func gather(on loop: any EventLoop) -> EventLoopFuture<MetricsUpdate> {
         let io = requests.snapshot
-        let scsi = scsiStatistics
-        return loop.makeSucceededFuture({ self.apply(io, scsi) })
+        return scsiStatistics(on: loop).map { scsi in { self.apply(io, scsi) } }
     }
 
     private func apply(_ io: LUNRequestStatistics.Snapshot, _ scsi: SCSICommandStatistics.Snapshot?) {
