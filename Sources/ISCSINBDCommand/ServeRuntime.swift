@@ -37,10 +37,17 @@ struct ServeRuntime {
     var logger: Logger
 
     func run() async throws {
-        let metrics = try await CommandMetrics.start(self.metrics, configuration: session, logger: logger)
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
+        let loop = group.next()
+        let metrics: CommandMetrics?
+        do {
+            metrics = try await CommandMetrics.start(self.metrics, configuration: session, loop: loop, logger: logger)
+        } catch {
+            try? await group.shutdownGracefully()
+            throw error
+        }
         var session = self.session
         metrics?.instrument(&session)
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
         // The session, the device and (by the server's placement) every NBD connection share this loop.
         let opened = Handoff<OpenedLUN>()
         var configuration = NBDServerConfiguration(
@@ -51,7 +58,7 @@ struct ServeRuntime {
         configuration.sendBufferBytes = sendBufferBytes
         do {
             try await Lifecycle.run((metrics?.services ?? []) + [
-                (SessionService(configuration: session, lun: lun, readOnly: readOnly, loop: group.next(), opened: opened,
+                (SessionService(configuration: session, lun: lun, readOnly: readOnly, loop: loop, opened: opened,
                                 logger: logger), "session"),
                 (ExportService(opened: opened, configuration: configuration, group: group, metrics: metrics, logger: logger),
                  "export"),

@@ -3,6 +3,7 @@ import ISCSIClient
 import ISCSITestSupport
 import Logging
 import NIOCore
+import NIOPosix
 import Testing
 
 @testable import ISCSINBDCommand
@@ -93,7 +94,8 @@ import Testing
 
     @Test func onlyGetMetricsIsAnswered() async throws {
         try await withServer(.tcp(host: "127.0.0.1", port: 0)) { probe, hub in
-            let lun = LUNMetrics(hub: hub, target: "iqn.test:t", portal: "127.0.0.1:3260", lun: 1, device: "export")
+            let lun = LUNMetrics(hub: hub, target: "iqn.test:t", portal: "127.0.0.1:3260", lun: 1, device: "export",
+                                 requests: LUNRequestStatistics(eventLoop: MultiThreadedEventLoopGroup.singleton.next()))
             hub.add(lun)
             lun.requests.requestStarted()
             lun.requests.requestFinished(.read, bytes: 4096, start: 0, end: 150_000, succeeded: true)

@@ -95,15 +95,16 @@ struct AttachCommand: AsyncParsableCommand {
                 exportName: "\(parsed.targetName)/lun-\(parsed.lun)",
                 byPathDirectory: byPathDir.isEmpty ? nil : byPathDir, interface: kernelInterface)
         }
-        var configuration = plan.configuration
-        let metrics = try await CommandMetrics.start(try self.metrics.endpoints(), configuration: configuration, logger: logger)
-        metrics?.instrument(&configuration)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         defer { group.shutdownGracefully { _ in } }
+        let loop = group.next()
+        var configuration = plan.configuration
+        let metrics = try await CommandMetrics.start(try self.metrics.endpoints(), configuration: configuration, loop: loop, logger: logger)
+        metrics?.instrument(&configuration)
         let opened = Handoff<OpenedLUN>()
         // The session first, the device second: a shutdown detaches the device, then logs out.
         try await Lifecycle.run((metrics?.services ?? []) + [
-            (SessionService(configuration: configuration, lun: parsed.lun, readOnly: readOnly, loop: group.next(),
+            (SessionService(configuration: configuration, lun: parsed.lun, readOnly: readOnly, loop: loop,
                             opened: opened, logger: logger), "session"),
             (KernelDeviceService(opened: opened, options: options, group: group, metrics: metrics, logger: logger), "device"),
         ], logger: logger)

@@ -86,7 +86,7 @@ extension DaemonCore {
             h.attempts = status.recoveryAttempts
             h.lastError = status.lastError
         }
-        if let recent = lun?.requests.recentLatency() {
+        if let recent = lun?.requests.published.recent {
             h.requests = recent.count
             h.p50 = recent.p50
             h.p99 = recent.p99

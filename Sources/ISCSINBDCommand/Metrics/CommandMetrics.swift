@@ -2,6 +2,7 @@ import ArgumentParser
 import ISCSIClient
 import Logging
 import NIOConcurrencyHelpers
+import NIOCore
 import ServiceLifecycle
 
 /// `--metrics-listen [HOST]:PORT` and `--metrics-socket PATH` (serve, attach, daemon).
@@ -39,11 +40,12 @@ final class CommandMetrics: Sendable {
     let hub: MetricsHub
     let session: SessionMetrics
     /// Fed by the NBD server from the first request; labelled once the LUN is served (`serving`).
-    let requests = LUNRequestStatistics()
+    let requests: LUNRequestStatistics
     private let servers: [MetricsHTTPServer]
     private let current = NIOLockedValueBox<ISCSISession?>(nil)
 
-    private init(hub: MetricsHub, session: SessionMetrics, servers: [MetricsHTTPServer]) {
+    private init(hub: MetricsHub, session: SessionMetrics, servers: [MetricsHTTPServer], loop: any EventLoop) {
+        self.requests = LUNRequestStatistics(eventLoop: loop)
         self.hub = hub
         self.session = session
         self.servers = servers
@@ -51,13 +53,14 @@ final class CommandMetrics: Sendable {
         let (requests, current) = (self.requests, self.current)
         hub.add(ProcessMetrics(hub: hub) {
             let loggedIn = current.withLockedValue { $0 }.map { $0.status.state == .connected } ?? false
-            return (requests.snapshot.connections, loggedIn ? 1 : 0)
+            return (requests.published.snapshot.connections, loggedIn ? 1 : 0)
         })
     }
 
-    /// Binds every endpoint (a port in use is an error now, before the login) and starts counting.
+    /// Binds every endpoint (a port in use is an error now, before the login) and starts counting; the
+    /// request counters live on `loop`, the session's.
     static func start(
-        _ endpoints: [MetricsEndpoint], configuration: ISCSISessionConfiguration, logger: Logger
+        _ endpoints: [MetricsEndpoint], configuration: ISCSISessionConfiguration, loop: any EventLoop, logger: Logger
     ) async throws -> CommandMetrics? {
         guard !endpoints.isEmpty else { return nil }
         let hub = MetricsHub()
@@ -71,7 +74,7 @@ final class CommandMetrics: Sendable {
         for server in servers { logger.notice("metrics at \(server.boundDescription)/metrics") }
         return CommandMetrics(
             hub: hub, session: SessionMetrics(hub: hub, target: configuration.targetName ?? "-", portal: configuration.portal.description),
-            servers: servers)
+            servers: servers, loop: loop)
     }
 
     /// The session reports login failures, recoveries and identity mismatches as they happen.

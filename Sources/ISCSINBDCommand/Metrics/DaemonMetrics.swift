@@ -1,6 +1,7 @@
 import ISCSIBlockBackend
 import ISCSIClient
 import NIOConcurrencyHelpers
+import NIOCore
 
 /// The daemon's metrics, by session id and LUN. They outlive the `ISCSISession` and `KernelAttachment`
 /// objects: a session that ended is logged in again with new ones, and its counters go on under the same
@@ -23,7 +24,7 @@ final class DaemonMetrics: Sendable {
         let entries = self.entries
         hub.add(ProcessMetrics(hub: hub) {
             entries.withLockedValue { all in
-                let nbd = all.values.reduce(0) { sum, e in sum + e.luns.values.reduce(0) { $0 + $1.requests.snapshot.connections } }
+                let nbd = all.values.reduce(0) { sum, e in sum + e.luns.values.reduce(0) { $0 + $1.requests.published.snapshot.connections } }
                 let iscsi = all.values.filter { $0.current?.status.state == .connected }.count
                 return (nbd, iscsi)
             }
@@ -51,11 +52,13 @@ final class DaemonMetrics: Sendable {
     }
 
     /// What the NBD server of LUN `lun` of session `id` reports to: the LUN's statistics when it was attached
-    /// before (a re-login gives the same device fresh sockets), else new ones, labelled by `attached`.
-    func requests(_ id: Int, lun: UInt16) -> LUNRequestStatistics {
+    /// before (a re-login gives the same device fresh sockets), else new ones kept on `loop` (the session's,
+    /// where the NBD connections of its devices run), labelled by `attached`.
+    func requests(_ id: Int, lun: UInt16, loop: any EventLoop) -> LUNRequestStatistics {
         entries.withLockedValue { all in
             if let existing = all[id]?.luns[lun] { return existing.requests }
-            let fresh = LUNRequestStatistics()
+            if let pending = all[id]?.pending[lun] { return pending }
+            let fresh = LUNRequestStatistics(eventLoop: loop)
             all[id]?.pending[lun] = fresh
             return fresh
         }
@@ -73,7 +76,7 @@ final class DaemonMetrics: Sendable {
                 metrics = LUNMetrics(
                     hub: hub, target: configuration?.configuration.targetName ?? "-",
                     portal: configuration?.configuration.portal.description ?? "-", lun: lun, device: device,
-                    requests: e.pending.removeValue(forKey: lun) ?? LUNRequestStatistics())
+                    requests: e.pending.removeValue(forKey: lun) ?? LUNRequestStatistics(eventLoop: scsi.transport.eventLoop))
                 e.luns[lun] = metrics
                 hub.add(metrics)
             }
@@ -92,5 +95,6 @@ final class DaemonMetrics: Sendable {
         guard let e = entries.withLockedValue({ $0.removeValue(forKey: id) }) else { return }
         e.session.unregister()
         for lun in e.luns.values { lun.unregister() }
+        for requests in e.pending.values { requests.stop() }
     }
 }

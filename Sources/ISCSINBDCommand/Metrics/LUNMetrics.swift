@@ -33,69 +33,6 @@ enum RequestKind: Int, CaseIterable, Sendable {
     }
 }
 
-/// One LUN's NBD requests as they happen: counts by command and result, bytes, requests in flight, open
-/// connections, and the last minute of latencies (p50/p99 for `-m session -P 1`). The NBD server calls it
-/// once when a request starts and once when it ends; each call takes one lock. The Prometheus latency
-/// histograms are recorded at the end of each request too; everything else is mirrored at scrape time.
-final class LUNRequestStatistics: NBDRequestObserver {
-    struct Snapshot: Sendable, Hashable {
-        /// `[kind.rawValue * 2 + (ok ? 0 : 1)]`.
-        var answered = [UInt64](repeating: 0, count: RequestKind.allCases.count * 2)
-        var refused: UInt64 = 0
-        var bytesRead: UInt64 = 0
-        var bytesWritten: UInt64 = 0
-        var inFlight = 0
-        var connections = 0
-
-        func count(_ kind: RequestKind, ok: Bool) -> UInt64 { answered[kind.rawValue * 2 + (ok ? 0 : 1)] }
-    }
-
-    private struct State {
-        var snapshot = Snapshot()
-        var window = LatencyWindow()
-        /// One Prometheus histogram per `RequestKind` but `.other`, once the LUN's labels are known.
-        var histograms: [DurationHistogram]?
-    }
-
-    private let state = NIOLockedValueBox(State())
-
-    init() {}
-
-    /// The LUN's latency histograms (`LUNMetrics`), from now on.
-    func record(into histograms: [DurationHistogram]?) {
-        state.withLockedValue { $0.histograms = histograms }
-    }
-
-    var snapshot: Snapshot { state.withLockedValue { $0.snapshot } }
-
-    /// p50 and p99 over the last minute in nanoseconds, and how many requests that was; nil without requests.
-    func recentLatency(now: UInt64 = NIODeadline.now().uptimeNanoseconds) -> (p50: UInt64, p99: UInt64, count: UInt64)? {
-        state.withLockedValue { s in
-            guard let p50 = s.window.quantile(0.5, now: now), let p99 = s.window.quantile(0.99, now: now) else { return nil }
-            return (p50, p99, s.window.count(now: now))
-        }
-    }
-
-    func connectionOpened() { state.withLockedValue { $0.snapshot.connections += 1 } }
-    func connectionClosed() { state.withLockedValue { $0.snapshot.connections -= 1 } }
-    func requestStarted() { state.withLockedValue { $0.snapshot.inFlight += 1 } }
-    func requestRefused() { state.withLockedValue { $0.snapshot.refused &+= 1 } }
-
-    func requestFinished(_ command: NBDCommand, bytes: UInt32, start: UInt64, end: UInt64, succeeded: Bool) {
-        let kind = RequestKind(command)
-        let nanoseconds = end &- start
-        let histograms = state.withLockedValue { s in
-            s.snapshot.inFlight -= 1
-            s.snapshot.answered[kind.rawValue * 2 + (succeeded ? 0 : 1)] &+= 1
-            if kind == .read { s.snapshot.bytesRead &+= UInt64(bytes) }
-            if kind == .write { s.snapshot.bytesWritten &+= UInt64(bytes) }
-            s.window.record(nanoseconds: nanoseconds, now: end)
-            return s.histograms
-        }
-        if let histograms, kind != .other { histograms[kind.rawValue].record(.nanoseconds(Int64(clamping: nanoseconds))) }
-    }
-}
-
 /// A LUN's metrics: the labels, the request statistics the NBD server feeds, and the SCSI command statistics
 /// of the device (replaced when the daemon opens the LUN again on a new session).
 final class LUNMetrics: MetricsSource {
@@ -119,8 +56,7 @@ final class LUNMetrics: MetricsSource {
     }
 
     /// `requests`: the statistics the NBD server already feeds (kernel devices are named only once attached).
-    init(hub: MetricsHub, target: String, portal: String, lun: UInt16, device: String,
-         requests: LUNRequestStatistics = LUNRequestStatistics()) {
+    init(hub: MetricsHub, target: String, portal: String, lun: UInt16, device: String, requests: LUNRequestStatistics) {
         let labels = [("target", target), ("portal", portal), ("lun", "\(lun)"), ("device", device)]
         self.labels = labels
         self.hub = hub
@@ -160,8 +96,7 @@ final class LUNMetrics: MetricsSource {
     }
 
     func gather(on loop: any EventLoop) -> EventLoopFuture<MetricsUpdate> {
-        let io = requests.snapshot
-        return scsiStatistics(on: loop).map { scsi in { self.apply(io, scsi) } }
+        requests.snapshot(on: loop).and(scsiStatistics(on: loop)).map { io, scsi in { self.apply(io, scsi) } }
     }
 
     private func apply(_ io: LUNRequestStatistics.Snapshot, _ scsi: SCSICommandStatistics.Snapshot?) {
@@ -201,6 +136,7 @@ final class LUNMetrics: MetricsSource {
     func unregister() {
         hub.remove(self)
         requests.record(into: nil)
+        requests.stop()
         mirrors.withLockedValue { $0.registered.unregister(from: hub.registry) }
     }
 }

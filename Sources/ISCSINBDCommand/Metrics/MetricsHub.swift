@@ -57,9 +57,9 @@ final class MetricsHub: Sendable {
         return registry.makeGauge(descriptor: family.descriptor, labels: labels)
     }
 
-    func histogram(_ family: MetricCatalog.Family, _ labels: [(String, String)], buckets: [Duration]) -> DurationHistogram {
+    func histogram(_ family: MetricCatalog.Family, _ labels: [(String, String)], buckets: [Double]) -> ValueHistogram {
         precondition(family.kind == .histogram && family.labels == labels.map(\.0), "\(family.name): labels or kind")
-        return registry.makeDurationHistogram(descriptor: family.descriptor, labels: labels, buckets: buckets)
+        return registry.makeValueHistogram(descriptor: family.descriptor, labels: labels, buckets: buckets)
     }
 }
 
@@ -75,16 +75,16 @@ extension Counter {
 struct RegisteredMetrics: Sendable {
     private(set) var counters: [Counter] = []
     private(set) var gauges: [Gauge] = []
-    private(set) var histograms: [DurationHistogram] = []
+    private(set) var histograms: [ValueHistogram] = []
 
     mutating func keep(_ c: Counter) -> Counter { counters.append(c); return c }
     mutating func keep(_ g: Gauge) -> Gauge { gauges.append(g); return g }
-    mutating func keep(_ h: DurationHistogram) -> DurationHistogram { histograms.append(h); return h }
+    mutating func keep(_ h: ValueHistogram) -> ValueHistogram { histograms.append(h); return h }
 
     func unregister(from registry: PrometheusCollectorRegistry) {
         for c in counters { registry.unregisterCounter(c) }
         for g in gauges { registry.unregisterGauge(g) }
-        for h in histograms { registry.unregisterDurationHistogram(h) }
+        for h in histograms { registry.unregisterValueHistogram(h) }
     }
 }
 

@@ -27,7 +27,7 @@ final class SessionMetrics: MetricsSource {
     private struct Live: Sendable {
         var loginFailures: [LoginFailureReason: Counter]
         var identityMismatches: Counter
-        var recoveryDuration: DurationHistogram
+        var recoveryDuration: ValueHistogram
     }
 
     private struct Mirrors: @unchecked Sendable {
@@ -86,7 +86,7 @@ final class SessionMetrics: MetricsSource {
         return { event in
             switch event {
             case .loginFailed(let reason): live.loginFailures[reason]?.increment()
-            case .recovered(let seconds): live.recoveryDuration.record(.nanoseconds(Int64(seconds * 1e9)))
+            case .recovered(let seconds): live.recoveryDuration.record(seconds)
             case .identityMismatch: live.identityMismatches.increment()
             case .recoveryStarted: break
             }
