@@ -60,6 +60,7 @@ actor DaemonCore {
         case .ping:
             return .success(messages: ["iscsi-nbd daemon, pid \(getpid())"])
         case .sessions:
+            await metrics.refresh()
             return .success(sessions: sessionReports().filter { request.sid == nil || $0.id == request.sid })
         case .stats:
             return .success(sessions: await statsReports(sid: request.sid))

@@ -86,6 +86,12 @@ final class DaemonMetrics: Sendable {
         made?.follow(scsi.commandStatistics)
     }
 
+    /// Every LUN's published latencies and counts brought up to date (before `-m session` reports).
+    func refresh() async {
+        let all = entries.withLockedValue { $0.values.flatMap { $0.luns.values.map(\.requests) } }
+        for requests in all { try? await requests.refresh().get() }
+    }
+
     func lun(_ id: Int, _ lun: UInt16) -> LUNMetrics? {
         entries.withLockedValue { $0[id]?.luns[lun] }
     }

@@ -92,6 +92,11 @@ final class LUNRequestStatistics: NBDRequestObserver, @unchecked Sendable {
     /// As of the last second (no wait).
     var published: Published { shared.withLockedValue { $0 } }
 
+    /// Publishes now (before a report that should include the last requests).
+    func refresh() -> EventLoopFuture<Void> {
+        eventLoop.submit { self.publish() }
+    }
+
     // MARK: - NBDRequestObserver (on the connection's loop)
 
     func connectionOpened() {
