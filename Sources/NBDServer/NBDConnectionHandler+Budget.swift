@@ -1,9 +1,9 @@
+import NBDProtocol
 import NIOCore
 
-// MARK: - Write payload budget
-
+/// The shared budget for WRITE payloads (`NBDPayloadBudget`): what a connection reserves while a payload
+/// arrives and holds until the write completes.
 extension NBDConnectionHandler {
-
     /// A complete payload arrived: turn the partial reservation into one for the whole payload (released when
     /// the write completes). False: no memory for it, the write is failed with ENOMEM.
     func admitPayload(_ bytes: Int) -> Bool {

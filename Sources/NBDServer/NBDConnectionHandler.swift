@@ -55,16 +55,16 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
     /// `phase` so that it is mutated in place, with no copy per request (completions run between its events).
     var transmission: NBDTransmission?
 
-    private var cumulation: ByteBuffer?
+    var cumulation: ByteBuffer?
     private var readWithheld = false
     private var inReadBurst = false
     private var flushScheduled = false
-    private var needsFlush = false
+    var needsFlush = false
     /// Replies without payload, batched into one buffer per flush.
-    private var smallReplies: ByteBuffer?
+    var smallReplies: ByteBuffer?
     private var isActive = false
     /// Set while pausing at a request boundary (`NBDPauseEvent`).
-    private var pause: NBDPauseEvent?
+    var pause: NBDPauseEvent?
 
     /// Bytes currently buffered from the peer (for tests of the memory bound).
     var bufferedInboundBytes: Int { cumulation?.readableBytes ?? 0 }
@@ -187,7 +187,7 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
     }
 
     /// Adds received bytes after what is buffered (compacting the buffered tail first when needed).
-    private func append(_ incoming: ByteBuffer, context: ChannelHandlerContext) {
+    func append(_ incoming: ByteBuffer, context: ChannelHandlerContext) {
         var incoming = incoming
         guard incoming.readableBytes > 0 else { return }
         if var buffer = cumulation, buffer.readableBytes > 0 {
@@ -290,63 +290,8 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
         context.fireUserInboundEventTriggered(event)
     }
 
-    /// One step towards the boundary; called again by every event that can move it (a read, a completion,
-    /// writability, a flushed reply).
-    private func continuePause(context: ChannelHandlerContext) {
-        guard let event = pause else { return }
-        guard case .transmission = phase, transmission != nil else {
-            pause = nil
-            event.done.succeed(false)
-            return
-        }
-        if cumulation != nil, canTakeRequest(context: context) { processInbound(context: context) }
-        // Read after taking requests (a copy taken before would be stale).
-        guard case .transmission = phase, let transmission else { return }  // closed meanwhile: channelInactive answers
-        // The tail of the buffer is one request cut short (everything before it was taken), unless the window
-        // or the peer's reading holds requests back: then completions bring us back here.
-        if transmission.isMidMessage(buffered: bufferedInboundBytes) {
-            guard canTakeRequest(context: context) else { return }
-            let missing = transmission.bytesNeeded(given: bufferedInboundBytes)
-            guard missing > 0, let rest = event.readExactly(missing), rest.readableBytes == missing else {
-                logger.warning("cannot stop at a request boundary: the rest of a request did not arrive", metadata: ["nbd.missing": "\(missing)"])
-                pause = nil
-                event.done.succeed(false)
-                return
-            }
-            append(rest, context: context)
-            continuePause(context: context)
-            return
-        }
-        guard bufferedInboundBytes == 0, transmission.inFlight == 0 else { return }
-        // Every reply is sent once this empty write completes (writes complete in order).
-        if let out = smallReplies, out.readableBytes > 0 {
-            smallReplies = nil
-            context.write(wrapOutboundOut(out), promise: nil)
-        }
-        needsFlush = false
-        context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(capacity: 0))).assumeIsolated().whenComplete { result in
-            guard let event = self.pause, case .transmission = self.phase else { return }
-            guard case .success = result else {
-                self.pause = nil
-                event.done.succeed(false)
-                return
-            }
-            guard self.bufferedInboundBytes == 0, self.transmission?.inFlight == 0,
-                  self.transmission?.isMidMessage(buffered: 0) == false, !self.needsFlush else {
-                // A read that was already asked for brought more requests: serve them first.
-                self.continuePause(context: context)
-                return
-            }
-            // Closed in this turn: no read can take bytes off the socket after the boundary.
-            self.pause = nil
-            self.markClosed()
-            context.close(promise: nil)
-            event.done.succeed(true)
-        }
-    }
-
     /// Input is ignored from now on; in-flight completions are dropped.
-    private func markClosed() {
+    func markClosed() {
         phase = .closed
         cumulation = nil
     }
@@ -354,7 +299,7 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
     /// Whether another request may be taken: the transmission machine's window has room (the handshake takes
     /// input freely) and the peer is reading our replies (channel writable: replies the peer does not read must
     /// not pile up in memory).
-    private func canTakeRequest(context: ChannelHandlerContext) -> Bool {
+    func canTakeRequest(context: ChannelHandlerContext) -> Bool {
         guard context.channel.isWritable else { return false }
         switch phase {
         case .handshake: return true
@@ -393,7 +338,7 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
 
     // MARK: - Input
 
-    private func processInbound(context: ChannelHandlerContext) {
+    func processInbound(context: ChannelHandlerContext) {
         do {
             while var buffer = cumulation {
                 cumulation = nil
