@@ -41,7 +41,7 @@ struct ServeRuntime {
         let loop = group.next()
         let metrics: CommandMetrics?
         do {
-            metrics = try await CommandMetrics.start(self.metrics, configuration: session, loop: loop, logger: logger)
+            metrics = try await CommandMetrics.start(self.metrics, configuration: session, logger: logger)
         } catch {
             try? await group.shutdownGracefully()
             throw error
@@ -83,7 +83,7 @@ struct ExportService: Service {
         guard let lun = await opened.value() else { return }
         metrics?.serving(lun, device: configuration.exportName)
         let server = NBDServer(device: lun.device, configuration: configuration, group: group, logger: logger,
-                               observer: metrics?.requests)
+                               observers: metrics?.requests)
         do {
             try await server.start()
         } catch {

@@ -158,14 +158,14 @@ public final class NBDServer: Sendable {
     }
     private let state = NIOLockedValueBox(State())
     private let payloadBudget: NBDPayloadBudget?
-    /// Told about every connection and request of this export (metrics); nil: none.
-    private let observer: (any NBDRequestObserver)?
+    /// Gives every connection of this export its observer (metrics); nil: none.
+    private let observers: (any NBDRequestObserverFactory)?
 
     public init(
         device: any BlockDevice, configuration: NBDServerConfiguration, group: any EventLoopGroup, logger: Logger,
-        observer: (any NBDRequestObserver)? = nil
+        observers: (any NBDRequestObserverFactory)? = nil
     ) {
-        self.observer = observer
+        self.observers = observers
         self.device = device
         self.configuration = configuration
         self.group = group
@@ -324,6 +324,7 @@ public final class NBDServer: Sendable {
         logger[metadataKey: "nbd.connection"] = "\(id)"
         if let remote = channel.remoteAddress { logger[metadataKey: "nbd.peer"] = "\(remote)" }
         let export = currentExport()
+        let observer = observers?.observer(on: channel.eventLoop)
         let handler =
             transmissionOnly
             ? NBDConnectionHandler(

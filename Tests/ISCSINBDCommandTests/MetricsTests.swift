@@ -95,13 +95,21 @@ import Testing
     @Test func onlyGetMetricsIsAnswered() async throws {
         try await withServer(.tcp(host: "127.0.0.1", port: 0)) { probe, hub in
             let lun = LUNMetrics(hub: hub, target: "iqn.test:t", portal: "127.0.0.1:3260", lun: 1, device: "export",
-                                 requests: LUNRequestStatistics(eventLoop: MultiThreadedEventLoopGroup.singleton.next()))
+                                 requests: LUNRequestStatistics())
             hub.add(lun)
-            lun.requests.requestStarted()
-            lun.requests.requestFinished(.read, bytes: 4096, start: 0, end: 150_000, succeeded: true)
-            lun.requests.requestStarted()
-            lun.requests.requestFinished(.write, bytes: 0, start: 0, end: 30_000_000, succeeded: false)
-            lun.requests.requestStarted()
+            // Two loops, as the kernel's queues of one device: the counts add up.
+            var loops = MultiThreadedEventLoopGroup.singleton.makeIterator()
+            let (a, b) = (loops.next()!, loops.next()!)
+            let first = lun.requests.observer(on: a), second = lun.requests.observer(on: b)
+            try await a.submit {
+                first.requestStarted()
+                first.requestFinished(.read, bytes: 4096, start: 0, end: 150_000, succeeded: true)
+                first.requestStarted()
+            }.get()
+            try await b.submit {
+                second.requestStarted()
+                second.requestFinished(.write, bytes: 0, start: 0, end: 30_000_000, succeeded: false)
+            }.get()
             let (status, body) = try probe.request()
             #expect(status == 200)
             let samples = PrometheusSamples(body)

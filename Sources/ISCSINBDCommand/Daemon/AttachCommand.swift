@@ -100,7 +100,7 @@ struct AttachCommand: AsyncParsableCommand {
         defer { group.shutdownGracefully { _ in } }
         let loop = group.next()
         var configuration = plan.configuration
-        let metrics = try await CommandMetrics.start(try self.metrics.endpoints(), configuration: configuration, loop: loop, logger: logger)
+        let metrics = try await CommandMetrics.start(try self.metrics.endpoints(), configuration: configuration, logger: logger)
         metrics?.instrument(&configuration)
         let opened = Handoff<OpenedLUN>()
         // The session first, the device second: a shutdown detaches the device, then logs out.
@@ -135,7 +135,7 @@ struct KernelDeviceService: Service {
         }
         let attachment = try await KernelAttachment.attach(
             device: lun.device, options: options, group: group, logger: logger,
-            start: orphan.map { .reconfigure(index: $0.index) } ?? .connect, observer: metrics?.requests)
+            start: orphan.map { .reconfigure(index: $0.index) } ?? .connect, observers: metrics?.requests)
         metrics?.serving(lun, device: attachment.devicePath)
         if let orphan { logger.notice("re-adopted \(orphan.path), left by an attach that died") }
         attachment.follow(lun.scsi)

@@ -410,12 +410,12 @@ actor DaemonCore {
                 do {
                     attachment = try await KernelAttachment.attach(device: opened.device, options: options, group: group,
                                                                    logger: sessionLogger, start: start,
-                                                                   observer: metrics.requests(id, lun: lun, loop: session.eventLoop))
+                                                                   observers: metrics.requests(id, lun: lun))
                 } catch where start.isResume {
                     sessionLogger.warning("cannot resume the handed-over sockets of /dev/nbd\(start.index ?? -1) (\(error)); giving it fresh ones")
                     attachment = try await KernelAttachment.attach(device: opened.device, options: options, group: group,
                                                                    logger: sessionLogger, start: .reconfigure(index: start.index ?? -1),
-                                                                   observer: metrics.requests(id, lun: lun, loop: session.eventLoop))
+                                                                   observers: metrics.requests(id, lun: lun))
                 }
                 if start.isResume { forgetStored(index: attachment.index) }
                 if start != .connect {
@@ -479,7 +479,7 @@ actor DaemonCore {
                     }
                     let attachment = try await KernelAttachment.attach(
                         device: opened.device, options: a.attachment.options, group: group, logger: logger,
-                        start: .reconfigure(index: a.attachment.index), observer: metrics.requests(id, lun: a.lun, loop: session.eventLoop))
+                        start: .reconfigure(index: a.attachment.index), observers: metrics.requests(id, lun: a.lun))
                     attachment.follow(opened.scsi)
                     metrics.attached(id, lun: a.lun, device: attachment.devicePath, scsi: opened.scsi)
                     attachments.append((a.lun, attachment, opened.scsi))

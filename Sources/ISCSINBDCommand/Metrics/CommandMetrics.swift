@@ -2,7 +2,6 @@ import ArgumentParser
 import ISCSIClient
 import Logging
 import NIOConcurrencyHelpers
-import NIOCore
 import ServiceLifecycle
 
 /// `--metrics-listen [HOST]:PORT` and `--metrics-socket PATH` (serve, attach, daemon).
@@ -44,8 +43,8 @@ final class CommandMetrics: Sendable {
     private let servers: [MetricsHTTPServer]
     private let current = NIOLockedValueBox<ISCSISession?>(nil)
 
-    private init(hub: MetricsHub, session: SessionMetrics, servers: [MetricsHTTPServer], loop: any EventLoop) {
-        self.requests = LUNRequestStatistics(eventLoop: loop)
+    private init(hub: MetricsHub, session: SessionMetrics, servers: [MetricsHTTPServer]) {
+        self.requests = LUNRequestStatistics()
         self.hub = hub
         self.session = session
         self.servers = servers
@@ -57,10 +56,9 @@ final class CommandMetrics: Sendable {
         })
     }
 
-    /// Binds every endpoint (a port in use is an error now, before the login) and starts counting; the
-    /// request counters live on `loop`, the session's.
+    /// Binds every endpoint (a port in use is an error now, before the login) and starts counting.
     static func start(
-        _ endpoints: [MetricsEndpoint], configuration: ISCSISessionConfiguration, loop: any EventLoop, logger: Logger
+        _ endpoints: [MetricsEndpoint], configuration: ISCSISessionConfiguration, logger: Logger
     ) async throws -> CommandMetrics? {
         guard !endpoints.isEmpty else { return nil }
         let hub = MetricsHub()
@@ -74,7 +72,7 @@ final class CommandMetrics: Sendable {
         for server in servers { logger.notice("metrics at \(server.boundDescription)/metrics") }
         return CommandMetrics(
             hub: hub, session: SessionMetrics(hub: hub, target: configuration.targetName ?? "-", portal: configuration.portal.description),
-            servers: servers, loop: loop)
+            servers: servers)
     }
 
     /// The session reports login failures, recoveries and identity mismatches as they happen.

@@ -52,13 +52,12 @@ final class DaemonMetrics: Sendable {
     }
 
     /// What the NBD server of LUN `lun` of session `id` reports to: the LUN's statistics when it was attached
-    /// before (a re-login gives the same device fresh sockets), else new ones kept on `loop` (the session's,
-    /// where the NBD connections of its devices run), labelled by `attached`.
-    func requests(_ id: Int, lun: UInt16, loop: any EventLoop) -> LUNRequestStatistics {
+    /// before (a re-login gives the same device fresh sockets), else new ones, labelled by `attached`.
+    func requests(_ id: Int, lun: UInt16) -> LUNRequestStatistics {
         entries.withLockedValue { all in
             if let existing = all[id]?.luns[lun] { return existing.requests }
             if let pending = all[id]?.pending[lun] { return pending }
-            let fresh = LUNRequestStatistics(eventLoop: loop)
+            let fresh = LUNRequestStatistics()
             all[id]?.pending[lun] = fresh
             return fresh
         }
@@ -76,7 +75,7 @@ final class DaemonMetrics: Sendable {
                 metrics = LUNMetrics(
                     hub: hub, target: configuration?.configuration.targetName ?? "-",
                     portal: configuration?.configuration.portal.description ?? "-", lun: lun, device: device,
-                    requests: e.pending.removeValue(forKey: lun) ?? LUNRequestStatistics(eventLoop: scsi.transport.eventLoop))
+                    requests: e.pending.removeValue(forKey: lun) ?? LUNRequestStatistics())
                 e.luns[lun] = metrics
                 hub.add(metrics)
             }
@@ -89,7 +88,7 @@ final class DaemonMetrics: Sendable {
     /// Every LUN's published latencies and counts brought up to date (before `-m session` reports).
     func refresh() async {
         let all = entries.withLockedValue { $0.values.flatMap { $0.luns.values.map(\.requests) } }
-        for requests in all { try? await requests.refresh().get() }
+        for requests in all { await requests.refresh() }
     }
 
     func lun(_ id: Int, _ lun: UInt16) -> LUNMetrics? {

@@ -49,19 +49,24 @@ struct LatencyWindow: Sendable {
 
     /// The latency below which `fraction` (0...1) of the last minute's requests fell; nil when there were none.
     func quantile(_ fraction: Double, now: UInt64) -> UInt64? {
-        let buckets = merged(now: now)
+        Self.quantile(fraction, of: merged(now: now))
+    }
+
+    /// `quantile` of buckets merged already (several windows' `merged(now:)` added up).
+    static func quantile(_ fraction: Double, of buckets: [UInt32]) -> UInt64? {
         let total = buckets.reduce(UInt64(0)) { $0 + UInt64($1) }
         guard total > 0 else { return nil }
         let rank = max(1, UInt64((Double(total) * min(max(fraction, 0), 1)).rounded(.up)))
         var seen: UInt64 = 0
         for (index, n) in buckets.enumerated() {
             seen += UInt64(n)
-            if seen >= rank { return Self.value(ofBucket: index) }
+            if seen >= rank { return value(ofBucket: index) }
         }
-        return Self.value(ofBucket: buckets.count - 1)
+        return value(ofBucket: buckets.count - 1)
     }
 
-    private func merged(now: UInt64) -> [UInt32] {
+    /// The last minute's buckets, all slots added up.
+    func merged(now: UInt64) -> [UInt32] {
         let current = now / 1_000_000_000 / Self.slotSeconds
         var sum = [UInt32](repeating: 0, count: Self.bucketCount)
         for slot in 0..<Self.slots {
