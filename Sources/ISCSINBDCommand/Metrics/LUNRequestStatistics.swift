@@ -109,17 +109,32 @@ final class LoopRequestCounter: NBDRequestObserver, @unchecked Sendable {
     }
 
     private struct State {
-        var snapshot = LUNRequestStatistics.Snapshot()
+        /// Everything but the answered counts, which are in `answered` (a tuple: no copy-on-write check per
+        /// request); `snapshot` puts them together.
+        var counts = LUNRequestStatistics.Snapshot()
+        var answered: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) =
+            (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
         var window = LatencyWindow()
         /// One Prometheus histogram per `RequestKind` but `.other`, once the LUN's labels are known.
         var histograms: [ValueHistogram]?
 
+        var snapshot: LUNRequestStatistics.Snapshot {
+            var out = counts
+            withUnsafeBytes(of: answered) { raw in
+                for i in out.answered.indices { out.answered[i] = raw.load(fromByteOffset: i * 8, as: UInt64.self) }
+            }
+            return out
+        }
+
         mutating func finished(_ kind: RequestKind, bytes: UInt32, start: UInt64, end: UInt64, succeeded: Bool) {
             let nanoseconds = end &- start
-            snapshot.inFlight -= 1
-            snapshot.answered[kind.rawValue * 2 + (succeeded ? 0 : 1)] &+= 1
-            if kind == .read { snapshot.bytesRead &+= UInt64(bytes) }
-            if kind == .write { snapshot.bytesWritten &+= UInt64(bytes) }
+            counts.inFlight -= 1
+            let index = kind.rawValue * 2 + (succeeded ? 0 : 1)
+            withUnsafeMutableBytes(of: &answered) { raw in
+                raw.storeBytes(of: raw.load(fromByteOffset: index * 8, as: UInt64.self) &+ 1, toByteOffset: index * 8, as: UInt64.self)
+            }
+            if kind == .read { counts.bytesRead &+= UInt64(bytes) }
+            if kind == .write { counts.bytesWritten &+= UInt64(bytes) }
             window.record(nanoseconds: nanoseconds, now: end)
             if let histograms, kind != .other { histograms[kind.rawValue].record(Double(nanoseconds) / 1e9) }
         }
@@ -171,22 +186,22 @@ final class LoopRequestCounter: NBDRequestObserver, @unchecked Sendable {
 
     func connectionOpened() {
         guard eventLoop.inEventLoop else { return eventLoop.execute { self.connectionOpened() } }
-        state.snapshot.connections += 1
+        state.counts.connections += 1
     }
 
     func connectionClosed() {
         guard eventLoop.inEventLoop else { return eventLoop.execute { self.connectionClosed() } }
-        state.snapshot.connections -= 1
+        state.counts.connections -= 1
     }
 
     func requestStarted() {
         guard eventLoop.inEventLoop else { return eventLoop.execute { self.requestStarted() } }
-        state.snapshot.inFlight += 1
+        state.counts.inFlight += 1
     }
 
     func requestRefused() {
         guard eventLoop.inEventLoop else { return eventLoop.execute { self.requestRefused() } }
-        state.snapshot.refused &+= 1
+        state.counts.refused &+= 1
     }
 
     func requestFinished(_ command: NBDCommand, bytes: UInt32, start: UInt64, end: UInt64, succeeded: Bool) {
