@@ -25,8 +25,9 @@ struct MetricsStatsCLITests {
         try tgt.addLUN(tid: 1, lun: 1, backingFile: try tgt.makeBackingFile(name: "lun1.img", size: 16 << 20))
         let group = MultiThreadedEventLoopGroup.singleton
         let logger = Logger(label: "test.stats")
-        let configuration = ISCSISessionConfiguration(
+        var configuration = ISCSISessionConfiguration(
             host: "127.0.0.1", port: tgt.port, targetName: Self.iqn, initiatorName: "iqn.2026-11.test.iscsi-nbd:stats")
+        configuration.noopOutInterval = nil  // no ping between the CLI's answer and the comparison below
         let session = try await ISCSISession.connect(configuration, on: group.next(), logger: logger)
         let device = try await SCSIBlockDevice.open(transport: session, lun: LogicalUnitNumber(1), logger: logger).get()
         let before = try await session.statistics().get()
