@@ -9,7 +9,8 @@
 #   3c. runs the demo (scripts/demo.sh: the README's first command, release build included),
 #   3d. packages that release build (scripts/package.sh: the .deb and the systemd-sysext image) and boots
 #       systemd + udev guests that install and use them (scripts/vm/test-boot.sh: the open-iscsi guide,
-#       a reboot, the sysext image, the Butane example),
+#       a reboot, the sysext image, the Butane example, the service's bad days: restart, kill -9 and
+#       upgrade under fio, bad records, the target down at boot and at poweroff),
 #   4. runs a short benchmark smoke on that release build so the benchmark script cannot rot.
 # Under CI=true a missing peer is a failure, never a skip. Options: --no-vm, --no-bench.
 set -euo pipefail
