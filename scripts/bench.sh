@@ -4,6 +4,8 @@
 #   scripts/bench.sh                 full run (RAM and null LUNs, all jobs)
 #   scripts/bench.sh --smoke         ~10-second CI smoke: two short jobs, both servers, report
 #   scripts/bench.sh --calibrate     A/A run (qemu-nbd twice): shows the machine's noise floor
+#   scripts/bench.sh --metrics-ab [--scrape 1]   the cost of metrics: the same binary with and without
+#                                    --metrics-socket in one run (optionally scraped every second)
 #   scripts/bench.sh --self-test     unit tests of the parsing and ratio arithmetic
 #   scripts/bench.sh --help          all options
 #

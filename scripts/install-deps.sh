@@ -27,6 +27,8 @@ packages=(
     squashfs-tools        # mksquashfs: the systemd-sysext image (scripts/package.sh)
     python3-yaml          # the boot test applies the Butane example (scripts/vm/boot/apply-butane.py)
     man-db groff-base     # man, groff: the man pages are checked (scripts/test.sh); systemd-analyze verify resolves man:
+    prometheus            # promtool check metrics: the /metrics scrape is linted (docs/metrics.md)
+    python3-prometheus-client  # a real Prometheus text parser reads every family of a scrape
 )
 if [[ "${1:-}" == "--vm" ]]; then
     packages+=(qemu-system-x86 busybox-static kmod cpio systemd udev)   # systemd, udev: the boot tests' guests

@@ -30,9 +30,12 @@ final class CommandRunner: Sendable {
     let logger: Logger
     /// Told about every unit attention (the command itself is retried).
     let unitAttentions = UnitAttentionRelay()
+    /// Statuses, sense keys and retries of this LUN's commands (on the transport's loop, like the completions).
+    let statistics: SCSICommandStatistics
 
     init(transport: any SCSITransport, lun: LogicalUnitNumber, policy: RetryPolicy, logger: Logger) {
         self.transport = transport
+        self.statistics = SCSICommandStatistics(eventLoop: transport.eventLoop)
         self.lun = lun
         self.policy = policy
         self.logger = logger
@@ -76,10 +79,13 @@ final class CommandRunner: Sendable {
             switch result {
             case .success(let result) where result.status == .good || result.status == .conditionMet:
                 // Fast path (every I/O on a healthy target): success whatever the sense says.
+                self.statistics.record(opcode: command.cdb.opcode, status: result.status)
                 done(.success(result))
             case .success(let result):
+                self.statistics.record(opcode: command.cdb.opcode, status: result.status)
                 self.evaluate(result, command, kind: kind, retries: retries, done)
             case .failure(let error):
+                self.statistics.recordTransportFailure()
                 let opcode = SCSIOpcode(rawValue: command.cdb.opcode)
                 done(.failure((error as? BlockDeviceError) ?? BlockDeviceError(.eio, "\(opcode) failed in transport: \(error)")))
             }
@@ -103,6 +109,7 @@ final class CommandRunner: Sendable {
         } else {
             sense = nil
         }
+        if let sense { statistics.record(sense: sense) }
         switch SCSIErrorMapping.outcome(status: result.status, sense: sense, request: kind) {
         case .success:
             done(.success(result))
@@ -120,6 +127,7 @@ final class CommandRunner: Sendable {
             logger.debug(
                 "retrying SCSI command",
                 metadata: ["scsi.opcode": "\(opcode)", "scsi.status": "\(what)", "retry.delay": "\(delay)"])
+            statistics.recordRetry(SCSICommandStatistics.RetryCause(status: result.status, sense: sense))
             let next = retries
             if reason == .unitAttention, let sense { unitAttentions.notify(sense) }
             if delay == .zero {

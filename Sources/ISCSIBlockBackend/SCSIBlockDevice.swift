@@ -32,6 +32,8 @@ public final class SCSIBlockDevice: BlockDevice {
     /// Judges whether a LUN found later (after a unit attention or a new login) is this logical unit.
     public var identityGuard: LUNIdentityGuard { current.withLockedValue { $0.identityGuard } }
     public var lunIdentity: LUNIdentity { identityGuard.identity }
+    /// Statuses, sense keys and retries of the commands sent for this LUN (metrics, `-m session -s`).
+    public var commandStatistics: SCSICommandStatistics { runner.statistics }
 
     /// Most sub-commands of one split request in flight at once.
     public static let maxChunksInFlight = 16

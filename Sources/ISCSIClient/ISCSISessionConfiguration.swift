@@ -52,6 +52,9 @@ public struct ISCSISessionConfiguration: Sendable {
     /// adaptive window (`BusyPollPolicy`). Lowers queue-depth-1 latency by keeping the thread awake
     /// between a request and its answer, at the price of CPU time spent polling.
     public var busyPollMicroseconds = 0
+    /// Told about login failures, recoveries and identity mismatches as they happen (metrics); called on the
+    /// session's event loop, must not block. Never given a secret.
+    public var eventHandler: (@Sendable (ISCSISessionEvent) -> Void)? = nil
 
     public init(
         host: String,

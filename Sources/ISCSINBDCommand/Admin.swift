@@ -11,7 +11,8 @@ import ISCSIConfig
 ///     iscsi-nbd -m node -T IQN -p HOST:PORT --op new|delete
 ///     iscsi-nbd -m node --targetname=IQN --op update --name=KEY --value=V
 ///     iscsi-nbd -m node [-T IQN [-p HOST:PORT]] --login | --logout
-///     iscsi-nbd -m session [-P 1|2|3]
+///     iscsi-nbd -m session [-P 1|2|3] [-r SID]
+///     iscsi-nbd -m session [-r SID] -s                 # counters (iscsiadm --stats)
 ///
 /// Parsing is separate from doing: `request()` turns the flags into an `AdminRequest` (tested without IO).
 struct Admin: AsyncParsableCommand {
@@ -57,6 +58,12 @@ struct Admin: AsyncParsableCommand {
     @Option(name: [.customShort("P"), .customLong("print")], help: "Detail level for -m session (0 to 3).")
     var printLevel: PrintLevel?
 
+    @Option(name: [.customShort("r"), .customLong("sid")], help: "With -m session: only the session with this id.")
+    var sid: Int?
+
+    @Flag(name: [.customShort("s"), .customLong("stats")], help: "With -m session: the sessions' counters (PDUs, errors, recoveries; see docs/metrics.md).")
+    var stats = false
+
     @Option(name: [.customShort("I"), .customLong("interface")], help: "Accepted for compatibility; only 'default'.")
     var interface: String?
 
@@ -74,6 +81,7 @@ struct Admin: AsyncParsableCommand {
             throw ValidationError("-I \(interface): only the default interface exists (iscsi-nbd uses the kernel's TCP stack)")
         }
         if login && logout { throw ValidationError("--login and --logout exclude each other") }
+        if mode != .session, sid != nil || stats { throw ValidationError("-r and -s go with -m session") }
         switch mode {
         case .discovery, .discoverydb:
             guard let type else { throw ValidationError("-m discovery needs -t sendtargets or -t isns") }
@@ -102,8 +110,10 @@ struct Admin: AsyncParsableCommand {
                 return .nodeUpdate(target: targetName, portal: p, key: name, value: value)
             }
         case .session:
+            if let sid, sid < 1 { throw ValidationError("-r \(sid): session ids start at 1") }
             if logout { return .nodeLogout(target: targetName, portal: nil) }
-            return .sessionList(printLevel: (printLevel ?? .zero).rawValue)
+            if stats { return .sessionStats(sid: sid) }
+            return .sessionList(printLevel: (printLevel ?? .zero).rawValue, sid: sid)
         case .iface, .fw, .host:
             throw ValidationError("-m \(mode.rawValue) is not supported by iscsi-nbd (no offload interfaces or firmware boot)")
         }
@@ -159,5 +169,6 @@ enum AdminRequest: Equatable {
     case nodeUpdate(target: String?, portal: Portal?, key: String, value: String)
     case nodeLogin(target: String?, portal: Portal?)
     case nodeLogout(target: String?, portal: Portal?)
-    case sessionList(printLevel: Int)
+    case sessionList(printLevel: Int, sid: Int? = nil)
+    case sessionStats(sid: Int?)
 }

@@ -61,13 +61,12 @@ struct AdminRuntime {
             }
             for line in response.messages { print(line) }
             try check(response)
-        case .sessionList(let level):
-            guard let response = try askDaemon(.sessions, target: nil, portal: nil) else {
-                throw noObjects("No active sessions.")
-            }
-            try check(response)
-            guard !response.sessions.isEmpty else { throw noObjects("No active sessions.") }
-            print(SessionPrinter.render(response.sessions, level: level), terminator: "")
+        case .sessionList(let level, let sid):
+            let sessions = try daemonSessions(.sessions, sid: sid)
+            print(SessionPrinter.render(sessions, level: level), terminator: "")
+        case .sessionStats(let sid):
+            let sessions = try daemonSessions(.stats, sid: sid)
+            print(SessionPrinter.renderStats(sessions), terminator: "")
         }
     }
 
@@ -80,6 +79,20 @@ struct AdminRuntime {
     private func askDaemon(_ op: ControlRequest.Operation, target: String?, portal: Portal?) throws -> ControlResponse? {
         let request = ControlRequest(op: op, target: target, portal: portal?.description, configDir: directory)
         return try ControlClient.send(request, path: controlSocket)
+    }
+
+    /// The daemon's sessions (all, or the one `-r` names), or iscsiadm's "no objects" when there are none.
+    private func daemonSessions(_ op: ControlRequest.Operation, sid: Int?) throws -> [ControlSession] {
+        let request = ControlRequest(op: op, configDir: directory, sid: sid)
+        guard let response = try ControlClient.send(request, path: controlSocket) else {
+            throw noObjects("No active sessions.")
+        }
+        try check(response)
+        let sessions = response.sessions.filter { sid == nil || $0.id == sid }
+        guard !sessions.isEmpty else {
+            throw noObjects(sid.map { "Could not find session \($0)." } ?? "No active sessions.")
+        }
+        return sessions
     }
 
     private func check(_ response: ControlResponse) throws {

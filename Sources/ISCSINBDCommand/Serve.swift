@@ -87,6 +87,8 @@ struct Serve: AsyncParsableCommand {
         valueName: "SECONDS"))
     var replacementTimeout: Int?
 
+    @OptionGroup var metrics: MetricsOptions
+
     @OptionGroup var logging: LoggingOptions
 
     /// The TLS settings, or nil without --tls-certificate.
@@ -155,7 +157,7 @@ struct Serve: AsyncParsableCommand {
             tls: tls, maxConnections: maxConnections,
             stallTimeout: stallTimeout == 0 ? nil : .seconds(Int64(stallTimeout)),
             maxBufferedWriteBytes: maxBufferedWrites << 20,
-            sendBufferBytes: sendBuffer == 0 ? nil : sendBuffer << 10, logger: logger
+            sendBufferBytes: sendBuffer == 0 ? nil : sendBuffer << 10, metrics: try metrics.endpoints(), logger: logger
         ).run()
     }
 }

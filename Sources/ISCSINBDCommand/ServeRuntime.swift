@@ -32,10 +32,22 @@ struct ServeRuntime {
     var stallTimeout: TimeAmount? = .seconds(30)
     var maxBufferedWriteBytes: Int = 256 << 20
     var sendBufferBytes: Int? = 4 << 20
+    /// `--metrics-listen` / `--metrics-socket`.
+    var metrics: [MetricsEndpoint] = []
     var logger: Logger
 
     func run() async throws {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
+        let loop = group.next()
+        let metrics: CommandMetrics?
+        do {
+            metrics = try await CommandMetrics.start(self.metrics, configuration: session, logger: logger)
+        } catch {
+            try? await group.shutdownGracefully()
+            throw error
+        }
+        var session = self.session
+        metrics?.instrument(&session)
         // The session, the device and (by the server's placement) every NBD connection share this loop.
         let opened = Handoff<OpenedLUN>()
         var configuration = NBDServerConfiguration(
@@ -45,10 +57,11 @@ struct ServeRuntime {
             maxBufferedWriteBytes: maxBufferedWriteBytes)
         configuration.sendBufferBytes = sendBufferBytes
         do {
-            try await Lifecycle.run([
-                (SessionService(configuration: session, lun: lun, readOnly: readOnly, loop: group.next(), opened: opened,
+            try await Lifecycle.run((metrics?.services ?? []) + [
+                (SessionService(configuration: session, lun: lun, readOnly: readOnly, loop: loop, opened: opened,
                                 logger: logger), "session"),
-                (ExportService(opened: opened, configuration: configuration, group: group, logger: logger), "export"),
+                (ExportService(opened: opened, configuration: configuration, group: group, metrics: metrics, logger: logger),
+                 "export"),
             ], logger: logger)
             try? await group.shutdownGracefully()
         } catch {
@@ -63,11 +76,14 @@ struct ExportService: Service {
     var opened: Handoff<OpenedLUN>
     var configuration: NBDServerConfiguration
     var group: MultiThreadedEventLoopGroup
+    var metrics: CommandMetrics?
     var logger: Logger
 
     func run() async throws {
         guard let lun = await opened.value() else { return }
-        let server = NBDServer(device: lun.device, configuration: configuration, group: group, logger: logger)
+        metrics?.serving(lun, device: configuration.exportName)
+        let server = NBDServer(device: lun.device, configuration: configuration, group: group, logger: logger,
+                               observers: metrics?.requests)
         do {
             try await server.start()
         } catch {

@@ -4,12 +4,6 @@ import NBDProtocol
 import NIOCore
 import NIOSSL
 
-/// Asks a connection to finish: handshake connections close at once; transmission connections stop reading,
-/// let in-flight requests complete and send their replies, then close (nbd-proto.md "Terminating the
-/// transmission phase": "On a server shutdown, the server SHOULD wait for inflight requests to be serviced
-/// prior to initiating a hard disconnect").
-struct NBDDrainEvent: Sendable {}
-
 /// One NBD connection: the handshake state machine, then the transmission state machine (`NBDTransmission`,
 /// which holds every rule of that phase) against a `BlockDevice`. This handler does the bytes, backpressure and
 /// timers, and carries out what the machines ask.
@@ -39,7 +33,7 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
         case closed
     }
 
-    private let device: any BlockDevice
+    let device: any BlockDevice
     private let maxInFlight: Int
     private let maxInFlightBytes: Int
     /// FORCEDTLS: the context for the TLS handler installed after NBD_OPT_STARTTLS.
@@ -54,6 +48,8 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
     let payloadBudget: NBDPayloadBudget?
     var reservedPartial = 0
     var logger: Logger
+    /// Told about every request and its end (metrics); nil: no clock is read.
+    let observer: (any NBDRequestObserver)?
     var phase: Phase
     /// The transmission phase's machine, set when that phase starts. A stored property rather than a payload of
     /// `phase` so that it is mutated in place, with no copy per request (completions run between its events).
@@ -77,8 +73,10 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
 
     private init(
         device: any BlockDevice, maxInFlight: Int, maxInFlightBytes: Int, tlsContext: NIOSSLContext?,
-        stallTimeout: TimeAmount?, payloadBudget: NBDPayloadBudget?, logger: Logger, phase: Phase
+        stallTimeout: TimeAmount?, payloadBudget: NBDPayloadBudget?, observer: (any NBDRequestObserver)?,
+        logger: Logger, phase: Phase
     ) {
+        self.observer = observer
         self.device = device
         self.maxInFlight = maxInFlight
         self.maxInFlightBytes = maxInFlightBytes
@@ -93,24 +91,25 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
     convenience init(
         device: any BlockDevice, export: NBDExport, maxInFlight: Int, maxInFlightBytes: Int = 64 << 20,
         maxOptionLength: UInt32, tlsContext: NIOSSLContext? = nil, stallTimeout: TimeAmount? = nil,
-        payloadBudget: NBDPayloadBudget? = nil, logger: Logger
+        payloadBudget: NBDPayloadBudget? = nil, observer: (any NBDRequestObserver)? = nil, logger: Logger
     ) {
         let handshake = NBDServerHandshake(
             export: export, maximumOptionLength: maxOptionLength, tlsRequired: tlsContext != nil)
         self.init(
             device: device, maxInFlight: maxInFlight, maxInFlightBytes: maxInFlightBytes, tlsContext: tlsContext,
-            stallTimeout: stallTimeout, payloadBudget: payloadBudget, logger: logger, phase: .handshake(handshake))
+            stallTimeout: stallTimeout, payloadBudget: payloadBudget, observer: observer, logger: logger,
+            phase: .handshake(handshake))
     }
 
     /// A connection that starts in the transmission phase with simple replies (the kernel's socket after
     /// netlink NBD_CMD_CONNECT, nbd-netlink-proto.md).
     convenience init(
         device: any BlockDevice, transmissionOnly export: NBDExport, maxInFlight: Int, maxInFlightBytes: Int = 64 << 20,
-        logger: Logger
+        observer: (any NBDRequestObserver)? = nil, logger: Logger
     ) {
         self.init(
             device: device, maxInFlight: maxInFlight, maxInFlightBytes: maxInFlightBytes, tlsContext: nil,
-            stallTimeout: nil, payloadBudget: nil, logger: logger, phase: .transmission)
+            stallTimeout: nil, payloadBudget: nil, observer: observer, logger: logger, phase: .transmission)
         startTransmission(NBDTransmissionParameters(export: export, structuredReplies: false))
     }
 
@@ -139,6 +138,7 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
     private func becomeActive(context: ChannelHandlerContext) {
         guard !isActive else { return }
         isActive = true
+        observer?.connectionOpened()
         lastInput = context.eventLoop.now
         if let stallTimeout, stallTimeout > .zero {
             let period = TimeAmount.nanoseconds(max(stallTimeout.nanoseconds / 4, 10_000_000))
@@ -232,6 +232,7 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
         stallCheck = nil
         releasePartial()
         pause.take()?.done.succeed(false)
+        if isActive { observer?.connectionClosed() }
         context.fireChannelInactive()
     }
 
@@ -322,7 +323,7 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
     }
 
     /// Takes buffered requests and asks for more input once the window has room again.
-    private func resumeIfPossible(context: ChannelHandlerContext) {
+    func resumeIfPossible(context: ChannelHandlerContext) {
         guard case .transmission = phase, canTakeRequest(context: context) else { return }
         if cumulation != nil { processInbound(context: context) }
         if pause != nil {
@@ -414,6 +415,7 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
             case .reply(let reply):
                 // A payload held for a refused WRITE is given back at once.
                 releasePartial()
+                observer?.requestRefused()
                 if let rejection = reply.rejection {
                     logger.debug("request refused", metadata: ["nbd.cookie": "\(reply.cookie)", "nbd.error": "\(rejection)"])
                 }
@@ -425,91 +427,11 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
         }
     }
 
-    // MARK: - Requests
-
-    /// Asks the device; the reply comes from the machine once the device answered.
-    private func execute(_ request: NBDDeviceRequest, context: ChannelHandlerContext) {
-        switch request {
-        case .read(let header):
-            track(device.readSegments(offset: header.offset, length: header.length), header, context: context)
-        case .write(let header, let payload, let flags):
-            guard admitPayload(payload.readableBytes) else {
-                finish(transmission?.refuseWrite(header), context: context)
-                return
-            }
-            let write = device.write(offset: header.offset, data: payload, flags: BlockWriteFlags(flags))
-            if let payloadBudget {
-                let reserved = payload.readableBytes
-                write.whenComplete { _ in payloadBudget.release(reserved) }
-            }
-            track(write, header, context: context)
-        case .flush(let header):
-            track(device.flush(), header, context: context)
-        case .trim(let header, let flags):
-            let trim = device.trim(offset: header.offset, length: header.length, flags: BlockWriteFlags(flags))
-            track(trim, header, context: context)
-        case .writeZeroes(let header, let flags):
-            let zeroes = device.writeZeroes(offset: header.offset, length: header.length, flags: BlockWriteFlags(flags))
-            track(zeroes, header, context: context)
-        }
-    }
-
-    /// A READ's completion, on this channel's loop.
-    private func track(
-        _ future: EventLoopFuture<[ByteBuffer]>, _ header: NBDRequestHeader, context: ChannelHandlerContext
-    ) {
-        future.hop(to: context.eventLoop).assumeIsolated().whenComplete { result in
-            self.completed(header, result.map { .success(data: $0) }, context: context)
-        }
-    }
-
-    /// Any other request's completion, on this channel's loop.
-    private func track(_ future: EventLoopFuture<Void>, _ header: NBDRequestHeader, context: ChannelHandlerContext) {
-        future.hop(to: context.eventLoop).assumeIsolated().whenComplete { result in
-            self.completed(header, result.map { .success(data: []) }, context: context)
-        }
-    }
-
-    private func completed(
-        _ header: NBDRequestHeader, _ result: Result<NBDDeviceResult, any Error>, context: ChannelHandlerContext
-    ) {
-        guard case .transmission = phase else { return }
-        switch result {
-        case .success(let outcome):
-            finish(transmission?.deviceCompleted(header, outcome), context: context)
-        case .failure(let error):
-            logger.debug(
-                "request failed",
-                metadata: ["nbd.cookie": "\(header.cookie)", "nbd.command": "\(header.command)", "error": "\(error)"])
-            // BlockDevice contract: errors are BlockDeviceError (an errno); anything else is an IO error.
-            let outcome: NBDDeviceResult =
-                if let error = error as? BlockDeviceError {
-                    .failure(errno: error.code.rawValue, message: error.message)
-                } else {
-                    .failure(errno: nil, message: "\(error)")
-                }
-            finish(transmission?.deviceCompleted(header, outcome), context: context)
-        }
-    }
-
-    private func finish(_ action: NBDTransmission.OnCompletion?, context: ChannelHandlerContext) {
-        switch action {
-        case .reply(let reply):
-            send(reply, context: context)
-            resumeIfPossible(context: context)
-        case .replyAndClose(let reply):
-            send(reply, context: context)
-            closeDrained(context: context)
-        case .ignored, nil:
-            break
-        }
-    }
-
     // MARK: - Replies
 
     /// READ data goes out as the device's buffers after a small header, each written as it is (one vectored
     /// write when flushed, no copy); every other reply is appended to `smallReplies`, one buffer per flush.
-    private func send(_ reply: NBDReply, context: ChannelHandlerContext) {
+    func send(_ reply: NBDReply, context: ChannelHandlerContext) {
         if let data = reply.data {
             var head = context.channel.allocator.buffer(capacity: 32)
             head.writeNBDReply(reply)
@@ -541,7 +463,7 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
     }
 
     /// A drain is complete: what is pending goes out, then the connection closes.
-    private func closeDrained(context: ChannelHandlerContext) {
+    func closeDrained(context: ChannelHandlerContext) {
         flushNow(context: context)
         markClosed()
         context.close(promise: nil)
@@ -550,13 +472,3 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
 
 @available(*, unavailable)
 extension NBDConnectionHandler: Sendable {}
-
-extension BlockWriteFlags {
-    /// A device request's flags (`NBDCommandFlags.deviceFlags(for:)`), one to one.
-    init(_ flags: NBDCommandFlags) {
-        self = []
-        if flags.contains(.fua) { insert(.fua) }
-        if flags.contains(.noHole) { insert(.noHole) }
-        if flags.contains(.fastZero) { insert(.fastZero) }
-    }
-}

@@ -158,8 +158,14 @@ public final class NBDServer: Sendable {
     }
     private let state = NIOLockedValueBox(State())
     private let payloadBudget: NBDPayloadBudget?
+    /// Gives every connection of this export its observer (metrics); nil: none.
+    private let observers: (any NBDRequestObserverFactory)?
 
-    public init(device: any BlockDevice, configuration: NBDServerConfiguration, group: any EventLoopGroup, logger: Logger) {
+    public init(
+        device: any BlockDevice, configuration: NBDServerConfiguration, group: any EventLoopGroup, logger: Logger,
+        observers: (any NBDRequestObserverFactory)? = nil
+    ) {
+        self.observers = observers
         self.device = device
         self.configuration = configuration
         self.group = group
@@ -318,16 +324,17 @@ public final class NBDServer: Sendable {
         logger[metadataKey: "nbd.connection"] = "\(id)"
         if let remote = channel.remoteAddress { logger[metadataKey: "nbd.peer"] = "\(remote)" }
         let export = currentExport()
+        let observer = observers?.observer(on: channel.eventLoop)
         let handler =
             transmissionOnly
             ? NBDConnectionHandler(
                 device: device, transmissionOnly: export, maxInFlight: configuration.maxInFlightPerConnection,
-                maxInFlightBytes: configuration.maxInFlightBytesPerConnection, logger: logger)
+                maxInFlightBytes: configuration.maxInFlightBytesPerConnection, observer: observer, logger: logger)
             : NBDConnectionHandler(
                 device: device, export: export, maxInFlight: configuration.maxInFlightPerConnection,
                 maxInFlightBytes: configuration.maxInFlightBytesPerConnection,
                 maxOptionLength: configuration.maxOptionLength, tlsContext: tlsContext,
-                stallTimeout: configuration.stallTimeout, payloadBudget: payloadBudget, logger: logger)
+                stallTimeout: configuration.stallTimeout, payloadBudget: payloadBudget, observer: observer, logger: logger)
         try channel.pipeline.syncOperations.addHandler(handler)
         logger.debug("connection accepted", metadata: ["nbd.transmissionOnly": "\(transmissionOnly)"])
     }

@@ -399,6 +399,49 @@ class ISCSINBD(Server):
         return [self.binary, "serve", url, *where, *self.extra]
 
 
+# MARK: - Metrics cost (--metrics-ab, --scrape)
+
+
+def metrics_socket(lun_name: str) -> str:
+    return f"/tmp/iscsi-nbd-bench-{os.getpid()}-metrics-{lun_name}.sock"
+
+
+class Scraper:
+    """GET /metrics over the metrics socket every `interval` seconds in a thread, as a Prometheus would."""
+
+    def __init__(self, path: str, interval: float):
+        self.path, self.interval = path, interval
+        self.done = threading.Event()
+        self.ok = self.failed = self.bytes = 0
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+        self.thread.start()
+
+    def scrape_once(self) -> int:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+            c.settimeout(5)
+            c.connect(self.path)
+            c.sendall(b"GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n")
+            data = b""
+            while chunk := c.recv(65536):
+                data += chunk
+        if not data.startswith(b"HTTP/1.1 200"):
+            raise OSError(data[:80])
+        return len(data)
+
+    def loop(self) -> None:
+        while not self.done.wait(self.interval):
+            try:
+                self.bytes = self.scrape_once()
+                self.ok += 1
+            except OSError:
+                self.failed += 1
+
+    def stop(self) -> dict:
+        self.done.set()
+        self.thread.join(timeout=10)
+        return {"scrapes": self.ok, "failed": self.failed, "last_scrape_bytes": self.bytes, "interval_s": self.interval}
+
+
 # MARK: - Data cross-check
 
 
@@ -787,6 +830,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help=f"also run this iscsi-nbd binary ({BASELINE}, same --iscsi-nbd-args) in every job: the "
                         "report's 'vs base' columns are iscsi-nbd / baseline paired within each repeat (A/B of a "
                         "change in one run, instead of comparing ratios from two runs)")
+    p.add_argument("--metrics-ab", action="store_true",
+                   help=f"the cost of metrics: iscsi-nbd serves with --metrics-socket, and the same binary without "
+                        f"metrics runs as {BASELINE} in every job; the 'vs base' columns are metrics on / off")
+    p.add_argument("--scrape", type=float, default=0, metavar="SECONDS",
+                   help="with --metrics-ab: GET /metrics from iscsi-nbd every SECONDS during the whole run")
     p.add_argument("--no-iscsi-perf", action="store_true", help="skip the iscsi-perf ceiling runs")
     p.add_argument("--results", metavar="DIR", help="results folder (default <repo>/results/bench-<timestamp>)")
     p.add_argument("--strict", action="store_true", help="exit 3 when a target from issue 6 is missed (not with --smoke)")
@@ -907,6 +955,12 @@ def main(argv: list[str]) -> int:
                              "(not with --calibrate)")
         baseline_bin = str(b.resolve())
         servers_wanted.append(BASELINE)
+    if args.metrics_ab:
+        if args.baseline or args.calibrate or "iscsi-nbd" not in servers_wanted:
+            raise SystemExit("bench: --metrics-ab needs the iscsi-nbd server (not with --baseline or --calibrate)")
+        servers_wanted.append(BASELINE)  # the same binary, metrics off (set once the binary is located)
+    if args.scrape and not args.metrics_ab:
+        raise SystemExit("bench: --scrape goes with --metrics-ab")
 
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     outdir = Path(args.results) if args.results else REPO / "results" / f"bench-{stamp}"
@@ -952,6 +1006,9 @@ def main(argv: list[str]) -> int:
     if iscsi_nbd_bin and "/debug/" in iscsi_nbd_bin:
         results["notes"].append(f"{iscsi_nbd_bin} looks like a debug build: its speed, CPU and RSS are not "
                                 "representative of the release build")
+    if args.metrics_ab:
+        baseline_bin = iscsi_nbd_bin
+        results["metrics_ab"] = {"scrape_interval_s": args.scrape or None}
     results["versions"] = versions(iscsi_nbd_bin)
     results["iscsi_nbd_binary"] = iscsi_nbd_bin
 
@@ -989,9 +1046,11 @@ def main(argv: list[str]) -> int:
                     # A/A run: the same qemu-nbd command in iscsi-nbd's slot measures the noise floor.
                     servers.append(QemuNBD(name, outdir, args.transport, shared=args.qemu_shared))
                 elif iscsi_nbd_bin:
+                    extra = shlex.split(args.iscsi_nbd_args)
+                    if args.metrics_ab and name == "iscsi-nbd":
+                        extra += ["--metrics-socket", metrics_socket(lun_name)]
                     servers.append(ISCSINBD(name, outdir, args.transport,
-                                            binary=baseline_bin if name == BASELINE else iscsi_nbd_bin,
-                                            extra=shlex.split(args.iscsi_nbd_args)))
+                                            binary=baseline_bin if name == BASELINE else iscsi_nbd_bin, extra=extra))
             running: list[Server] = []
             for s in servers:
                 active.append(s)
@@ -1028,6 +1087,7 @@ def main(argv: list[str]) -> int:
                         log(f"ERROR: warm-up on {s.name}: {failure}")
                         status = max(status, 2 if s.name == "iscsi-nbd" else 1)
             size_arg = None  # fio uses the export size
+            scraper = Scraper(metrics_socket(lun_name), args.scrape) if args.metrics_ab and args.scrape else None
             for rep in range(args.repeat):
                 for ji, job in enumerate(jobs):
                     order = run_order(running, rep * len(jobs) + ji)
@@ -1052,6 +1112,12 @@ def main(argv: list[str]) -> int:
                         if "error" in rec:
                             results["problems"].append(f"{lun_name}/{job.name} iscsi-perf: {rec['error']}")
                             status = max(status, 1)
+            if scraper:
+                results["metrics_ab"][lun_name] = scraper.stop()
+                log(f"{lun_name} LUN: {results['metrics_ab'][lun_name]}")
+                if results["metrics_ab"][lun_name]["failed"]:
+                    results["problems"].append(f"{lun_name} LUN: metrics scrapes failed: {results['metrics_ab'][lun_name]}")
+                    status = max(status, 2)
             for job in (missed_jobs(results, lun_name, jobs) if args.profile == PROFILE_MISSED else profile_jobs):
                 for s in running:
                     if not s.alive():

@@ -253,7 +253,11 @@ def markdown(results: dict) -> str:
              "- No A/A control in this run (`--aa` adds one; `--calibrate` measures the noise floor alone)."),
             *([f"- `vs base` columns: a second iscsi-nbd build (`--baseline {results['baseline']}`) ran in every "
                "job; the ratio is this build / that build, paired within each repeat (below 1.00x is better for "
-               "latency and CPU, above for IOPS)."] if results.get("baseline") else [])]
+               "latency and CPU, above for IOPS)."] if results.get("baseline") else []),
+            *([f"- `vs base` columns (`--metrics-ab`): iscsi-nbd with metrics on (`--metrics-socket`"
+               + (f", scraped every {results['metrics_ab']['scrape_interval_s']} s" if results["metrics_ab"].get("scrape_interval_s") else "")
+               + ") / the same binary with metrics off, paired within each repeat: the cost of metrics (1.00x: none)."]
+              if results.get("metrics_ab") else [])]
     for lun, verdict in results.get("cross_check", {}).items():
         out.append(f"- Data cross-check ({lun} LUN): {verdict}")
     out += ["", "## Jobs", ""] + [f"- `{j['name']}`: {j['describe']}" for j in c.get("jobs", [])] + [""]

@@ -1,7 +1,7 @@
 #!/bin/bash
 # scenario-daemon.sh - inside the VM: the iscsi-nbd daemon and /dev/nbdN end to end.
 #   tgtd: discovery -> node.startup=automatic -> daemon start logs in by itself -> /dev/nbd0 + by-path link
-#   -> -m session -P 3 -> ext4 round trip through logout + login (by-path name) -> fio libaio direct verify
+#   -> -m session -P 3 -> -m session -s and /metrics after a 1 MiB direct write -> ext4 round trip through logout + login (by-path name) -> fio libaio direct verify
 #   -> fio numbers (FIO_RUNTIME > 0) -> logout while fio runs (clean errors, no hang) -> daemon SIGTERM while
 #   ext4 is mounted: the device in use stays, the next daemon re-adopts it -> SIGTERM idle: detached.
 #   LIO (configfs, LUN 0): manual login through a new daemon -> ext4 round trip through logout + login.
@@ -23,6 +23,7 @@ FIO_RUNTIME=${FIO_RUNTIME:-0}
 CONNS=${NBD_CONNECTIONS:-1}
 export ISCSI_NBD_CONFIG_DIR=/tmp/iscsi-conf
 export ISCSI_NBD_CONTROL_SOCKET=/run/iscsi-nbd/control.sock
+METRICS_SOCKET=/run/iscsi-nbd/metrics.sock
 T_IQN=iqn.2026-11.test.iscsi-nbd:tgtd
 L_IQN=iqn.2026-11.test.iscsi-nbd:lio
 T_PORT=3260
@@ -67,6 +68,40 @@ t_logout() { logout $T_IQN $T_PORT && wait_for 10 gone "$T_LINK" && disconnected
 t_login() { login $T_IQN $T_PORT && wait_for 10 linked "$T_LINK"; }
 l_logout() { logout $L_IQN $L_PORT && wait_for 10 gone "$L_LINK"; }
 l_login() { login $L_IQN $L_PORT && wait_for 10 linked "$L_LINK"; }
+stat_delta() {  # stat_delta NAME : the counter's growth between stats-before.txt and stats-after.txt
+  local a b
+  a=$(awk -F': ' -v k="$1" '$1 == "\t" k { print $2 }' "$VM_RESULTS/stats-before.txt")
+  b=$(awk -F': ' -v k="$1" '$1 == "\t" k { print $2 }' "$VM_RESULTS/stats-after.txt")
+  echo $(( b - a ))
+}
+scrape() {  # GET /metrics on the daemon's metrics socket
+  python3 -c 'import socket,sys
+s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(b"GET /metrics HTTP/1.1\r\nHost: vm\r\n\r\n")
+d=b""
+while True:
+    c=s.recv(65536)
+    if not c: break
+    d+=c
+sys.stdout.write(d.decode())' "$METRICS_SOCKET"
+}
+t_stats() {  # -m session -s (iscsiadm --stats) after a known workload: one 1 MiB O_DIRECT write to the device
+  "$BIN" -m session -r 1 -s > "$VM_RESULTS/stats-before.txt" || return 1
+  head -c 1048576 /dev/urandom > /tmp/one-mib
+  dd if=/tmp/one-mib of="$DEV" bs=1M count=1 oflag=direct status=none || return 1
+  "$BIN" -m session -r 1 -s > "$VM_RESULTS/stats-after.txt" || return 1
+  cat "$VM_RESULTS/stats-after.txt"
+  local tx cmds dataout r2t
+  tx=$(stat_delta txdata_octets) cmds=$(stat_delta scsicmd_pdus) dataout=$(stat_delta dataout_pdus) r2t=$(stat_delta r2t_pdus)
+  log "1 MiB write: txdata_octets +$tx, scsicmd_pdus +$cmds, dataout_pdus +$dataout, r2t_pdus +$r2t"
+  # Every byte once; with tgtd's FirstBurstLength 64 KiB the rest of each command is asked for by R2T.
+  [ "$tx" = 1048576 ] && [ "$cmds" -ge 1 ] && [ "$dataout" -ge 1 ] && [ "$r2t" -ge 1 ] || return 1
+  grep -q "^Stats for session \[sid: 1, target: $T_IQN, portal: 127.0.0.1,$T_PORT\]" "$VM_RESULTS/stats-after.txt" || return 1
+  "$BIN" -m session -P 1 | tee "$VM_RESULTS/session-P1.txt" | grep -q "($DEV): LOGGED_IN, last minute: [0-9]* requests, p50 " || return 1
+  scrape > "$VM_RESULTS/metrics.txt" || return 1
+  grep -q "^iscsi_nbd_written_bytes_total{.*device=\"$DEV\".*} [1-9]" "$VM_RESULTS/metrics.txt" &&
+    grep -q '^iscsi_nbd_session_state{.*state="LOGGED_IN".*} 1' "$VM_RESULTS/metrics.txt" &&
+    [ "$(stat -c %a "$METRICS_SOCKET")" = 600 ]
+}
 session_shows() {  # -m session -P 3 has the device, the link and the timeouts
   "$BIN" -m session -P 3 > "$VM_RESULTS/session-P3.txt" || return 1
   cat "$VM_RESULTS/session-P3.txt"
@@ -145,12 +180,13 @@ step "tgtd target + LUN ${SIZE_MB}MiB" eval "truncate -s ${SIZE_MB}M /tmp/tgt.im
 step "discovery (sendtargets)" "$BIN" -m discovery -t st -p 127.0.0.1:$T_PORT
 step "node.startup = automatic" "$BIN" -m node -T $T_IQN -p 127.0.0.1:$T_PORT --op update -n node.startup -v automatic
 step "no daemon: -m session exits 21" no_sessions
-step "daemon start (automatic login)" start_daemon daemon
+step "daemon start (automatic login)" start_daemon daemon --metrics-socket "$METRICS_SOCKET"
 step "daemon answers" wait_for 30 daemon_answers
 step "by-path link appears" wait_for 20 linked "$T_LINK"
 DEV=$(readlink -f "$T_LINK")
 log "automatic login attached $DEV"
 step "-m session -P 3" session_shows
+step "-m session -s, -P 1 health and /metrics after a 1 MiB write" t_stats
 step "second login: already present" eval "! $BIN -m node -T $T_IQN -p 127.0.0.1:$T_PORT --login"
 fs_roundtrip "$T_LINK" "$MNT" "tgtd" t_logout t_login
 cp "$VM_RESULTS/sums.txt" "$VM_RESULTS/sums-tgtd.txt"

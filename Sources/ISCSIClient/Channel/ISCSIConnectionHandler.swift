@@ -47,6 +47,9 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
     var parameters: SessionParameters { machine.parameters }
 
     var isInFullFeaturePhase: Bool { machine.isInFullFeaturePhase }
+    /// This connection's PDU counters and command window (`ISCSISession.statistics()`).
+    var counters: ISCSIPDUCounters { machine.counters }
+    var windowSnapshot: ISCSICommandWindowSnapshot? { machine.windowSnapshot }
     var testConfiguration: ISCSISessionConfiguration { machine.configuration }
 
     // MARK: - Channel events
@@ -255,6 +258,7 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
     private func send(_ header: BasicHeaderSegment, ahs: ByteBuffer?, data: ByteBuffer?) {
         guard let context else { return }
         let dataLength = data?.readableBytes ?? 0
+        machine.counters.countSent(header.opcode, dataLength: dataLength)
         let inline = dataLength <= 2048
         let headerLength = BasicHeaderSegment.length + (ahs?.readableBytes ?? 0) + 4
         var buffer = context.channel.allocator.buffer(capacity: headerLength + (inline ? dataLength + 8 : 0))

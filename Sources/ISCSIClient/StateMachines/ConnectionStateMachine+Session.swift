@@ -119,8 +119,12 @@ extension ConnectionStateMachine {
 extension ConnectionStateMachine {
     mutating func timerFired(_ timer: ConnectionTimer, now: NIODeadline) {
         switch timer {
-        case .login: fail(.timeout("login"))
-        case .logout: fail(.timeout("logout"))
+        case .login:
+            counters.timeoutErrors &+= 1
+            fail(.timeout("login"))
+        case .logout:
+            counters.timeoutErrors &+= 1
+            fail(.timeout("logout"))
         case .keepAlive: keepAliveTick(now: now)
         case .commandTimeout: commandTimeoutTick(now: now)
         }
@@ -156,6 +160,7 @@ extension ConnectionStateMachine {
             emit(.send(OutboundPDU(header: out.pdu.header)))
             emit(.flush)
         case .timedOut:
+            counters.timeoutErrors &+= 1
             store(ff)
             logger.error("NOP-Out ping timed out, dropping connection")
             fail(.timeout("NOP-Out ping"))
@@ -178,6 +183,7 @@ extension ConnectionStateMachine {
                     try escalate(victim: function.victim, lun: function.lun, &ff, now: now)
                 }
             } else if let (itt, task) = Self.oldestTask(ff.tasks), ladder.commandExpired(sentAt: task.sentAt, now: now) {
+                counters.timeoutErrors &+= 1
                 logger.warning(
                     "command timed out",
                     metadata: ["iscsi.itt": "0x\(String(itt, radix: 16))", "scsi.cdb": "\(task.original.command.cdb)"])

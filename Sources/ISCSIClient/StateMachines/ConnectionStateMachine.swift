@@ -126,6 +126,8 @@ struct ConnectionStateMachine {
     /// When bytes last arrived (any PDU proves the connection alive).
     private(set) var lastReceive = NIODeadline.uptimeNanoseconds(0)
     private var outbox = CircularBuffer<ConnectionAction>(initialCapacity: 16)
+    /// PDUs and errors of this connection (`iscsiadm -m session -s`); the handler counts what it writes.
+    var counters = ISCSIPDUCounters()
 
     init(configuration: ISCSISessionConfiguration, logger: Logger, initialCmdSN: SerialNumber = SerialNumber(1)) {
         self.configuration = configuration
@@ -162,6 +164,15 @@ struct ConnectionStateMachine {
         return ff.parameters
     }
 
+    /// The command window and queue depth now; nil outside the full feature phase.
+    var windowSnapshot: ISCSICommandWindowSnapshot? {
+        guard case .fullFeature(let ff) = state else { return nil }
+        return ISCSICommandWindowSnapshot(
+            queueDepth: ff.depth.current, outstanding: ff.tasks.count, queued: ff.pending.count,
+            cmdSN: ff.window.cmdSN.rawValue, expCmdSN: ff.window.expCmdSN.rawValue, maxCmdSN: ff.window.maxCmdSN.rawValue,
+            window: ff.window.available)
+    }
+
     var outstandingTasks: Int {
         guard case .fullFeature(let ff) = state else { return 0 }
         return ff.tasks.count
@@ -190,6 +201,9 @@ struct ConnectionStateMachine {
     /// One inbound PDU. `dataPieces`: for a Data-In whose data segment spanned reads, the slices it arrived
     /// in (then `pdu.data` is empty); they are kept as they are.
     mutating func receive(_ pdu: ISCSIPDU, dataPieces: [ByteBuffer] = [], now: NIODeadline) {
+        var dataLength = pdu.data.readableBytes
+        for piece in dataPieces { dataLength += piece.readableBytes }
+        counters.countReceived(pdu.header.opcode, dataLength: dataLength)
         do throws(ISCSISessionError) {
             switch state {
             case .loggingIn(var loggingIn):
@@ -232,6 +246,10 @@ struct ConnectionStateMachine {
 
     /// The framing found a malformed PDU (RFC 7143 §11.2): the connection is dropped.
     mutating func receiveMalformed(_ error: ISCSIPDUError) {
+        switch error {
+        case .headerDigestMismatch, .dataDigestMismatch: counters.digestErrors &+= 1
+        default: break
+        }
         targetFailed(.malformedPDU(error))
     }
 

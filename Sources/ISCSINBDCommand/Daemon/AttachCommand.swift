@@ -57,6 +57,8 @@ struct AttachCommand: AsyncParsableCommand {
 
     @OptionGroup var chapOptions: CHAPOptions
 
+    @OptionGroup var metrics: MetricsOptions
+
     @Option(name: .long, help: "Initiator name (default: from /etc/iscsi/initiatorname.iscsi, or generated).")
     var initiatorName: String?
 
@@ -96,12 +98,16 @@ struct AttachCommand: AsyncParsableCommand {
         // One thread per queue: the session shares the first with queue 0.
         let group = MultiThreadedEventLoopGroup(numberOfThreads: connections)
         defer { group.shutdownGracefully { _ in } }
+        let loop = group.next()
+        var configuration = plan.configuration
+        let metrics = try await CommandMetrics.start(try self.metrics.endpoints(), configuration: configuration, logger: logger)
+        metrics?.instrument(&configuration)
         let opened = Handoff<OpenedLUN>()
         // The session first, the device second: a shutdown detaches the device, then logs out.
-        try await Lifecycle.run([
-            (SessionService(configuration: plan.configuration, lun: parsed.lun, readOnly: readOnly, loop: group.next(),
+        try await Lifecycle.run((metrics?.services ?? []) + [
+            (SessionService(configuration: configuration, lun: parsed.lun, readOnly: readOnly, loop: loop,
                             opened: opened, logger: logger), "session"),
-            (KernelDeviceService(opened: opened, options: options, group: group, logger: logger), "device"),
+            (KernelDeviceService(opened: opened, options: options, group: group, metrics: metrics, logger: logger), "device"),
         ], logger: logger)
     }
 }
@@ -116,6 +122,7 @@ struct KernelDeviceService: Service {
     /// The device's options, once the LUN's identity is known.
     var options: @Sendable (LUNIdentity?) -> KernelAttachOptions
     var group: any EventLoopGroup
+    var metrics: CommandMetrics?
     var logger: Logger
 
     func run() async throws {
@@ -128,7 +135,8 @@ struct KernelDeviceService: Service {
         }
         let attachment = try await KernelAttachment.attach(
             device: lun.device, options: options, group: group, logger: logger,
-            start: orphan.map { .reconfigure(index: $0.index) } ?? .connect)
+            start: orphan.map { .reconfigure(index: $0.index) } ?? .connect, observers: metrics?.requests)
+        metrics?.serving(lun, device: attachment.devicePath)
         if let orphan { logger.notice("re-adopted \(orphan.path), left by an attach that died") }
         attachment.follow(lun.scsi)
         FileHandle.standardOutput.write(Data((attachment.devicePath + "\n").utf8))

@@ -68,6 +68,8 @@ struct ControlLineDecoder {
 struct ControlRequest: Codable, Hashable, Sendable {
     enum Operation: String, Codable, Hashable, Sendable {
         case ping, login, logout, sessions
+        /// `-m session -s`: the sessions with their counters (`ControlSession.stats`).
+        case stats
     }
     var op: Operation
     /// Target IQN filter (nil = every record / session).
@@ -76,12 +78,15 @@ struct ControlRequest: Codable, Hashable, Sendable {
     var portal: String?
     /// Where the node records live (the CLI's --config-dir); nil = the daemon's own.
     var configDir: String?
+    /// `-r SID`: one session (sessions, stats); nil = every one.
+    var sid: Int? = nil
 
-    init(op: Operation, target: String? = nil, portal: String? = nil, configDir: String? = nil) {
+    init(op: Operation, target: String? = nil, portal: String? = nil, configDir: String? = nil, sid: Int? = nil) {
         self.op = op
         self.target = target
         self.portal = portal
         self.configDir = configDir
+        self.sid = sid
     }
 }
 
@@ -96,6 +101,29 @@ struct ControlLUN: Codable, Hashable, Sendable {
     var blockSize: UInt32
     var backend: String?
     var state: String
+    /// Whether the LUN's I/O flows, and how fast it was over the last minute (`-P 1`). Optional: a CLI and
+    /// a daemon of different versions still understand each other.
+    var health: ControlHealth? = nil
+}
+
+/// A LUN's health: LOGGED_IN, RECOVERING (since when, attempts, the last error) or FAILED, and the request
+/// latency over the last minute.
+struct ControlHealth: Codable, Hashable, Sendable {
+    var state: String
+    /// While recovering: when the connection was lost (seconds since 1970).
+    var since: Double?
+    var attempts: Int?
+    var lastError: String?
+    /// Requests answered over the last minute, and their p50 and p99 latencies in nanoseconds.
+    var requests: UInt64
+    var p50: UInt64?
+    var p99: UInt64?
+}
+
+/// `-m session -s`: iscsiadm's "iSCSI SNMP" counters, in its order, and ours ("iSCSI Extended").
+struct ControlStats: Codable, Hashable, Sendable {
+    var snmp: [[String]]
+    var extended: [[String]]
 }
 
 /// One session as the daemon reports it (`-m session`).
@@ -118,6 +146,8 @@ struct ControlSession: Codable, Hashable, Sendable {
     /// iscsiadm's CHAP section (key, value), secrets masked; first row: the method in use. Optional, so
     /// a CLI and a daemon of different versions still understand each other.
     var auth: [[String]]? = nil
+    /// Counters, for the stats operation only.
+    var stats: ControlStats? = nil
 }
 
 /// The daemon's answer.

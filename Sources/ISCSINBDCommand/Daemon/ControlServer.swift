@@ -34,25 +34,9 @@ final class ControlServer: Sendable {
             logger.info("control socket from systemd (fd \(fd))")
             return ControlServer(channel: channel, path: nil)
         }
-        let dir = (path as NSString).deletingLastPathComponent
-        if !dir.isEmpty {
-            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        let channel = try await UnixSocketFile.bind(path: path, logger: logger) {
+            try await bootstrap.bind(unixDomainSocketPath: $0).get()
         }
-        var st = stat()
-        if lstat(path, &st) == 0 {
-            guard (st.st_mode & S_IFMT) == S_IFSOCK else { throw CommandFailure("\(path) exists and is not a socket") }
-            // Stale only when nobody accepts connections on it: a busy daemon that is slow to answer a
-            // ping still owns the socket.
-            if ControlClient.someoneListens(path: path) {
-                throw CommandFailure("another daemon listens on \(path)")
-            }
-            unlink(path)
-        }
-        // umask 077 for the bind: the socket is never reachable with looser permissions.
-        let old = umask(0o077)
-        defer { umask(old) }
-        let channel = try await bootstrap.bind(unixDomainSocketPath: path).get()
-        chmod(path, 0o600)
         logger.info("control socket at \(path)")
         return ControlServer(channel: channel, path: path)
     }

@@ -53,6 +53,8 @@ struct DaemonCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Event loop threads (default: --connections, so each queue of a device has its own).")
     var threads: Int?
 
+    @OptionGroup var metrics: MetricsOptions
+
     @OptionGroup var logging: LoggingOptions
 
     func validate() throws {
@@ -78,14 +80,27 @@ struct DaemonCommand: AsyncParsableCommand {
             connectionsPerDevice: connections,
             requestTimeout: requestTimeout == 0 ? nil : .seconds(requestTimeout),
             kernelInterface: kernelInterface, busyPollMicroseconds: polling.pollUs)
+        // The metrics endpoints are bound first: a port in use stops the daemon before it logs in anywhere.
+        let metrics = DaemonMetrics()
+        var endpoints: [MetricsHTTPServer] = []
+        for endpoint in try self.metrics.endpoints() {
+            do {
+                endpoints.append(try await MetricsHTTPServer.start(endpoint, hub: metrics.hub, logger: logger))
+            } catch {
+                for server in endpoints { await server.close() }
+                throw error
+            }
+        }
+        for server in endpoints { logger.notice("metrics at \(server.boundDescription)/metrics") }
         let group = MultiThreadedEventLoopGroup(numberOfThreads: threads ?? connections)
-        let core = DaemonCore(settings: settings, group: group, logger: logger, stored: activation?.storedDevices ?? [:])
+        let core = DaemonCore(settings: settings, group: group, logger: logger, stored: activation?.storedDevices ?? [:],
+                              metrics: metrics)
         let control = ControlService(path: controlSocket ?? ControlProtocol.socketPath(environment: environment),
                                      activated: activation?.control, group: group, core: core, logger: logger)
         // The control socket first, the sessions second: a shutdown logs every session out (requests get
         // "the daemon is stopping" meanwhile), then closes the socket.
         do {
-            try await Lifecycle.run([
+            try await Lifecycle.run(endpoints.map { (MetricsService(server: $0), "metrics") } + [
                 (control, "control"),
                 (DaemonCoreService(core: core, control: control, automaticLogins: !noAutomatic, logger: logger), "sessions"),
             ], logger: logger)
@@ -149,6 +164,8 @@ struct DaemonCoreService: Service {
         logger.notice("daemon ready", metadata: ["control": "\(path)", "pid": "\(getpid())", "version": "\(ISCSINBDVersion.current)"])
         let watcher = Task { await core.watchShutdown() }
         defer { watcher.cancel() }
+        let status = Task { await core.publishStatus() }
+        defer { status.cancel() }
         let reason = await StopSignal().first()
         // The machine going down: everything goes. A restart, an upgrade, a stop by hand: devices in use stay.
         let machineStopping = (try? await NIOThreadPool.singleton.runIfActive { SystemShutdown.inProgress() }) ?? false

@@ -21,7 +21,7 @@ struct DaemonSettings: Sendable {
 /// Holds every session of the daemon and its /dev/nbdN devices. All requests (control socket, automatic
 /// logins, SIGTERM) go through this actor; the table of states is `SessionTable`.
 actor DaemonCore {
-    private struct Live {
+    struct Live {
         var session: ISCSISession
         var attachments: [(lun: UInt16, attachment: KernelAttachment, scsi: SCSIBlockDevice)]
         var plan: SessionPlan
@@ -33,15 +33,19 @@ actor DaemonCore {
     let settings: DaemonSettings
     let group: any EventLoopGroup
     let logger: Logger
-    private var table = SessionTable()
-    private var live: [Int: Live] = [:]
+    private(set) var table = SessionTable()
+    private(set) var live: [Int: Live] = [:]
     private var retries: [Int: Task<Void, Never>] = [:]
-    private var shuttingDown = false
+    private(set) var shuttingDown = false
     /// Our ends of kernel NBD sockets a previous daemon handed over (systemd's fd store), by device index;
     /// taken by the re-adoption of that device.
     private var stored: [Int: [Int32]]
+    /// Every session's and LUN's counters (`-m session -s`, `-P 1`, and `/metrics` when served).
+    let metrics: DaemonMetrics
 
-    init(settings: DaemonSettings, group: any EventLoopGroup, logger: Logger, stored: [Int: [Int32]] = [:]) {
+    init(settings: DaemonSettings, group: any EventLoopGroup, logger: Logger, stored: [Int: [Int32]] = [:],
+         metrics: DaemonMetrics = DaemonMetrics()) {
+        self.metrics = metrics
         self.settings = settings
         self.group = group
         self.logger = logger
@@ -56,7 +60,10 @@ actor DaemonCore {
         case .ping:
             return .success(messages: ["iscsi-nbd daemon, pid \(getpid())"])
         case .sessions:
-            return .success(sessions: sessionReports())
+            await metrics.refresh()
+            return .success(sessions: sessionReports().filter { request.sid == nil || $0.id == request.sid })
+        case .stats:
+            return .success(sessions: await statsReports(sid: request.sid))
         case .login:
             return await login(target: request.target, portal: request.portal, configDir: request.configDir)
         case .logout:
@@ -251,6 +258,7 @@ actor DaemonCore {
             logger.warning("logout of session \(id): \(error)")
         }
         table.remove(id)
+        metrics.forget(id)
     }
 
     /// How an orphan is taken back: its handed-over sockets while they are alive, else fresh ones.
@@ -332,6 +340,7 @@ actor DaemonCore {
                 logger.error("login to \(key) refused, not retried: \(message); fix the node record, then: iscsi-nbd -m node -T \(record.id.target) -p \(record.id.portal) --login")
             case (false, _):
                 table.loginFailed(id, error: message, then: .forget)
+                metrics.forget(id)
             }
             return .failure(message)
         }
@@ -366,12 +375,14 @@ actor DaemonCore {
     /// one that device's backend identifier names; the kernel checks it again.
     private func attempt(id: Int, record: NodeRecord, planner: SessionPlanner,
                          adopting: [UInt16: DeviceRegistry.Orphan] = [:]) async throws {
-        let plan = try planner.plan(node: record.id, record: record,
+        var plan = try planner.plan(node: record.id, record: record,
                                     overrides: SessionOverrides(busyPollMicroseconds: settings.busyPollMicroseconds))
+        plan.configuration.eventHandler = metrics.session(id, target: record.id.target, portal: plan.configuration.portal.description).eventHandler
         let nodeSettings = plan.settings
         var sessionLogger = logger
         sessionLogger[metadataKey: "sid"] = "\(id)"
         let session = try await SessionWiring.login(plan.configuration, on: group.next(), logger: sessionLogger)
+        metrics.loggedIn(id, session)
         var attachments: [(UInt16, KernelAttachment, SCSIBlockDevice)] = []
         var lastError: String?
         let reported = await SessionWiring.reportLUNs(session: session, logger: sessionLogger)
@@ -398,17 +409,20 @@ actor DaemonCore {
                 let attachment: KernelAttachment
                 do {
                     attachment = try await KernelAttachment.attach(device: opened.device, options: options, group: group,
-                                                                   logger: sessionLogger, start: start)
+                                                                   logger: sessionLogger, start: start,
+                                                                   observers: metrics.requests(id, lun: lun))
                 } catch where start.isResume {
                     sessionLogger.warning("cannot resume the handed-over sockets of /dev/nbd\(start.index ?? -1) (\(error)); giving it fresh ones")
                     attachment = try await KernelAttachment.attach(device: opened.device, options: options, group: group,
-                                                                   logger: sessionLogger, start: .reconfigure(index: start.index ?? -1))
+                                                                   logger: sessionLogger, start: .reconfigure(index: start.index ?? -1),
+                                                                   observers: metrics.requests(id, lun: lun))
                 }
                 if start.isResume { forgetStored(index: attachment.index) }
                 if start != .connect {
                     sessionLogger.notice("re-adopted \(attachment.devicePath) from a previous daemon (\(start.isResume ? "its sockets, from systemd's fd store: no request waited" : "fresh sockets: requests in flight are re-sent when their timeout fires"))")
                 }
                 attachment.follow(opened.scsi)
+                metrics.attached(id, lun: lun, device: attachment.devicePath, scsi: opened.scsi)
                 attachments.append((lun, attachment, opened.scsi))
             } catch {
                 // tgtd's LUN 0 is the controller: not a disk, skipped quietly.
@@ -456,6 +470,7 @@ actor DaemonCore {
             do {
                 let session = try await SessionWiring.login(old.plan.configuration, on: group.next(), logger: logger)
                 newSession = session
+                metrics.loggedIn(id, session)
                 var attachments: [(lun: UInt16, attachment: KernelAttachment, scsi: SCSIBlockDevice)] = []
                 for a in old.attachments {
                     let opened = try await SessionWiring.openLUN(session: session, lun: a.lun, readOnly: false, logger: logger)
@@ -464,8 +479,9 @@ actor DaemonCore {
                     }
                     let attachment = try await KernelAttachment.attach(
                         device: opened.device, options: a.attachment.options, group: group, logger: logger,
-                        start: .reconfigure(index: a.attachment.index))
+                        start: .reconfigure(index: a.attachment.index), observers: metrics.requests(id, lun: a.lun))
                     attachment.follow(opened.scsi)
+                    metrics.attached(id, lun: a.lun, device: attachment.devicePath, scsi: opened.scsi)
                     attachments.append((a.lun, attachment, opened.scsi))
                 }
                 SessionWiring.guardIdentity(session: session, devices: attachments.map(\.scsi))
@@ -498,6 +514,7 @@ actor DaemonCore {
         retries[id] = nil
         for a in old.attachments { await a.attachment.detach(flush: false, timeout: .seconds(5)) }
         table.remove(id)
+        metrics.forget(id)
     }
 
     private func tearDown(_ id: Int, flush: Bool) async {
@@ -510,73 +527,6 @@ actor DaemonCore {
             await logOut(id, l)
         }
         table.remove(id)
-    }
-
-    // MARK: - Reports
-
-    /// iscsiadm's CHAP section (secrets always masked), headed by the method actually used: open-iscsi's
-    /// rule makes that CHAP whenever a password is set, whatever `authmethod` says.
-    static func authRows(_ c: ISCSISessionConfiguration) -> [[String]] {
-        [
-            ["authmethod in use", c.authSummary],
-            ["username", c.chap.map(\.username).flatMap { $0.isEmpty ? nil : $0 } ?? "<empty>"],
-            ["password", "********"],
-            ["username_in", c.chap?.mutual.map(\.username).flatMap { $0.isEmpty ? nil : $0 } ?? "<empty>"],
-            ["password_in", "********"],
-        ]
-    }
-
-    func sessionReports() -> [ControlSession] {
-        table.entries.values.sorted { $0.id < $1.id }.map { e in
-            let l = live[e.id]
-            let luns = l?.attachments.map { a in
-                ControlLUN(lun: a.lun, device: a.attachment.devicePath, byPath: a.attachment.byPathLink,
-                           size: a.attachment.device.info.size, blockSize: a.attachment.device.info.logicalBlockSize,
-                           backend: a.attachment.backendIdentifier, state: "running")
-            } ?? []
-            var negotiated: [[String]] = []
-            var timeouts: [[String]] = []
-            if let l {
-                let p = l.session.parameters
-                negotiated = [
-                    ["HeaderDigest", p.headerDigest.description], ["DataDigest", p.dataDigest.description],
-                    ["MaxRecvDataSegmentLength", "\(p.initiatorMaxRecvDataSegmentLength)"],
-                    ["MaxXmitDataSegmentLength", "\(p.targetMaxRecvDataSegmentLength)"],
-                    ["FirstBurstLength", "\(p.firstBurstLength)"], ["MaxBurstLength", "\(p.maxBurstLength)"],
-                    ["ImmediateData", p.immediateData ? "Yes" : "No"], ["InitialR2T", p.initialR2T ? "Yes" : "No"],
-                    ["MaxOutstandingR2T", "\(p.maxOutstandingR2T)"], ["ErrorRecoveryLevel", "\(p.errorRecoveryLevel)"],
-                    ["DefaultTime2Wait", "\(p.defaultTime2Wait)"], ["DefaultTime2Retain", "\(p.defaultTime2Retain)"],
-                ]
-                let s = l.settings
-                timeouts = [
-                    ["Recovery Timeout (replacement_timeout)", "\(s.replacementTimeout.components.seconds)"],
-                    ["Login Timeout", "\(s.loginTimeout.components.seconds)"],
-                    ["Logout Timeout", "\(s.logoutTimeout.components.seconds)"],
-                    ["NOP-out Interval", "\(s.noopOutInterval.components.seconds)"],
-                    ["NOP-out Timeout", "\(s.noopOutTimeout.components.seconds)"],
-                    ["Request Timeout (nbd)", settings.requestTimeout.map { "\($0.components.seconds)" } ?? "kernel default"],
-                    ["Dead Connection Timeout (nbd)", "\(s.replacementTimeout.components.seconds)"],
-                ]
-            }
-            // The client recovers a dropped connection by itself: show that as iscsiadm does (FAILED).
-            var state = e.state.rawValue
-            var lastError = e.lastError
-            if e.state == .loggedIn, let status = l?.session.status {
-                switch status.state {
-                case .connected: break
-                case .recovering(let expired):
-                    state = SessionTable.State.recovering.rawValue
-                    lastError = expired ? "reconnecting; replacement_timeout expired, I/O fails until the target is back" : "reconnecting"
-                case .closed: state = "CLOSED"
-                }
-                timeouts.append(["Recoveries", "\(status.recoveries)"])
-            }
-            return ControlSession(
-                id: e.id, target: e.key.target, portal: e.key.portal.description,
-                tpgt: l?.record.id.tpgt ?? 1, state: state, initiatorName: l?.session.configuration.initiatorName,
-                tsih: l?.session.tsih, isid: l.map { String(format: "%012llx", $0.session.configuration.isid) },
-                luns: luns, negotiated: negotiated, timeouts: timeouts, lastError: lastError,
-                auth: l.map { Self.authRows($0.session.configuration) } ?? [])
-        }
+        metrics.forget(id)
     }
 }

@@ -110,14 +110,14 @@ final class KernelAttachment: Sendable {
     /// Serves `device` to the kernel. Blocking netlink calls run on the thread pool.
     static func attach(
         device: any BlockDevice, options: KernelAttachOptions, group: any EventLoopGroup, logger: Logger,
-        start: KernelStart = .connect
+        start: KernelStart = .connect, observers: (any NBDRequestObserverFactory)? = nil
     ) async throws -> KernelAttachment {
         let info = device.info
         let export = NBDServer.makeExport(info: info, name: options.exportName, description: nil)
         let count = export.flags.contains(.canMultiConn) ? max(1, min(options.connections, 16)) : 1
         let server = NBDServer(
             device: device, configuration: NBDServerConfiguration(exportName: options.exportName, listen: []),
-            group: group, logger: logger)
+            group: group, logger: logger, observers: observers)
         // Our ends: new socketpairs, or the resumed sockets.
         var ours: [Int32] = []
         var kernelFDs: [Int32] = []
