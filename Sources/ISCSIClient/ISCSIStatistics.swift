@@ -66,7 +66,8 @@ public struct ISCSIPDUCounters: Sendable, Hashable {
     }
 }
 
-/// The CmdSN window and queue depth of a connection in the full feature phase, as it is now.
+/// The CmdSN window and queue depth of a connection in the full feature phase, as it is now. These values
+/// are made only here (their memberwise initializers stay internal; tests use `@testable import`).
 public struct ISCSICommandWindowSnapshot: Sendable, Hashable {
     /// Commands the initiator lets in flight at once now (lowered on TASK SET FULL / BUSY, grown back).
     public var queueDepth: Int
@@ -80,16 +81,6 @@ public struct ISCSICommandWindowSnapshot: Sendable, Hashable {
     public var maxCmdSN: UInt32
     /// Commands the target accepts now: MaxCmdSN - CmdSN + 1 (0 when closed).
     public var window: Int
-
-    public init(queueDepth: Int, outstanding: Int, queued: Int, cmdSN: UInt32, expCmdSN: UInt32, maxCmdSN: UInt32, window: Int) {
-        self.queueDepth = queueDepth
-        self.outstanding = outstanding
-        self.queued = queued
-        self.cmdSN = cmdSN
-        self.expCmdSN = expCmdSN
-        self.maxCmdSN = maxCmdSN
-        self.window = window
-    }
 }
 
 /// A session's counters: those of every connection it has had, its recoveries, and where its command window
@@ -110,23 +101,6 @@ public struct ISCSISessionStatistics: Sendable, Hashable {
         public var lostAt: Double
         public var reason: String
         public var durationSeconds: Double?
-
-        public init(lostAt: Double, reason: String, durationSeconds: Double?) {
-            self.lostAt = lostAt
-            self.reason = reason
-            self.durationSeconds = durationSeconds
-        }
-    }
-
-    public init(
-        pdus: ISCSIPDUCounters, recoveries: Int, reloginAttempts: Int, lastRecovery: RecoveryRecord?,
-        window: ISCSICommandWindowSnapshot?
-    ) {
-        self.pdus = pdus
-        self.recoveries = recoveries
-        self.reloginAttempts = reloginAttempts
-        self.lastRecovery = lastRecovery
-        self.window = window
     }
 }
 

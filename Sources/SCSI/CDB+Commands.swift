@@ -149,42 +149,41 @@ extension CDB {
         rw16(.write16, lba: lba, blocks: blocks, fua: fua)
     }
 
-    private static func rw10(_ op: SCSIOpcode, lba: UInt32, blocks: UInt16, fua: Bool) -> CDB {
+    /// The 10-byte LBA form shared by READ/WRITE(10) and SYNCHRONIZE CACHE(10): opcode, byte 1 flags,
+    /// LBA in bytes 2-5, the block count in bytes 7-8.
+    private static func lba10(_ op: SCSIOpcode, flags: UInt8, lba: UInt32, blocks: UInt16) -> CDB {
         var c = CDB(count: 10)
         c[0] = op.rawValue
-        c[1] = fua ? 0x08 : 0
+        c[1] = flags
         c.put32(lba, at: 2)
         c.put16(blocks, at: 7)
         return c
     }
-    private static func rw16(_ op: SCSIOpcode, lba: UInt64, blocks: UInt32, fua: Bool) -> CDB {
+    /// The 16-byte form: LBA in bytes 2-9, the block count in bytes 10-13.
+    private static func lba16(_ op: SCSIOpcode, flags: UInt8, lba: UInt64, blocks: UInt32) -> CDB {
         var c = CDB(count: 16)
         c[0] = op.rawValue
-        c[1] = fua ? 0x08 : 0
+        c[1] = flags
         c.put64(lba, at: 2)
         c.put32(blocks, at: 10)
         return c
+    }
+    private static func rw10(_ op: SCSIOpcode, lba: UInt32, blocks: UInt16, fua: Bool) -> CDB {
+        lba10(op, flags: fua ? 0x08 : 0, lba: lba, blocks: blocks)
+    }
+    private static func rw16(_ op: SCSIOpcode, lba: UInt64, blocks: UInt32, fua: Bool) -> CDB {
+        lba16(op, flags: fua ? 0x08 : 0, lba: lba, blocks: blocks)
     }
 
     /// SYNCHRONIZE CACHE(10) (35h) (§5.7). LBA 0 with 0 blocks flushes the whole LU. IMMED stays 0
     /// unless asked, so GOOD means the flush is done.
     public static func synchronizeCache10(lba: UInt32 = 0, blocks: UInt16 = 0, immediate: Bool = false) -> CDB {
-        var c = CDB(count: 10)
-        c[0] = SCSIOpcode.synchronizeCache10.rawValue
-        c[1] = immediate ? 0x02 : 0
-        c.put32(lba, at: 2)
-        c.put16(blocks, at: 7)
-        return c
+        lba10(.synchronizeCache10, flags: immediate ? 0x02 : 0, lba: lba, blocks: blocks)
     }
 
     /// SYNCHRONIZE CACHE(16) (91h) (§5.7).
     public static func synchronizeCache16(lba: UInt64 = 0, blocks: UInt32 = 0, immediate: Bool = false) -> CDB {
-        var c = CDB(count: 16)
-        c[0] = SCSIOpcode.synchronizeCache16.rawValue
-        c[1] = immediate ? 0x02 : 0
-        c.put64(lba, at: 2)
-        c.put32(blocks, at: 10)
-        return c
+        lba16(.synchronizeCache16, flags: immediate ? 0x02 : 0, lba: lba, blocks: blocks)
     }
 
     /// UNMAP (42h), 10 bytes (§5.8). The parameter list (see `UnmapParameterList`) is the Data-Out.
@@ -200,12 +199,7 @@ extension CDB {
     /// `blocks` must not be 0 (0 can mean "to the end of the LU").
     public static func writeSame16(lba: UInt64, blocks: UInt32, unmap: Bool = false, noDataOut: Bool = false) -> CDB {
         precondition(blocks > 0, "WRITE SAME with 0 blocks may mean the whole LU")
-        var c = CDB(count: 16)
-        c[0] = SCSIOpcode.writeSame16.rawValue
-        c[1] = (unmap ? 0x08 : 0) | (noDataOut ? 0x01 : 0)
-        c.put64(lba, at: 2)
-        c.put32(blocks, at: 10)
-        return c
+        return lba16(.writeSame16, flags: (unmap ? 0x08 : 0) | (noDataOut ? 0x01 : 0), lba: lba, blocks: blocks)
     }
 
     /// MODE SENSE(6) (1Ah) (§5.11). DBD = 1 by default (no block descriptors).

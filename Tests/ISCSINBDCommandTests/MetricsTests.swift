@@ -1,5 +1,5 @@
 import Foundation
-import ISCSIClient
+@testable import ISCSIClient
 import ISCSITestSupport
 import Logging
 import NIOCore

@@ -32,13 +32,7 @@ struct AttachCommand: AsyncParsableCommand {
     @Option(name: .long, help: "The device to use, /dev/nbdN (default: the first free one).")
     var device: String?
 
-    @Option(name: .long, help: "Sockets for the device, one per kernel hardware queue, each served on its own thread (used when the LUN allows multi-conn).")
-    var connections: Int = 1
-
-    @OptionGroup var polling: PollOptions
-
-    @Option(name: .long, help: "Per-request timeout in seconds (NBD_ATTR_TIMEOUT; 0 = kernel default).")
-    var requestTimeout: Int = 30
+    @OptionGroup var kernel: KernelDeviceOptions
 
     @Option(name: .long, help: "Seconds I/O waits while the session reconnects (replacement timeout; also NBD_ATTR_DEAD_CONN_TIMEOUT). Default: node.session.timeo.replacement_timeout from iscsid.conf, else 120.")
     var deadConnectionTimeout: Int?
@@ -48,9 +42,6 @@ struct AttachCommand: AsyncParsableCommand {
 
     @Option(name: .long, help: "Directory for the stable by-path link (empty = none).")
     var byPathDir: String = DeviceNames.byPathDirectory
-
-    @Option(name: .long, help: "Kernel interface: auto (netlink where the kernel has it), netlink, or ioctl (online resize: a grown LUN grows /dev/nbdN).")
-    var kernelInterface: KernelInterface = .auto
 
     @Flag(name: .long, help: "Attach read-only.")
     var readOnly = false
@@ -66,9 +57,8 @@ struct AttachCommand: AsyncParsableCommand {
 
     func validate() throws {
         if let device { _ = try DetachCommand.index(of: device) }
-        guard (1...16).contains(connections) else { throw ValidationError("--connections must be 1 to 16") }
-        guard (0...3600).contains(requestTimeout), (0...86400).contains(deadConnectionTimeout ?? 0) else {
-            throw ValidationError("timeouts out of range")
+        guard (0...86400).contains(deadConnectionTimeout ?? 0) else {
+            throw ValidationError("--dead-connection-timeout must be 0 to 86400")
         }
     }
 
@@ -80,12 +70,12 @@ struct AttachCommand: AsyncParsableCommand {
                                          initiatorName: initiatorName, initiatorNameSource: .fileOrMachineID)
         let plan = try planner.plan(url: parsed, overrides: SessionOverrides(
             chap: try chapOptions.resolve(urlUsername: parsed.username, urlPassword: parsed.password),
-            replacementTimeout: deadConnectionTimeout.map { .seconds($0) }, busyPollMicroseconds: polling.pollUs))
+            replacementTimeout: deadConnectionTimeout.map { .seconds($0) }, busyPollMicroseconds: kernel.polling.pollUs))
         let deadConnection = plan.settings.replacementTimeout
         let index = try device.map(DetachCommand.index(of:))
         let kernelRequestTimeout = DaemonCore.kernelRequestTimeout(
-            requestTimeout == 0 ? nil : .seconds(requestTimeout), replacement: deadConnection)
-        let (connections, byPathDir, kernelInterface) = (self.connections, self.byPathDir, self.kernelInterface)
+            kernel.requestTimeout == 0 ? nil : .seconds(kernel.requestTimeout), replacement: deadConnection)
+        let (connections, byPathDir, kernelInterface) = (kernel.connections, self.byPathDir, kernel.kernelInterface)
         let options: @Sendable (LUNIdentity?) -> KernelAttachOptions = { identity in
             KernelAttachOptions(
                 index: index, connections: connections, requestTimeout: kernelRequestTimeout,

@@ -33,16 +33,7 @@ struct DaemonCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Directory for the stable links (default /dev/disk/by-path; empty = none).")
     var byPathDir: String = DeviceNames.byPathDirectory
 
-    @Option(name: .long, help: "Sockets per /dev/nbdN (kernel multi-queue; used when the LUN allows multi-conn).")
-    var connections: Int = 1
-
-    @OptionGroup var polling: PollOptions
-
-    @Option(name: .long, help: "Per-request timeout of the kernel device in seconds (NBD_ATTR_TIMEOUT; 0 = kernel default).")
-    var requestTimeout: Int = 30
-
-    @Option(name: .long, help: "Kernel interface for /dev/nbdN: auto (netlink where the kernel has it), netlink, or ioctl (online resize).")
-    var kernelInterface: KernelInterface = .auto
+    @OptionGroup var kernel: KernelDeviceOptions
 
     @Flag(name: .long, help: "Do not log in to automatic node records at start.")
     var noAutomatic = false
@@ -58,8 +49,6 @@ struct DaemonCommand: AsyncParsableCommand {
     @OptionGroup var logging: LoggingOptions
 
     func validate() throws {
-        guard (1...16).contains(connections) else { throw ValidationError("--connections must be 1 to 16") }
-        guard (0...3600).contains(requestTimeout) else { throw ValidationError("--request-timeout must be 0 to 3600") }
         if let threads, !(1...64).contains(threads) { throw ValidationError("--threads must be 1 to 64") }
     }
 
@@ -77,9 +66,9 @@ struct DaemonCommand: AsyncParsableCommand {
         let settings = DaemonSettings(
             configDir: ConfigDirectory.resolve(explicit: configDir),
             byPathDirectory: byPathDir.isEmpty ? nil : byPathDir,
-            connectionsPerDevice: connections,
-            requestTimeout: requestTimeout == 0 ? nil : .seconds(requestTimeout),
-            kernelInterface: kernelInterface, busyPollMicroseconds: polling.pollUs)
+            connectionsPerDevice: kernel.connections,
+            requestTimeout: kernel.requestTimeout == 0 ? nil : .seconds(kernel.requestTimeout),
+            kernelInterface: kernel.kernelInterface, busyPollMicroseconds: kernel.polling.pollUs)
         // The metrics endpoints are bound first: a port in use stops the daemon before it logs in anywhere.
         let metrics = DaemonMetrics()
         var endpoints: [MetricsHTTPServer] = []
@@ -92,7 +81,7 @@ struct DaemonCommand: AsyncParsableCommand {
             }
         }
         for server in endpoints { logger.notice("metrics at \(server.boundDescription)/metrics") }
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: threads ?? connections)
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: threads ?? kernel.connections)
         let core = DaemonCore(settings: settings, group: group, logger: logger, stored: activation?.storedDevices ?? [:],
                               metrics: metrics)
         let control = ControlService(path: controlSocket ?? ControlProtocol.socketPath(environment: environment),
