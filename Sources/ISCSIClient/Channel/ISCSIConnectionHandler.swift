@@ -203,7 +203,7 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
     /// handler; the nested call carries out the rest of the queue.
     private func runActions() {
         while let action = machine.nextAction() {
-            switch action {
+            switch consume action {
             case .send(let pdu):
                 send(pdu.header, ahs: pdu.additionalHeaderSegments, data: pdu.data)
             case .sendDataOut(var burst):

@@ -3,7 +3,8 @@ import NIOCore
 import SCSI
 
 /// What `ConnectionStateMachine` asks its channel handler to do, in order. The machine queues these; the
-/// handler takes them with `nextAction()` and carries them out (writes, promises, timers, closing).
+/// handler takes them with `nextAction()` and carries them out (writes, promises, timers, closing). Cases
+/// seen once per connection are `indirect`, so the ones of every command keep the enum small.
 enum ConnectionAction {
     /// Write one PDU (not flushed).
     case send(OutboundPDU)
@@ -19,16 +20,16 @@ enum ConnectionAction {
     case cancelAllTimers
     /// The Login Phase is over: the framing uses the negotiated digests and MaxRecvDataSegmentLength from the
     /// next PDU on (RFC 7143 §13.1, §13.12).
-    case enterFullFeature(SessionParameters)
+    indirect case enterFullFeature(SessionParameters)
     case succeedCommand(EventLoopPromise<SCSICommandResult>, SCSICommandResult)
     case failCommand(EventLoopPromise<SCSICommandResult>, ISCSISessionError)
-    case completeLogin(EventLoopPromise<LoginOutcome>, Result<LoginOutcome, ISCSISessionError>)
+    indirect case completeLogin(EventLoopPromise<LoginOutcome>, Result<LoginOutcome, ISCSISessionError>)
     case completeText(EventLoopPromise<ByteBuffer>, Result<ByteBuffer, ISCSISessionError>)
     case completeLogout(EventLoopPromise<Void>, Result<Void, ISCSISessionError>)
     /// A second logout request while one is under way completes with the first.
     case cascadeLogout(from: EventLoopPromise<Void>, to: EventLoopPromise<Void>)
     /// Give the session the commands to re-issue on a new connection (RFC 7143 §7.1.4.4 session recovery).
-    case handBack(ConnectionLostSink, ISCSISessionError, [PendingCommand], time2Wait: TimeAmount?)
+    indirect case handBack(ConnectionLostSink, ISCSISessionError, [PendingCommand], time2Wait: TimeAmount?)
     /// Close the channel; `connectionClosed()` follows when it is down.
     case close
 }

@@ -138,7 +138,7 @@ struct ConnectionStateMachine {
     /// The next thing to do, in order; nil when there is nothing more.
     mutating func nextAction() -> ConnectionAction? { outbox.popFirst() }
 
-    mutating func emit(_ action: ConnectionAction) { outbox.append(action) }
+    mutating func emit(_ action: consuming ConnectionAction) { outbox.append(action) }
 
     // MARK: - Queries
 
@@ -185,11 +185,15 @@ struct ConnectionStateMachine {
         guard case .fullFeature = state else { return nil }
         var taken = State._modifying
         swap(&taken, &state)
-        guard case .fullFeature(let ff) = taken else { preconditionFailure("the state was full feature") }
-        return ff
+        // Consumed, so the payload moves out: binding it from a live `taken` would copy it (retaining
+        // every reference in it) and then release `taken`, twice per PDU.
+        switch consume taken {
+        case .fullFeature(let ff): return ff
+        default: preconditionFailure("the state was full feature")
+        }
     }
 
-    mutating func store(_ ff: FullFeature) { state = .fullFeature(ff) }
+    mutating func store(_ ff: consuming FullFeature) { state = .fullFeature(ff) }
 
     mutating func enter(_ newState: State) { state = newState }
 
