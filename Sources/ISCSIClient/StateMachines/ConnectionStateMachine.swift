@@ -125,7 +125,11 @@ struct ConnectionStateMachine {
     private var time2WaitHint: TimeAmount?
     /// When bytes last arrived (any PDU proves the connection alive).
     private(set) var lastReceive = NIODeadline.uptimeNanoseconds(0)
-    private var outbox = CircularBuffer<ConnectionAction>(initialCapacity: 16)
+    /// Actions not taken yet: `outbox[outboxHead...]`. An array, not a ring, because `Array.append` takes
+    /// its element owned (a move), and `nextAction()` swaps each one out (a move again): the payloads'
+    /// references are not retained and released on the way (each copy of an action cost ~160 instructions).
+    private var outbox: [ConnectionAction] = []
+    private var outboxHead = 0
     /// PDUs and errors of this connection (`iscsiadm -m session -s`); the handler counts what it writes.
     var counters = ISCSIPDUCounters()
 
@@ -136,9 +140,24 @@ struct ConnectionStateMachine {
     }
 
     /// The next thing to do, in order; nil when there is nothing more.
-    mutating func nextAction() -> ConnectionAction? { outbox.popFirst() }
+    mutating func nextAction() -> ConnectionAction? {
+        guard outboxHead < outbox.count else {
+            if outboxHead > 0 {
+                outbox.removeAll(keepingCapacity: true)
+                outboxHead = 0
+            }
+            return nil
+        }
+        var action = ConnectionAction.flush
+        swap(&action, &outbox[outboxHead])
+        outboxHead += 1
+        return action
+    }
 
-    mutating func emit(_ action: consuming ConnectionAction) { outbox.append(action) }
+    mutating func emit(_ action: consuming ConnectionAction) {
+        if outbox.capacity == 0 { outbox.reserveCapacity(16) }
+        outbox.append(action)
+    }
 
     // MARK: - Queries
 
