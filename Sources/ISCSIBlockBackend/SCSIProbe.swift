@@ -20,6 +20,8 @@ public struct SCSIProbeError: Error, Hashable, Sendable, CustomStringConvertible
         public static let unsupportedGeometry = Kind(rawValue: 5)
         /// After a unit attention, the LUN names a different logical unit (other designators or serial).
         public static let identityChanged = Kind(rawValue: 6)
+        /// After a unit attention, the logical unit has fewer blocks than the device serves (fail-stop).
+        public static let capacityShrank = Kind(rawValue: 7)
     }
     public var kind: Kind
     public var message: String
