@@ -105,7 +105,7 @@ public struct BlockDeviceError: Error, Hashable, Sendable, CustomStringConvertib
 /// validate range, alignment to `info.logicalBlockSize` and `info.maxTransferLength` first, so an
 /// implementation may assume valid requests. Futures may complete on any event loop; they fail with
 /// `BlockDeviceError` (anything else is treated as EIO). A write's future succeeds only once the data
-/// is on the device (for iSCSI: the target answered GOOD).
+/// is on the device (for iSCSI: the target completed the command: GOOD, CONDITION MET, or CHECK CONDITION with RECOVERED ERROR: sense key 1h, "data is good").
 public protocol BlockDevice: AnyObject, Sendable {
     /// Current description; may change (online resize), so read it when a connection starts.
     var info: BlockDeviceInfo { get }

@@ -10,17 +10,6 @@ import NIOSSL
 /// prior to initiating a hard disconnect").
 struct NBDDrainEvent: Sendable {}
 
-/// Asks a kernel connection to stop at a request boundary, so that its socket can go on in another process
-/// (a restarting daemon takes it from systemd's fd store): reads are withheld, requests already read are
-/// served and answered, a request the last read cut short is completed with exactly the bytes it lacks
-/// (`readExactly`, on the socket's other descriptor, while the channel does not read), and once nothing is
-/// buffered, in flight or unsent the channel is closed in that same event-loop turn. `done` is true then;
-/// false when the stream could not be left at a boundary (the socket must not be reused).
-struct NBDPauseEvent: Sendable {
-    var readExactly: @Sendable (Int) -> ByteBuffer?
-    var done: EventLoopPromise<Bool>
-}
-
 /// One NBD connection: the handshake state machine, then the transmission state machine (`NBDTransmission`,
 /// which holds every rule of that phase) against a `BlockDevice`. This handler does the bytes, backpressure and
 /// timers, and carries out what the machines ask.
@@ -41,7 +30,7 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
-    private enum Phase {
+    enum Phase {
         /// Fixed newstyle option haggling.
         case handshake(NBDServerHandshake)
         /// Requests and replies, by the rules of `transmission`.
@@ -62,24 +51,24 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
     private var stallCheck: RepeatedTask?
     /// Shared budget for WRITE payloads; `reservedPartial` is this connection's share for the payload being
     /// received (payloads of dispatched writes are released when the write completes).
-    private let payloadBudget: NBDPayloadBudget?
-    private var reservedPartial = 0
-    private var logger: Logger
-    private var phase: Phase
+    let payloadBudget: NBDPayloadBudget?
+    var reservedPartial = 0
+    var logger: Logger
+    var phase: Phase
     /// The transmission phase's machine, set when that phase starts. A stored property rather than a payload of
     /// `phase` so that it is mutated in place, with no copy per request (completions run between its events).
-    private var transmission: NBDTransmission?
+    var transmission: NBDTransmission?
 
-    private var cumulation: ByteBuffer?
+    var cumulation: ByteBuffer?
     private var readWithheld = false
     private var inReadBurst = false
     private var flushScheduled = false
-    private var needsFlush = false
+    var needsFlush = false
     /// Replies without payload, batched into one buffer per flush.
-    private var smallReplies: ByteBuffer?
+    var smallReplies: ByteBuffer?
     private var isActive = false
     /// Set while pausing at a request boundary (`NBDPauseEvent`).
-    private var pause: NBDPauseEvent?
+    var pause: NBDPauseEvent?
 
     /// Bytes currently buffered from the peer (for tests of the memory bound).
     var bufferedInboundBytes: Int { cumulation?.readableBytes ?? 0 }
@@ -198,7 +187,7 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
     }
 
     /// Adds received bytes after what is buffered (compacting the buffered tail first when needed).
-    private func append(_ incoming: ByteBuffer, context: ChannelHandlerContext) {
+    func append(_ incoming: ByteBuffer, context: ChannelHandlerContext) {
         var incoming = incoming
         guard incoming.readableBytes > 0 else { return }
         if var buffer = cumulation, buffer.readableBytes > 0 {
@@ -300,63 +289,8 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
         context.fireUserInboundEventTriggered(event)
     }
 
-    /// One step towards the boundary; called again by every event that can move it (a read, a completion,
-    /// writability, a flushed reply).
-    private func continuePause(context: ChannelHandlerContext) {
-        guard let event = pause else { return }
-        guard case .transmission = phase, transmission != nil else {
-            pause = nil
-            event.done.succeed(false)
-            return
-        }
-        if cumulation != nil, canTakeRequest(context: context) { processInbound(context: context) }
-        // Read after taking requests (a copy taken before would be stale).
-        guard case .transmission = phase, let transmission else { return }  // closed meanwhile: channelInactive answers
-        // The tail of the buffer is one request cut short (everything before it was taken), unless the window
-        // or the peer's reading holds requests back: then completions bring us back here.
-        if transmission.isMidMessage(buffered: bufferedInboundBytes) {
-            guard canTakeRequest(context: context) else { return }
-            let missing = transmission.bytesNeeded(given: bufferedInboundBytes)
-            guard missing > 0, let rest = event.readExactly(missing), rest.readableBytes == missing else {
-                logger.warning("cannot stop at a request boundary: the rest of a request did not arrive", metadata: ["nbd.missing": "\(missing)"])
-                pause = nil
-                event.done.succeed(false)
-                return
-            }
-            append(rest, context: context)
-            continuePause(context: context)
-            return
-        }
-        guard bufferedInboundBytes == 0, transmission.inFlight == 0 else { return }
-        // Every reply is sent once this empty write completes (writes complete in order).
-        if let out = smallReplies, out.readableBytes > 0 {
-            smallReplies = nil
-            context.write(wrapOutboundOut(out), promise: nil)
-        }
-        needsFlush = false
-        context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(capacity: 0))).assumeIsolated().whenComplete { result in
-            guard let event = self.pause, case .transmission = self.phase else { return }
-            guard case .success = result else {
-                self.pause = nil
-                event.done.succeed(false)
-                return
-            }
-            guard self.bufferedInboundBytes == 0, self.transmission?.inFlight == 0,
-                  self.transmission?.isMidMessage(buffered: 0) == false, !self.needsFlush else {
-                // A read that was already asked for brought more requests: serve them first.
-                self.continuePause(context: context)
-                return
-            }
-            // Closed in this turn: no read can take bytes off the socket after the boundary.
-            self.pause = nil
-            self.markClosed()
-            context.close(promise: nil)
-            event.done.succeed(true)
-        }
-    }
-
     /// Input is ignored from now on; in-flight completions are dropped.
-    private func markClosed() {
+    func markClosed() {
         phase = .closed
         cumulation = nil
     }
@@ -364,7 +298,7 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
     /// Whether another request may be taken: the transmission machine's window has room (the handshake takes
     /// input freely) and the peer is reading our replies (channel writable: replies the peer does not read must
     /// not pile up in memory).
-    private func canTakeRequest(context: ChannelHandlerContext) -> Bool {
+    func canTakeRequest(context: ChannelHandlerContext) -> Bool {
         guard context.channel.isWritable else { return false }
         switch phase {
         case .handshake: return true
@@ -403,7 +337,7 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
 
     // MARK: - Input
 
-    private func processInbound(context: ChannelHandlerContext) {
+    func processInbound(context: ChannelHandlerContext) {
         do {
             while var buffer = cumulation {
                 cumulation = nil
@@ -489,43 +423,6 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
                 if drain == .closeNow { closeDrained(context: context) }
             }
         }
-    }
-
-    // MARK: - Write payload budget
-
-    /// A complete payload arrived: turn the partial reservation into one for the whole payload (released when
-    /// the write completes). False: no memory for it, the write is failed with ENOMEM.
-    private func admitPayload(_ bytes: Int) -> Bool {
-        guard let payloadBudget else { return true }
-        let held = reservedPartial
-        reservedPartial = 0
-        if bytes <= held {
-            payloadBudget.release(held - bytes)
-            return true
-        }
-        if payloadBudget.tryReserve(bytes - held) { return true }
-        payloadBudget.release(held)
-        logger.notice("write payload refused: buffer budget exhausted", metadata: ["nbd.bytes": "\(bytes)", "nbd.budget": "\(payloadBudget.limit)"])
-        return false
-    }
-
-    /// A payload is arriving: reserve what is buffered so far, or give it up (the machine drops it: ENOMEM).
-    private func reservePartialPayload(_ buffered: Int, of length: UInt32, in buffer: inout ByteBuffer) {
-        guard let payloadBudget, buffered > reservedPartial else { return }
-        if payloadBudget.tryReserve(buffered - reservedPartial) {
-            reservedPartial = buffered
-            return
-        }
-        logger.notice(
-            "write payload dropped while arriving: buffer budget exhausted",
-            metadata: ["nbd.length": "\(length)", "nbd.budget": "\(payloadBudget.limit)"])
-        transmission?.refusePayload(in: &buffer)
-        releasePartial()
-    }
-
-    private func releasePartial() {
-        if reservedPartial > 0 { payloadBudget?.release(reservedPartial) }
-        reservedPartial = 0
     }
 
     // MARK: - Requests

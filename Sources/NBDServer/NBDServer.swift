@@ -252,8 +252,11 @@ public final class NBDServer: Sendable {
     /// Serves an already connected socket. `transmissionOnly`: no handshake, the peer speaks the transmission
     /// phase with simple replies from the first byte (the kernel's end of a socketpair after netlink
     /// NBD_CMD_CONNECT). Takes ownership of `fd`.
-    public func serveConnectedSocket(fd: Int32, transmissionOnly: Bool) async throws -> NBDServedConnection {
-        let loop = device.preferredEventLoop ?? group.next()
+    /// `loop`: where the connection runs (default: the device's own loop, so requests and replies never hop
+    /// threads). A kernel device with several sockets (one per blk-mq hardware queue) spreads them over
+    /// loops: requests then hop to the device's loop and their replies back.
+    public func serveConnectedSocket(fd: Int32, transmissionOnly: Bool, on loop: (any EventLoop)? = nil) async throws -> NBDServedConnection {
+        let loop = loop ?? device.preferredEventLoop ?? group.next()
         var bootstrap = ClientBootstrap(group: loop)
         if let bytes = configuration.sendBufferBytes {
             bootstrap = bootstrap.channelOption(.socketOption(.so_sndbuf), value: SocketOptionValue(clamping: bytes))

@@ -107,7 +107,9 @@ struct RecoveryFaultProxyTests {
         s.proxy.heal()
         let data = try await pending
         #expect(data == pattern(length: 4096, seed: 9))
-        #expect(ContinuousClock.now - start < .seconds(15))
+        // The ping finds the stall in about 1 s; without it the read would wait for the 30 s ABORT TASK of the
+        // timeout ladder. 25 s leaves room for a loaded 2-core machine (17 s seen) and still tells them apart.
+        #expect(ContinuousClock.now - start < .seconds(25))
         #expect(s.session.status.recoveries >= 1)
         await s.stop()
     }

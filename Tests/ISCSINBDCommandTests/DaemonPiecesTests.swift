@@ -3,6 +3,10 @@ import ISCSIClient
 import ISCSIConfig
 import ISCSIProtocol
 import Testing
+import NIOPosix
+import NIOCore
+import BlockBackend
+import ISCSITestSupport
 
 @testable import ISCSINBDCommand
 
@@ -206,9 +210,9 @@ import Testing
     @Test func backoffIsBounded() {
         #expect(SessionTable.retryDelay(attempt: 1) == .seconds(2))
         #expect(SessionTable.retryDelay(attempt: 2) == .seconds(4))
-        #expect(SessionTable.retryDelay(attempt: 5) == .seconds(32))
-        #expect(SessionTable.retryDelay(attempt: 6) == .seconds(60))
-        #expect(SessionTable.retryDelay(attempt: 1000) == .seconds(60))
+        #expect(SessionTable.retryDelay(attempt: 4) == .seconds(16))
+        #expect(SessionTable.retryDelay(attempt: 5) == .seconds(20))
+        #expect(SessionTable.retryDelay(attempt: 1000) == .seconds(20))
         #expect(SessionTable.retryDelay(attempt: 0) == .seconds(2))
     }
 }
@@ -308,5 +312,24 @@ import Testing
         let proc = try fakeProc([("\(getpid())", "iscsi-nbd", ["/dev/nbd3"])])
         defer { try? FileManager.default.removeItem(atPath: proc) }
         #expect(KernelAttachment.holder(of: "/dev/nbd3", proc: proc) == nil)
+    }
+}
+
+/// Kernel multi-queue: each socket of a device on its own loop, starting from the device's.
+@Suite struct QueueLoopTests {
+    @Test func socketsGoRoundRobinFromTheDevicesLoop() throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 3)
+        defer { try? group.syncShutdownGracefully() }
+        var loops: [any EventLoop] = []
+        var iterator = group.makeIterator()
+        while let loop = iterator.next() { loops.append(loop) }
+        let device = MemoryBlockDevice(info: BlockDeviceInfo(size: 1 << 20), eventLoop: loops[1])
+        let chosen = KernelAttachment.loops(for: 4, device: device, group: group)
+        #expect(chosen.map { c in loops.firstIndex { $0 === c } } == [1, 2, 0, 1])
+        // One thread: every socket shares the device's loop.
+        let single = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        defer { try? single.syncShutdownGracefully() }
+        let one = MemoryBlockDevice(info: BlockDeviceInfo(size: 1 << 20), eventLoop: single.next())
+        #expect(KernelAttachment.loops(for: 3, device: one, group: single).allSatisfy { $0 === single.next() })
     }
 }

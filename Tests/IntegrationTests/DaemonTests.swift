@@ -83,7 +83,7 @@ struct DaemonTests {
         // READY=1 comes once the automatic login failed its first attempt (boot must not wait on it).
         let ready = receive(notify)
         #expect(ready.contains("READY=1"), "\(daemon.output)")
-        #expect(ready.contains("1 retrying"))
+        #expect(ready.contains("1 not logged in"))
 
         let list = try cli(s, ["-m", "session"])
         #expect(list.status == 0)

@@ -32,7 +32,7 @@ struct AttachCommand: AsyncParsableCommand {
     @Option(name: .long, help: "The device to use, /dev/nbdN (default: the first free one).")
     var device: String?
 
-    @Option(name: .long, help: "Sockets for the device (kernel multi-queue; used when the LUN allows multi-conn).")
+    @Option(name: .long, help: "Sockets for the device, one per kernel hardware queue, each served on its own thread (used when the LUN allows multi-conn).")
     var connections: Int = 1
 
     @OptionGroup var polling: PollOptions
@@ -93,7 +93,8 @@ struct AttachCommand: AsyncParsableCommand {
                 exportName: "\(parsed.targetName)/lun-\(parsed.lun)",
                 byPathDirectory: byPathDir.isEmpty ? nil : byPathDir, interface: kernelInterface)
         }
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        // One thread per queue: the session shares the first with queue 0.
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: connections)
         defer { group.shutdownGracefully { _ in } }
         let opened = Handoff<OpenedLUN>()
         // The session first, the device second: a shutdown detaches the device, then logs out.

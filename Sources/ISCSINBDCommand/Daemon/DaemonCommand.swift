@@ -50,15 +50,15 @@ struct DaemonCommand: AsyncParsableCommand {
     @Flag(name: .long, help: "Skip mlockall and the OOM score adjustment (tests as non-root).")
     var noMemoryLock = false
 
-    @Option(name: .long, help: "Event loop threads.")
-    var threads: Int = 1
+    @Option(name: .long, help: "Event loop threads (default: --connections, so each queue of a device has its own).")
+    var threads: Int?
 
     @OptionGroup var logging: LoggingOptions
 
     func validate() throws {
         guard (1...16).contains(connections) else { throw ValidationError("--connections must be 1 to 16") }
         guard (0...3600).contains(requestTimeout) else { throw ValidationError("--request-timeout must be 0 to 3600") }
-        guard (1...64).contains(threads) else { throw ValidationError("--threads must be 1 to 64") }
+        if let threads, !(1...64).contains(threads) { throw ValidationError("--threads must be 1 to 64") }
     }
 
     func run() async throws {
@@ -78,7 +78,7 @@ struct DaemonCommand: AsyncParsableCommand {
             connectionsPerDevice: connections,
             requestTimeout: requestTimeout == 0 ? nil : .seconds(requestTimeout),
             kernelInterface: kernelInterface, busyPollMicroseconds: polling.pollUs)
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: threads ?? connections)
         let core = DaemonCore(settings: settings, group: group, logger: logger, stored: activation?.storedDevices ?? [:])
         let control = ControlService(path: controlSocket ?? ControlProtocol.socketPath(environment: environment),
                                      activated: activation?.control, group: group, core: core, logger: logger)
@@ -140,9 +140,9 @@ struct DaemonCoreService: Service {
             logger.notice("re-adoption: \(adopted) device(s) taken over, \(notAdopted) not")
         }
         if automaticLogins {
-            let (started, failed) = await core.loginAutomatic()
-            logger.notice("automatic logins: \(started) logged in, \(failed) retrying in the background")
-            SystemdNotify.send("READY=1\nSTATUS=\(started) automatic sessions, \(failed) retrying")
+            let (started, present, failed) = await core.loginAutomatic()
+            logger.notice("automatic logins: \(started) logged in, \(present) already up, \(failed) not logged in (retried in the background unless refused: iscsi-nbd -m session says why)")
+            SystemdNotify.send("READY=1\nSTATUS=\(started + present) automatic sessions up, \(failed) not logged in")
         } else {
             SystemdNotify.send("READY=1\nSTATUS=ready")
         }

@@ -105,22 +105,25 @@ actor DaemonCore {
     /// node.startup = automatic (and onboot) records: one attempt each, failures continue in the background.
     /// Returns when every first attempt finished, so READY=1 never waits on a dead target for longer than
     /// one login timeout.
-    func loginAutomatic() async -> (started: Int, failed: Int) {
-        guard let (planner, records) = loadRecords(for: "automatic logins") else { return (0, 0) }
-        var started = 0
-        var failed = 0
-        await withTaskGroup(of: Bool.self) { group in
+    /// `present`: sessions already up (re-adopted from a previous daemon).
+    func loginAutomatic() async -> (started: Int, present: Int, failed: Int) {
+        guard let (planner, records) = loadRecords(for: "automatic logins") else { return (0, 0, 0) }
+        var counts = (started: 0, present: 0, failed: 0)
+        await withTaskGroup(of: LoginOutcome.self) { group in
             for record in records {
                 guard let s = try? EffectiveNodeSettings.resolve(iscsid: planner.iscsid, node: record),
                       s.startup == .automatic || s.startup == .onboot else { continue }
-                group.addTask {
-                    if case .success = await self.loginRecord(record, planner: planner, retryInBackground: true) { return true }
-                    return false
+                group.addTask { await self.loginRecord(record, planner: planner, retryInBackground: true) }
+            }
+            for await outcome in group {
+                switch outcome {
+                case .success: counts.started += 1
+                case .alreadyPresent: counts.present += 1
+                case .failure: counts.failed += 1
                 }
             }
-            for await ok in group { if ok { started += 1 } else { failed += 1 } }
         }
-        return (started, failed)
+        return counts
     }
 
     /// Devices a previous daemon left behind (it was restarted, upgraded or killed while they were in use):
@@ -202,7 +205,16 @@ actor DaemonCore {
         await withTaskGroup(of: Void.self) { group in
             for id in ids { group.addTask { await self.stop(id, handOver: handOver) } }
         }
-        for (index, sockets) in stored { dropStored(index: index, sockets: sockets) }
+        // Sockets handed to us that no login took up yet (the target is away): at a restart they stay in the
+        // fd store for the daemon after us; at the machine's shutdown they go.
+        for (index, sockets) in stored {
+            if handOver {
+                for fd in sockets { close(fd) }
+            } else {
+                dropStored(index: index, sockets: sockets)
+            }
+        }
+        stored = [:]
     }
 
     private func stop(_ id: Int, handOver: Bool) async {

@@ -153,12 +153,13 @@ final class KernelAttachment: Sendable {
             await closeAll()
             throw error
         }
+        let loops = Self.loops(for: ours.count, device: device, group: group)
         do {
-            for fd in ours {
+            for (fd, loop) in zip(ours, loops) {
                 let copy = fcntl(fd, F_DUPFD_CLOEXEC, 3)
                 guard copy >= 0 else { throw CommandFailure("dup: \(String(cString: strerror(errno)))") }
                 kept.append(copy)
-                served.append(try await server.serveConnectedSocket(fd: fd, transmissionOnly: true))
+                served.append(try await server.serveConnectedSocket(fd: fd, transmissionOnly: true, on: loop))
             }
         } catch {
             await closeAll()
@@ -235,6 +236,18 @@ final class KernelAttachment: Sendable {
         ])
         return KernelAttachment(index: index, device: device, options: options, byPathLink: link?.path, ownsLink: link?.ours ?? false,
                                 server: server, served: served, kept: kept, ioctlDevice: ioctlDevice, logger: logger)
+    }
+
+    /// One loop per kernel socket (blk-mq hardware queue), the first on the device's own loop, the next ones
+    /// on the group's following loops, round robin: NBD decoding and reply writing of each queue run in parallel, while
+    /// the iSCSI session stays on its loop (requests hop to it and back). With one loop, all share it.
+    static func loops(for count: Int, device: any BlockDevice, group: any EventLoopGroup) -> [any EventLoop] {
+        var all: [any EventLoop] = []
+        var iterator = group.makeIterator()
+        while let loop = iterator.next() { all.append(loop) }
+        let home = device.preferredEventLoop ?? group.next()
+        guard let start = all.firstIndex(where: { $0 === home }) else { return Array(repeating: home, count: count) }
+        return (0..<count).map { k in all[(start + k) % all.count] }
     }
 
     /// `.auto` becomes netlink when the kernel knows the "nbd" family (loading the module if needed), else ioctl.

@@ -119,9 +119,10 @@ struct SessionTable: Sendable {
         }.map(\.id).sorted()
     }
 
-    /// Backoff before retry number `attempt` (1-based): 2, 4, 8, ... seconds, at most 60.
+    /// Backoff before retry number `attempt` (1-based): 2, 4, 8, 16, then every 20 s: a target that comes up
+    /// late is found within 20 s, at the cost of one refused TCP connection per record every 20 s meanwhile.
     static func retryDelay(attempt: Int) -> Duration {
-        let exponent = min(max(attempt, 1), 6)
-        return .seconds(min(60, 1 << exponent))
+        let exponent = min(max(attempt, 1), 5)
+        return .seconds(min(20, 1 << exponent))
     }
 }

@@ -25,6 +25,8 @@ STATE=/var/lib/iscsi-nbd-test
 mainpid() { systemctl show -P MainPID iscsi-nbd.service; }
 logged_in() { [ "$(iscsi-nbd -m session -P 1 2>/dev/null | grep -c 'iSCSI Session State: LOGGED_IN')" -ge "$1" ]; }
 journal_since() { journalctl -b --no-pager -o cat --since "@$1"; }
+# session_block TARGET: the lines of `-m session -P 1` about TARGET, from its "Target:" line to the next
+session_block() { iscsi-nbd -m session -P 1 | awk -v t="Target: $1 " '/^Target:/ { p = index($0, t) == 1 } p'; }
 
 section "boot $VM_BOOT_COUNT"
 boot_is_clean
@@ -112,8 +114,9 @@ if [ "$VM_BOOT_COUNT" = 2 ]; then
   for m in /srv/data /srv/logs; do check "$m mounted" mountpoint -q $m; done
   check "the marker of boot 1" sh -c "cd /srv/data && sha256sum -c --quiet $STATE/marker.sha256"
   iscsi-nbd -m session -P 1 | sed -n '/Target:/p;/iSCSI Session State/p;/Last Error/p'
-  check "the wrong secret: LOGIN_REFUSED, authentication failed" sh -c "iscsi-nbd -m session -P 1 | grep -A4 'Target: $PARITY' | grep -q 'LOGIN_REFUSED' && iscsi-nbd -m session -P 1 | grep -A6 'Target: $PARITY' | grep -qi 'authentication failed'"
-  check "the missing target: LOGIN_REFUSED, not found" sh -c "iscsi-nbd -m session -P 1 | grep -A6 'Target: $MISSING' | grep -qi 'not found'"
+  session_block $PARITY > /tmp/parity.txt; session_block $MISSING > /tmp/missing.txt
+  check "the wrong secret: LOGIN_REFUSED, authentication failed" sh -c "grep -q 'State: LOGIN_REFUSED' /tmp/parity.txt && grep -qi 'authentication failed' /tmp/parity.txt"
+  check "the missing target: LOGIN_REFUSED, not found" sh -c "grep -q 'State: LOGIN_REFUSED' /tmp/missing.txt && grep -qi 'not found' /tmp/missing.txt"
   systemctl status --no-pager --lines=20 iscsi-nbd.service > "$VM_RESULTS/status.txt" 2>&1; cat "$VM_RESULTS/status.txt"
   for t in $PARITY $MISSING; do
     check "one journal line for $t" test "$(grep -c "login to $t at .* refused, not retried" "$VM_RESULTS/status.txt")" = 1
@@ -132,9 +135,14 @@ fi
 
 if [ "$VM_BOOT_COUNT" = 3 ]; then
   section "the target is down at boot"
-  systemctl show -P ActiveEnterTimestampMonotonic multi-user.target > "$VM_RESULTS/running-at-usec"
-  echo "multi-user.target reached $(( $(cat "$VM_RESULTS/running-at-usec") / 1000000 )) s into boot"
-  check "multi-user.target within 60 s of boot" test "$(cat "$VM_RESULTS/running-at-usec")" -lt 60000000
+  # What the dead target costs the boot: the daemon's start to READY=1 (one failed attempt per record).
+  # The boot's total depends on the host's load under TCG; it is printed, and bounded loosely.
+  multi=$(systemctl show -P ActiveEnterTimestampMonotonic multi-user.target)
+  started=$(systemctl show -P ExecMainStartTimestampMonotonic iscsi-nbd.service)
+  ready=$(systemctl show -P ActiveEnterTimestampMonotonic iscsi-nbd.service)
+  echo "multi-user.target reached $(( multi / 1000000 )) s into boot; iscsi-nbd.service ready $(( (ready - started) / 1000 )) ms after its start"
+  check "iscsi-nbd.service ready within 20 s of its start with the target down" test $(( ready - started )) -lt 20000000
+  check "multi-user.target within 150 s of boot" test "$multi" -lt 150000000
   iscsi-nbd -m session -P 1 | sed -n '/Target:/p;/iSCSI Session State/p;/Last Error/p'
   check "both sessions retry in the background" test "$(iscsi-nbd -m session -P 1 | grep -c 'FAILED_RETRYING')" = 2
   check "the automount points exist, nothing mounted yet" sh -c "systemctl is-active srv-data.automount && ! mountpoint -q /srv/data/lost+found"
