@@ -11,6 +11,9 @@ public struct BlockDeviceInfo: Sendable, Hashable {
     public var preferredBlockSize: UInt32
     /// Largest payload one read or write request may carry, in bytes.
     public var maxTransferLength: UInt32
+    /// The request size the device prefers (SCSI: Block Limits OPTIMAL TRANSFER LENGTH), in bytes; 0 when it
+    /// states none. A kernel device's largest request follows it (`NBDQueueLimits`).
+    public var optimalTransferLength: UInt32
     public var readOnly: Bool
     /// The device has a volatile write cache: FLUSH means something.
     public var canFlush: Bool
@@ -31,6 +34,7 @@ public struct BlockDeviceInfo: Sendable, Hashable {
         logicalBlockSize: UInt32 = 512,
         preferredBlockSize: UInt32 = 4096,
         maxTransferLength: UInt32 = 32 * 1024 * 1024,
+        optimalTransferLength: UInt32 = 0,
         readOnly: Bool = false,
         canFlush: Bool = true,
         canFUA: Bool = true,
@@ -45,6 +49,7 @@ public struct BlockDeviceInfo: Sendable, Hashable {
         self.logicalBlockSize = logicalBlockSize
         self.preferredBlockSize = preferredBlockSize
         self.maxTransferLength = maxTransferLength
+        self.optimalTransferLength = optimalTransferLength
         self.readOnly = readOnly
         self.canFlush = canFlush
         self.canFUA = canFUA

@@ -57,8 +57,11 @@ public enum ReloginIdentityVerdict: Sendable, Hashable {
 
 /// What a refresh after a unit attention found compared with the logical unit being served.
 enum UnitAttentionIdentityVerdict: Sendable, Hashable {
-    /// Same logical unit, whatever its capacity now: the target announced the change (2A/09).
+    /// Same logical unit, same or more blocks: the target announced the change (2A/09), the device grows.
     case same
+    /// Same logical unit, fewer blocks: what was written past the new end is gone, and a file system on the
+    /// device still counts on it. The device must be fenced (fail-stop), not shrunk under its users.
+    case shrunk(from: UInt64, to: UInt64)
     /// Same logical unit, another logical block length: this device cannot serve it (a new one must be
     /// opened), but nothing says it holds other data, so the device is not fenced.
     case blockLengthChanged(from: UInt32, to: UInt32)
@@ -114,8 +117,9 @@ public struct LUNIdentityGuard: Sendable, Hashable {
 
     /// After a unit attention on the live session announced a change (scsi-commands.md §4: 2A/09 capacity,
     /// 2A/01 mode parameters, 3F/03 inquiry data, 3F/05 device identifier, 29/xx reset). The capacity may
-    /// have changed either way. Judged on what has been re-read so far: the geometry first, then the VPD
-    /// pages (a page that could not be re-read keeps its old value, so a transient failure never fences).
+    /// have grown (the device follows) or shrunk (fail-stop, as after a re-login: the same LU, but it no
+    /// longer holds what was written). Judged on what has been re-read so far: the geometry first, then the
+    /// VPD pages (a page that could not be re-read keeps its old value, so a transient failure never fences).
     func afterUnitAttention(_ now: LUNIdentity) -> UnitAttentionIdentityVerdict {
         if otherLogicalUnit(now) != nil {
             return .different("now names another logical unit (was \(identity), now \(now))")
@@ -123,6 +127,7 @@ public struct LUNIdentityGuard: Sendable, Hashable {
         if identity.blockLength != now.blockLength {
             return .blockLengthChanged(from: identity.blockLength, to: now.blockLength)
         }
+        if now.blockCount < identity.blockCount { return .shrunk(from: identity.blockCount, to: now.blockCount) }
         return .same
     }
 

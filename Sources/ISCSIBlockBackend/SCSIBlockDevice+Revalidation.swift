@@ -53,7 +53,7 @@ extension SCSIBlockDevice {
 
     /// Re-reads capacity (READ CAPACITY), identification (VPD 80h, 83h) and mode data (WP, DPOFUA, WCE) and
     /// updates `info`. Fails if the logical block length changed (that needs a new device); fences the device
-    /// and fails when the LUN now names another logical unit.
+    /// and fails when the LUN now names another logical unit, or has fewer blocks.
     public func refresh() -> EventLoopFuture<BlockDeviceInfo> {
         let probe = SCSIProbe(runner: runner, logger: logger)
         return transport.eventLoop.makeFutureWithTask {
@@ -94,19 +94,29 @@ extension SCSIBlockDevice {
     }
 
     /// Acts on the guard's verdict on what a refresh has re-read so far: first the capacity (so that a new
-    /// block length stops the refresh before any VPD page is asked for), then the identification.
+    /// block length or a shrink stops the refresh before any VPD page is asked for), then the identification.
     private func judgeAfterUnitAttention(_ p: SCSIDeviceProperties) throws(SCSIProbeError) {
+        let identity = self.identityGuard.identity
         switch identityGuard.afterUnitAttention(LUNIdentity(properties: p)) {
         case .same:
             return
         case .blockLengthChanged(let from, let to):
             throw SCSIProbeError(.unsupportedGeometry, "LUN \(lun): logical block length changed from \(from) to \(to)")
+        case .shrunk(let from, let to):
+            let message = "LUN \(lun) shrank from \(from) to \(to) blocks of \(identity.blockLength) bytes: every "
+                + "request fails from now on (fail-stop), the device keeps its size rather than shrink under a file "
+                + "system that counts on the blocks past the new end"
+            try fence(message, .capacityShrank)
         case .different(let why):
-            let message = "LUN \(lun) \(why)"
-            logger.critical("fencing device: \(message)")
-            current.withLockedValue { $0.fenced = message }
-            throw SCSIProbeError(.identityChanged, message)
+            try fence("LUN \(lun) \(why)", .identityChanged)
         }
+    }
+
+    /// Every request fails with EIO from now on.
+    private func fence(_ message: String, _ kind: SCSIProbeError.Kind) throws(SCSIProbeError) {
+        logger.critical("fencing device: \(message)")
+        current.withLockedValue { $0.fenced = message }
+        throw SCSIProbeError(kind, message)
     }
 
     // MARK: - Re-login

@@ -99,12 +99,30 @@ public struct SCSIBlockStrategy: Sendable, Hashable {
             }
         }
         if preferred > maxTransfer || preferred.nonzeroBitCount != 1 { preferred = bs }
+        let optimal = optimalTransfer(properties: p, maxTransfer: maxTransfer)
         var description = [p.inquiry.vendor, p.inquiry.product].filter { !$0.isEmpty }.joined(separator: " ")
         if let serial = p.serialNumber, !serial.isEmpty { description += " (serial \(serial))" }
         return BlockDeviceInfo(
             size: p.blockCount * UInt64(bs), logicalBlockSize: bs, preferredBlockSize: preferred,
-            maxTransferLength: maxTransfer, readOnly: p.writeProtected, canFlush: p.writeCacheEnabled, canFUA: true,
+            maxTransferLength: maxTransfer, optimalTransferLength: optimal, readOnly: p.writeProtected, canFlush: p.writeCacheEnabled, canFUA: true,
             canTrim: s.canTrim, canWriteZeroes: true, canFastZero: s.canFastZero, canMultiConn: true,
             rotational: p.characteristics?.isRotational ?? false, description: description)
+    }
+
+    /// Block Limits OPTIMAL TRANSFER LENGTH in bytes where sd would take it as the disk's request size
+    /// (drivers/scsi/sd.c `sd_validate_opt_xfer_size`, 6.1), else 0: stated (non-zero), not above the maximum
+    /// transfer length, a multiple of the physical block size and of the OPTIMAL TRANSFER LENGTH GRANULARITY
+    /// (when that one is itself a multiple of the physical block size, `sd_validate_min_xfer_size`).
+    /// scsi-commands.md §5.3 (SBC-4 6.6.3, Block Limits VPD page B0h). The page-size floor is the kernel
+    /// side's (`NBDQueueLimits`).
+    static func optimalTransfer(properties p: SCSIDeviceProperties, maxTransfer: UInt32) -> UInt32 {
+        guard let limits = p.blockLimits, limits.optimalTransferLength > 0 else { return 0 }
+        let bs = UInt64(p.blockLength)
+        let bytes = UInt64(limits.optimalTransferLength) * bs
+        let physical = bs << min(UInt64(p.physicalBlockExponent), 16)
+        guard bytes <= UInt64(maxTransfer), bytes % physical == 0 else { return 0 }
+        let granularity = UInt64(limits.optimalTransferLengthGranularity) * bs
+        if granularity > 0, granularity % physical == 0, bytes % granularity != 0 { return 0 }
+        return UInt32(bytes)
     }
 }

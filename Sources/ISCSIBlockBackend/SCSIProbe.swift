@@ -20,6 +20,8 @@ public struct SCSIProbeError: Error, Hashable, Sendable, CustomStringConvertible
         public static let unsupportedGeometry = Kind(rawValue: 5)
         /// After a unit attention, the LUN names a different logical unit (other designators or serial).
         public static let identityChanged = Kind(rawValue: 6)
+        /// After a unit attention, the logical unit has fewer blocks than the device serves (fail-stop).
+        public static let capacityShrank = Kind(rawValue: 7)
     }
     public var kind: Kind
     public var message: String
@@ -74,16 +76,26 @@ struct SCSIProbe {
         // 3. VPD pages, each optional: a failure or garbage is logged and the page treated as absent.
         let supported = await vpd(.supportedPages) { try SupportedVPDPages(parsing: $0) }
         func has(_ page: VPDPageCode) -> Bool { supported?.contains(page) ?? false }
+        let unlisted = SCSIDeviceProperties.unlistedPagesToTry(supported)
+        // Pages the list does not name are asked for only when the list is known to lie (see unlistedPagesToTry):
+        // a refusal then just means the page is absent.
+        func sbc<T>(_ page: VPDPageCode, _ parse: (ByteBuffer) throws -> T) async -> T? {
+            if has(page) { return await vpd(page, parse) }
+            guard unlisted.contains(page) else { return nil }
+            return await vpd(page, quiet: true, parse)
+        }
         let serial = has(.unitSerialNumber) ? await vpd(.unitSerialNumber) { try UnitSerialNumber(parsing: $0) } : nil
         let ident =
             has(.deviceIdentification) ? await vpd(.deviceIdentification) { try DeviceIdentification(parsing: $0) } : nil
-        let limits = has(.blockLimits) ? await vpd(.blockLimits) { try BlockLimits(parsing: $0) } : nil
-        let bdc =
-            has(.blockDeviceCharacteristics)
-            ? await vpd(.blockDeviceCharacteristics) { try BlockDeviceCharacteristics(parsing: $0) } : nil
-        let lbp =
-            has(.logicalBlockProvisioning)
-            ? await vpd(.logicalBlockProvisioning) { try LogicalBlockProvisioning(parsing: $0) } : nil
+        let limits = await sbc(.blockLimits) { try BlockLimits(parsing: $0) }
+        let bdc = await sbc(.blockDeviceCharacteristics) { try BlockDeviceCharacteristics(parsing: $0) }
+        let lbp = await sbc(.logicalBlockProvisioning) { try LogicalBlockProvisioning(parsing: $0) }
+        if !unlisted.isEmpty {
+            logger.info("VPD 00h lists no page, not even itself; asked for the SBC pages anyway", metadata: [
+                "scsi.lun": "\(lun)", "blockLimits": "\(limits != nil)", "blockDeviceCharacteristics": "\(bdc != nil)",
+                "logicalBlockProvisioning": "\(lbp != nil)",
+            ])
+        }
 
         var p = SCSIDeviceProperties(inquiry: inquiry, blockCount: 0, blockLength: 0)
         p.supportedVPDPages = supported
@@ -169,14 +181,15 @@ struct SCSIProbe {
         return nil
     }
 
-    /// Reads an optional VPD page; a failure or garbage is logged and gives nil.
-    func vpd<T>(_ page: VPDPageCode, _ parse: (ByteBuffer) throws -> T) async -> T? {
+    /// Reads an optional VPD page; a failure or garbage is logged (at debug level when `quiet`: a page asked
+    /// for on a guess) and gives nil.
+    func vpd<T>(_ page: VPDPageCode, quiet: Bool = false, _ parse: (ByteBuffer) throws -> T) async -> T? {
         do {
             return try await fetch(initial: 255) {
                 .inquiry(page: page, allocationLength: UInt16(clamping: $0))
             } parse: { try parse($0) }
         } catch {
-            logger.warning("ignoring \(page)", metadata: ["scsi.lun": "\(lun)", "error": "\(error)"])
+            logger.log(level: quiet ? .debug : .warning, "ignoring \(page)", metadata: ["scsi.lun": "\(lun)", "error": "\(error)"])
             return nil
         }
     }
@@ -213,6 +226,23 @@ extension SCSIDeviceProperties {
                 "LUN \(lun) is a \(inquiry.peripheralDeviceType) (type \(inquiry.peripheralDeviceType.rawValue)), "
                     + "not a direct-access block device")
         }
+    }
+
+    /// The SBC pages (B0h Block Limits, B1h Block Device Characteristics, B2h Logical Block Provisioning) to
+    /// ask for although VPD 00h does not list them: all three when the list does not even name 00h itself,
+    /// which every device server that supports VPD pages does (SPC-4, Supported VPD Pages page: the list is in
+    /// ascending order beginning with page code 00h, as Seagate's SCSI Commands Reference Manual rev. J §5.4.18
+    /// restates it; scsi-commands.md §5.3); none otherwise, as the list is to be believed (§6 step 4).
+    ///
+    /// LIO answers so until the backstore has a unit serial (drivers/target/target_core_spc.c 6.1,
+    /// `spc_emulate_evpd_00` fills the list only with DF_EMULATED_VPD_UNIT_SERIAL, set by writing
+    /// wwn/vpd_unit_serial, which targetcli does and a configfs setup may not), yet it answers every page of
+    /// its table: trusted, that empty list hid UNMAP (emulate_tpu=1), the transfer lengths and LBPRZ. The
+    /// identity pages (80h, 83h) are not guessed at: they name the LU, and the name must not change with
+    /// an upgrade. Linux's own `scsi_get_vpd_size` believes the list, so sd loses these pages too.
+    static func unlistedPagesToTry(_ supported: SupportedVPDPages?) -> [VPDPageCode] {
+        guard let supported, !supported.contains(.supportedPages) else { return [] }
+        return [.blockLimits, .blockDeviceCharacteristics, .logicalBlockProvisioning].filter { !supported.contains($0) }
     }
 
     /// §6 step 5: size = (last LBA + 1) × block length, and from READ CAPACITY(16) the physical block exponent,

@@ -34,6 +34,9 @@ public final class FakeSCSIDisk: SCSITransport {
         /// LBPRZ reported and honoured (unmapped blocks read as zeros; otherwise they read as 0xFF).
         public var unmappedReadsZero = true
         public var supportsVPD = true
+        /// VPD 00h lists the pages served; false: an empty list while they are still served, as LIO answers
+        /// until its backstore has a unit serial (target_core_spc.c `spc_emulate_evpd_00`).
+        public var listsVPDPages = true
         public var supportsReadCapacity16 = true
         public var supportsModeSense10 = true
         public var supportsModeSense6 = true
@@ -365,7 +368,7 @@ public final class FakeSCSIDisk: SCSITransport {
         supported.sort { $0.rawValue < $1.rawValue }
         switch requested {
         case .supportedPages:
-            return page(.supportedPages, ByteBuffer(bytes: supported.map(\.rawValue)))
+            return page(.supportedPages, ByteBuffer(bytes: c.listsVPDPages ? supported.map(\.rawValue) : []))
         case .unitSerialNumber:
             guard let serial = c.serial else { return nil }
             return page(.unitSerialNumber, ByteBuffer(bytes: Array(serial.utf8)))

@@ -10,12 +10,12 @@ import Musl
 /// /dev/nbdN driven through the classic ioctl interface (linux/nbd.h: NBD_SET_SOCK, NBD_DO_IT, ...), as
 /// nbd-client does it.
 ///
-/// Two reasons to use it instead of netlink (`NBDKernelDevice`): kernels without the "nbd" generic netlink
-/// family, and online resize. The kernel refuses every ioctl but DISCONNECT and CLEAR_SOCK on a
-/// netlink-configured device, and NBD_CMD_RECONFIGURE takes no size (drivers/block/nbd.c, 6.1), so only a
-/// device set up here can be told a new size while it is in use (`resize(to:)`, NBD_SET_SIZE:
-/// `set_capacity_and_notify`). What it lacks: a dead-connection timeout and NBD_CMD_RECONFIGURE. When the
-/// sockets close, I/O fails and the device is torn down.
+/// The reason to use it instead of netlink (`NBDKernelDevice`): kernels without the "nbd" generic netlink
+/// family (before 4.12). Both resize a device in use: here NBD_SET_SIZE (`resize(to:)`), with netlink
+/// NBD_CMD_RECONFIGURE carrying NBD_ATTR_SIZE_BYTES (since 5.3); the kernel refuses every ioctl but
+/// DISCONNECT and CLEAR_SOCK on a netlink-configured device (drivers/block/nbd.c, 6.1). What this interface
+/// lacks: a dead-connection timeout and NBD_CMD_RECONFIGURE. When the sockets close, I/O fails and the
+/// device is torn down.
 ///
 /// The kernel ties the setup to one task (NBD_SET_SOCK records `task_setup`) and NBD_DO_IT blocks until
 /// disconnect, so each device gets a thread of its own that configures it, blocks in NBD_DO_IT, then clears

@@ -68,15 +68,17 @@ public struct NBDKernelDevice: Sendable {
             sequence: sequence, what: "NBD_CMD_DISCONNECT nbd\(index)", timeout: replyTimeout)
     }
 
-    /// `NBD_CMD_RECONFIGURE`: new sockets replace dead connections; timeouts and client flags can change.
+    /// `NBD_CMD_RECONFIGURE`: new sockets replace dead connections; timeouts, client flags and the size
+    /// (`size`, bytes: the device is resized while in use, either way) can change. A device connected with a
+    /// backend identifier must be named by it.
     public func reconfigure(
         index: Int, sockets: [Int32] = [], timeout: Duration? = nil, deadConnectionTimeout: Duration? = nil,
-        clientFlags: NBDClientFlags? = nil, backendIdentifier: String? = nil
+        clientFlags: NBDClientFlags? = nil, backendIdentifier: String? = nil, size: UInt64? = nil
     ) throws(NBDKernelError) {
         let request = NBDReconfigureRequest(
             index: try Self.deviceIndex(index), sockets: sockets, timeoutSeconds: try timeout.map(Self.wholeSeconds),
             deadConnectionTimeoutSeconds: try deadConnectionTimeout.map(Self.wholeSeconds),
-            clientFlags: clientFlags, backendIdentifier: backendIdentifier)
+            clientFlags: clientFlags, backendIdentifier: backendIdentifier, sizeBytes: size)
         let (socket, family) = try open()
         let sequence = socket.nextSequence()
         _ = try socket.transact(

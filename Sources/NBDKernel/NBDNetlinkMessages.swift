@@ -67,10 +67,16 @@ public struct NBDConnectRequest: Hashable, Sendable {
     }
 }
 
-/// Parameters of `NBD_CMD_RECONFIGURE`: new sockets replace dead connections; timeouts and client flags change.
+/// Parameters of `NBD_CMD_RECONFIGURE`: new sockets replace dead connections; timeouts, client flags and the
+/// size change. 6.1's `nbd_genl_reconfigure` calls `nbd_genl_size_set` as connect does (Mike Christie's "nbd: add
+/// netlink reconfigure resize support", mainline since 5.3): `NBD_ATTR_SIZE_BYTES` resizes a device in use
+/// (`set_capacity_and_notify`, a KOBJ_CHANGE uevent), the one way to resize a netlink device, whose resize
+/// ioctls the kernel refuses. It shrinks as readily as it grows: callers decide (`NBDResize`).
 public struct NBDReconfigureRequest: Hashable, Sendable {
     public var index: UInt32
     public var sockets: [Int32]
+    /// `NBD_ATTR_SIZE_BYTES`: the device's new size; nil = unchanged.
+    public var sizeBytes: UInt64?
     public var timeoutSeconds: UInt64?
     public var deadConnectionTimeoutSeconds: UInt64?
     public var clientFlags: NBDClientFlags?
@@ -78,10 +84,11 @@ public struct NBDReconfigureRequest: Hashable, Sendable {
 
     public init(
         index: UInt32, sockets: [Int32] = [], timeoutSeconds: UInt64? = nil, deadConnectionTimeoutSeconds: UInt64? = nil,
-        clientFlags: NBDClientFlags? = nil, backendIdentifier: String? = nil
+        clientFlags: NBDClientFlags? = nil, backendIdentifier: String? = nil, sizeBytes: UInt64? = nil
     ) {
         self.index = index
         self.sockets = sockets
+        self.sizeBytes = sizeBytes
         self.timeoutSeconds = timeoutSeconds
         self.deadConnectionTimeoutSeconds = deadConnectionTimeoutSeconds
         self.clientFlags = clientFlags
@@ -90,9 +97,13 @@ public struct NBDReconfigureRequest: Hashable, Sendable {
 
     public func encode(family: NetlinkMessageType, sequence: UInt32) throws(NBDKernelError) -> ByteBuffer {
         guard sockets.allSatisfy({ $0 >= 0 }) else { throw .invalidArgument("socket descriptors must be >= 0") }
+        if let sizeBytes, sizeBytes == 0 || sizeBytes > UInt64(Int64.max) {
+            throw .invalidArgument("size \(sizeBytes) must be in 1...\(Int64.max)")
+        }
         return try NBDNetlinkMessages.encode(family: family, command: .reconfigure, sequence: sequence) {
             (writer) throws(NBDKernelError) in
             writer.write(type: NBDAttribute.index, u32: index)
+            if let sizeBytes { writer.write(type: NBDAttribute.sizeBytes, u64: sizeBytes) }
             if let timeoutSeconds { writer.write(type: NBDAttribute.timeout, u64: timeoutSeconds) }
             if let deadConnectionTimeoutSeconds {
                 writer.write(type: NBDAttribute.deadConnectionTimeout, u64: deadConnectionTimeoutSeconds)

@@ -58,11 +58,14 @@ struct LUNIdentityGuardTests {
 
     // MARK: After a unit attention
 
-    @Test func unitAttentionAcceptsAnyCapacity() {
+    @Test func unitAttentionAcceptsGrowthAndStopsAtAShrink() {
         let base = LUNIdentityGuard(identity())
         #expect(base.afterUnitAttention(identity()) == .same)
         #expect(base.afterUnitAttention(identity(blocks: 4000)) == .same)
-        #expect(base.afterUnitAttention(identity(blocks: 10)) == .same, "2A/09 announced the shrink")
+        #expect(base.afterUnitAttention(identity(blocks: 10)) == .shrunk(from: 1000, to: 10),
+                "2A/09 announced the shrink, but the blocks past the new end are gone: fail-stop")
+        #expect(base.afterUnitAttention(identity(blocks: 999)) == .shrunk(from: 1000, to: 999))
+        #expect(base.afterRelogin(identity(blocks: 999)) == .different("capacity shrank from 1000 to 999 blocks"))
     }
 
     @Test func unitAttentionWithAnotherBlockLengthIsNotAnotherUnit() {

@@ -231,6 +231,26 @@ import Testing
         #expect((0..<200).allSatisfy { !disk.isMapped(UInt64($0)) })
     }
 
+    @Test func trimOnALIOLUWhoseVPDListIsEmpty() async throws {
+        // LIO without a unit serial: VPD 00h lists nothing (not even itself), B0h and B2h are answered.
+        let disk = makeDisk {
+            Self.thin(&$0)
+            $0.listsVPDPages = false
+            $0.provisioning?.writeSame16UnmapSupported = false
+            $0.blockLimits?.maximumTransferLength = 16384
+            $0.blockLimits?.optimalTransferLength = 16384
+        }
+        let dev = try await open(disk)
+        #expect(dev.info.canTrim && dev.strategy.useUnmap && dev.strategy.maxUnmapBlocks == 64)
+        #expect(dev.info.maxTransferLength == 8 << 20 && dev.info.optimalTransferLength == 8 << 20)
+        #expect(dev.lunIdentity.serialNumber == nil, "80h is not guessed at: the identity stays what the list allows")
+        try await dev.write(offset: 0, data: pattern(512 * 100, seed: 9), flags: []).get()
+        disk.clearCommandLog()
+        try await dev.trim(offset: 0, length: 512 * 100, flags: []).get()
+        #expect(disk.opcodes == [.unmap, .unmap])
+        #expect((0..<100).allSatisfy { !disk.isMapped(UInt64($0)) })
+    }
+
     @Test func trimWithWriteSameUnmapWhenOnlyLBPWS() async throws {
         let disk = makeDisk {
             Self.thin(&$0)

@@ -9,15 +9,33 @@ import SCSI
 import Testing
 
 @Suite struct SCSIBlockDeviceRefreshTests {
-    @Test func capacityChangedUnitAttentionTriggersRefresh() async throws {
+    /// A device of 2048 blocks whose LUN now has `blocks`, announced by CAPACITY DATA HAS CHANGED on the next
+    /// READ; `seen` collects the sizes `onInfoChange` reports.
+    func resized(to blocks: UInt64) async throws -> (FakeSCSIDisk, SCSIBlockDevice, NIOLockedValueBox<[UInt64]>) {
         let disk = makeDisk()
         let dev = try await open(disk)
         let seen = NIOLockedValueBox<[UInt64]>([])
         dev.onInfoChange { info in seen.withLockedValue { $0.append(info.size) } }
         var c = disk.configuration
-        c.blockCount = 4096
+        c.blockCount = blocks
         disk.configuration = c
         disk.inject(.checkCondition(.unitAttention, .capacityDataChanged, count: 1, opcodes: [0x28]))
+        return (disk, dev, seen)
+    }
+
+    /// Reads until a read fails: the unit attention the first one meets starts a refresh in the background.
+    func readUntilFenced(_ dev: SCSIBlockDevice) async {
+        _ = try? await dev.read(offset: 0, length: 512).get()
+        for _ in 0..<200 {
+            do {
+                _ = try await dev.read(offset: 0, length: 512).get()
+                try await Task.sleep(nanoseconds: 5_000_000)
+            } catch { break }
+        }
+    }
+
+    @Test func capacityChangedUnitAttentionTriggersRefresh() async throws {
+        let (_, dev, seen) = try await resized(to: 4096)
         _ = try await dev.read(offset: 0, length: 512).get()
         for _ in 0..<200 where dev.info.size != 4096 * 512 {
             try await Task.sleep(nanoseconds: 5_000_000)
@@ -25,6 +43,18 @@ import Testing
         #expect(dev.info.size == 4096 * 512)
         #expect(dev.lunIdentity.blockCount == 4096)
         #expect(seen.withLockedValue { $0 } == [4096 * 512])
+    }
+
+    @Test func aShrunkLUNFencesTheDeviceAndKeepsItsSize() async throws {
+        let (disk, dev, seen) = try await resized(to: 1024)
+        await readUntilFenced(dev)
+        disk.clearCommandLog()
+        await expectErrno(.eio, dev.read(offset: 0, length: 512))
+        await expectErrno(.eio, dev.write(offset: 512, data: pattern(512, seed: 1), flags: []))
+        #expect(disk.opcodes.isEmpty, "nothing more reaches the LUN")
+        #expect(dev.info.size == 2048 * 512, "the device keeps its size: nobody is told to shrink")
+        #expect(seen.withLockedValue { $0 }.isEmpty)
+        await #expect(throws: SCSIProbeError.self) { try await dev.refresh().get() }
     }
 
     @Test func explicitRefreshPicksUpWriteProtect() async throws {
@@ -55,13 +85,7 @@ import Testing
         c.naa = [0x60, 0x01, 0x40, 0x5F, 0, 0, 0, 0x99]
         disk.configuration = c
         disk.queueUnitAttention(.deviceIdentifierChanged)
-        _ = try? await dev.read(offset: 0, length: 512).get()
-        for _ in 0..<200 {
-            do {
-                _ = try await dev.read(offset: 0, length: 512).get()
-                try await Task.sleep(nanoseconds: 5_000_000)
-            } catch { break }
-        }
+        await readUntilFenced(dev)
         disk.clearCommandLog()
         await expectErrno(.eio, dev.read(offset: 0, length: 512))
         await expectErrno(.eio, dev.write(offset: 0, data: pattern(512, seed: 0), flags: []))

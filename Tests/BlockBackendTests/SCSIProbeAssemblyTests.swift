@@ -69,6 +69,20 @@ import Testing
         #expect(identity.designators.count == 1, "the target port designator does not name the LU")
     }
 
+    @Test func aSupportedPagesListThatOmitsItselfIsNotBelieved() throws {
+        func tried(_ bytes: [UInt8]) throws -> [VPDPageCode] {
+            SCSIDeviceProperties.unlistedPagesToTry(try Self.parse(bytes) { try SupportedVPDPages(parsing: $0) })
+        }
+        // LIO before a unit serial is set: page length 0.
+        #expect(try tried([0x00, 0x00, 0x00, 0x00]) == [.blockLimits, .blockDeviceCharacteristics, .logicalBlockProvisioning])
+        // LIO with one, and tgtd: the list is believed, whatever it leaves out.
+        #expect(try tried([0x00, 0x00, 0x00, 0x08, 0x00, 0x80, 0x83, 0x86, 0xB0, 0xB1, 0xB2, 0xB3]) == [])
+        #expect(try tried([0x00, 0x00, 0x00, 0x03, 0x00, 0x80, 0x83]) == [])
+        // A list naming some pages but not itself: only the SBC pages it lacks.
+        #expect(try tried([0x00, 0x00, 0x00, 0x02, 0x80, 0xB0]) == [.blockDeviceCharacteristics, .logicalBlockProvisioning])
+        #expect(SCSIDeviceProperties.unlistedPagesToTry(nil) == [], "no VPD support at all: nothing is guessed")
+    }
+
     @Test func onlyAPresentDirectAccessLUIsServed() throws {
         let cdrom = try Self.parse(Self.inquiry(byte0: 0x05)) { try StandardInquiryData(parsing: $0) }
         #expect(throws: SCSIProbeError(.notDirectAccess, "LUN 1 is a CD/DVD device (type 5), not a direct-access block device")) {

@@ -193,6 +193,29 @@ struct SplitMix64: RandomNumberGenerator {
         #expect(preferred { $0.blockLimits = bl; $0.physicalBlockExponent = 3 } == 512)
     }
 
+    @Test func optimalTransferLengthIsKeptWhereSdWouldUseIt() {
+        func optimal(_ mutate: (inout BlockLimits) -> Void, exponent: UInt8 = 0) -> UInt32 {
+            var bl = BlockLimits()
+            bl.maximumTransferLength = 16384
+            mutate(&bl)
+            let p = Self.props { $0.blockLimits = bl; $0.physicalBlockExponent = exponent }
+            return SCSIBlockStrategy.info(properties: p, strategy: SCSIBlockStrategy(properties: p)).optimalTransferLength
+        }
+        // LIO fileio: OPTIMAL = MAXIMUM TRANSFER LENGTH = 16384 blocks, granularity 1.
+        #expect(optimal { $0.optimalTransferLength = 16384; $0.optimalTransferLengthGranularity = 1 } == 8 << 20)
+        #expect(optimal { $0.optimalTransferLength = 0 } == 0, "not stated")
+        #expect(optimal { $0.optimalTransferLength = 20000 } == 0, "above the maximum transfer length")
+        #expect(optimal { $0.optimalTransferLength = 2050 } == 1_049_600, "any whole number of blocks")
+        #expect(optimal({ $0.optimalTransferLength = 2050 }, exponent: 3) == 0, "not whole 4 KiB physical blocks")
+        #expect(optimal { $0.optimalTransferLength = 2048; $0.optimalTransferLengthGranularity = 3 } == 0,
+                "not a multiple of the granularity")
+        #expect(optimal({ $0.optimalTransferLength = 2048; $0.optimalTransferLengthGranularity = 3 }, exponent: 3) == 1 << 20,
+                "a granularity that is no multiple of the physical block is ignored, as sd ignores it")
+        #expect(Self.props().blockLimits == nil)
+        let none = Self.props()
+        #expect(SCSIBlockStrategy.info(properties: none, strategy: SCSIBlockStrategy(properties: none)).optimalTransferLength == 0)
+    }
+
     @Test func trimAndFastZeroNeedProvisioningManagement() {
         var lbp = LogicalBlockProvisioning()
         lbp.unmapSupported = true

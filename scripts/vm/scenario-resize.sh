@@ -1,11 +1,17 @@
 #!/bin/bash
-# scenario-resize.sh - inside the VM: online resize of /dev/nbdN when the LUN grows.
+# scenario-resize.sh - inside the VM: online resize of /dev/nbdN when the LUN grows, fail-stop when it shrinks.
 #   ioctl interface (`attach --kernel-interface ioctl --poll-us 200`, so busy polling runs on the kernel path): tgtd LUN of 64 MiB -> ext4 mounted on /dev/nbd3 ->
 #   tgtd stopped, the backing file grown to 128 MiB, tgtd started again -> the session recovers, finds the
 #   same LU larger, tells the kernel (NBD_SET_SIZE) -> /dev/nbd3 is 128 MiB while mounted -> resize2fs online
 #   -> a file written into the new space -> detach -> e2fsck on the backing file, checksums.
-#   netlink interface (the default): the same growth leaves /dev/nbd4 at its size, with a warning that says
-#   why (NBD_CMD_RECONFIGURE takes no size) and what to do.
+#   netlink interface (the default): the same ext4 mounted on /dev/nbd4, the LUN grows to 160 MiB, the device
+#   follows while mounted (NBD_CMD_RECONFIGURE with NBD_ATTR_SIZE_BYTES; dmesg's capacity change), resize2fs
+#   online, 48 MiB into the new space, read back; attach killed (-9) under the mount, the LUN grown to 176 MiB,
+#   a new attach takes the device back and grows it in the same RECONFIGURE; resize2fs, e2fsck clean.
+#   a LUN that shrinks: a re-attach to a smaller LUN is refused before the device gets a socket (the device
+#   keeps its size, its I/O fails after the dead-connection timeout); a shrink found when a live session logs
+#   in again (tgtd restart) fails the identity check (fail-stop); the kernel never sees the smaller size.
+#   (A shrink announced by 2A/09 without a re-login is not reachable with tgtd; the unit tests cover it.)
 #   the daemon with --kernel-interface ioctl: login gives an ioctl device, the LUN grows to 192 MiB, the device
 #   follows, data written at the new end lands in the backing file, logout stops the device, SIGTERM exits 0.
 # Run (as root, from the project checkout, after `swift build --build-tests`):
@@ -27,15 +33,15 @@ rm -f "$IMG"
 sectors() { cat "/sys/block/${1#/dev/}/size" 2>/dev/null || echo 0; }
 has_sectors() { [ "$(sectors "$1")" = "$2" ]; }
 up() { grep -qx "$1" "$VM_RESULTS/$2.log" 2>/dev/null && [ "$(sectors "$1")" != 0 ]; }
-restart_grown() {  # restart_grown MiB : tgtd away, backing file grown, tgtd back with the same target
+restart_grown() {  # restart_grown MiB : tgtd away, backing file grown (or shrunk), tgtd back with the same target
   stop_tgtd
   truncate -s "${1}M" "$IMG" || return 1
   sleep 1
   start_tgtd $PORT && tgt_add_target 1 $IQN "$IMG"
 }
-image_ok() {  # the LUN's backing file holds a clean ext4 of 128 MiB (4k blocks) with both files
-  local rc
-  [ "$(fs_blocks "$IMG")" = 32768 ] || { log "block count $(fs_blocks "$IMG")"; return 1; }
+image_ok() {  # image_ok [BLOCKS]: the LUN's backing file holds a clean ext4 of BLOCKS 4k blocks (default 32768:
+  local rc      # 128 MiB) with the first two files
+  [ "$(fs_blocks "$IMG")" = "${1:-32768}" ] || { log "block count $(fs_blocks "$IMG")"; return 1; }
   e2fsck -fn "$IMG" >/dev/null || return 1
   mount -o loop,ro "$IMG" "$MNT" || return 1
   cmp /tmp/before.bin "$MNT/before.bin" && cmp /tmp/after.bin "$MNT/after.bin"; rc=$?
@@ -71,13 +77,63 @@ step "umount + detach; attach exits 0" eval 'umount "$MNT" && stop_attach /dev/n
 step "nbd3 stopped" eval 'has_sectors /dev/nbd3 0 && [ ! -e /sys/block/nbd3/pid ]'
 step "backing file: ext4 of 128MiB, clean, data intact" image_ok
 
-# ---- netlink: the kernel keeps the size, and we say so --------------------------------------------
-step "attach (netlink) /dev/nbd4" eval 'bg_start attach-netlink "$BIN" attach --kernel-interface netlink \
-  --device /dev/nbd4 --by-path-dir "" "iscsi://127.0.0.1:$PORT/$IQN/1"; A2=$BG_PID; wait_for 30 up /dev/nbd4 attach-netlink'
+# ---- netlink: online resize while mounted (NBD_CMD_RECONFIGURE with NBD_ATTR_SIZE_BYTES) ---------------
+attach_netlink() {  # attach_netlink LOGNAME : /dev/nbd4 over netlink, dead-connection timeout $DEAD s; sets A
+  bg_start "$1" "$BIN" attach --kernel-interface netlink --dead-connection-timeout $DEAD --device /dev/nbd4 \
+    --by-path-dir "" "iscsi://127.0.0.1:$PORT/$IQN/1" && A=$BG_PID
+}
+exited_nonzero() {  # exited_nonzero PID : the process ended, with a failure
+  wait_for 60 eval "! alive $1" || return 1
+  wait "$1"; [ $? != 0 ]
+}
+never_shrunk() {  # never_shrunk : dmesg shows no capacity change of /dev/nbd4 to a smaller size but 0 (disconnect)
+  dmesg | sed -n 's/.*nbd4: detected capacity change from \([0-9]*\) to \([0-9]*\).*/\1 \2/p' |
+    awk '$2 != 0 && $2 < $1 { print "shrunk: " $0; bad = 1 } END { exit bad }'
+}
+DEAD=20
+step "attach (netlink) /dev/nbd4" eval 'attach_netlink attach-netlink && wait_for 30 up /dev/nbd4 attach-netlink'
+step "max_sectors_kb set from the LUN" eval 'grep -E "queue limits" "$VM_RESULTS/attach-netlink.log" | tail -1 &&
+  [ "$(cat /sys/block/nbd4/queue/max_sectors_kb)" -gt 128 ]'
+step "mount the 128MiB ext4" mount /dev/nbd4 "$MNT"
 step "grow the LUN to 160MiB (tgtd restart)" restart_grown 160
-step "attach log: LUN grew, cannot resize a netlink device" wait_for 60 grep -q "cannot resize a netlink-configured device" "$VM_RESULTS/attach-netlink.log"
-step "/dev/nbd4 keeps 128MiB and serves I/O" eval 'has_sectors /dev/nbd4 262144 && dd if=/dev/nbd4 of=/dev/null bs=1M count=4 iflag=direct status=none'
-step "detach nbd4; attach exits 0" stop_attach /dev/nbd4 "$A2"
+step "/dev/nbd4 grows to 160MiB while mounted" wait_for 60 has_sectors /dev/nbd4 327680
+step "attach log: LUN grew, resized over netlink" eval 'grep -q "LUN grew" "$VM_RESULTS/attach-netlink.log" &&
+  grep "resized" "$VM_RESULTS/attach-netlink.log" | grep -q "interface=netlink"'
+step "dmesg: nbd4 detected capacity change from 262144 to 327680" eval 'dmesg | grep "nbd4: detected capacity change from 262144 to 327680"'
+step "resize2fs online" resize2fs /dev/nbd4
+# The ext4 of 128 MiB held 88 MiB: 48 MiB more must go to the new space.
+step "write 48MiB (into the new space)" eval 'head -c 48M /dev/urandom > /tmp/grown.bin && cp /tmp/grown.bin "$MNT/" && sync'
+step "read back through the device" eval 'echo 3 > /proc/sys/vm/drop_caches; cmp /tmp/before.bin "$MNT/before.bin" &&
+  cmp /tmp/after.bin "$MNT/after.bin" && cmp /tmp/grown.bin "$MNT/grown.bin"'
+# A new attach of the same LU takes the device back (NBD_CMD_RECONFIGURE): when the LUN grew meanwhile, the
+# same message carries the new size.
+step "kill -9 attach (mounted); the LUN grows to 176MiB (tgtd restart)" eval 'kill -KILL $A; wait $A 2>/dev/null; restart_grown 176'
+step "attach again: re-adopts /dev/nbd4 and grows it in the same RECONFIGURE" eval 'attach_netlink attach-readopt &&
+  wait_for 30 grep -q "re-adopted /dev/nbd4" "$VM_RESULTS/attach-readopt.log" && has_sectors /dev/nbd4 360448 &&
+  grep "reconnected" "$VM_RESULTS/attach-readopt.log" | grep -q "grown=true"'
+step "resize2fs online again" resize2fs /dev/nbd4
+step "write 16MiB more, read all back" eval 'head -c 16M /dev/urandom > /tmp/grown2.bin && cp /tmp/grown2.bin "$MNT/" && sync &&
+  echo 3 > /proc/sys/vm/drop_caches && cmp /tmp/grown.bin "$MNT/grown.bin" && cmp /tmp/grown2.bin "$MNT/grown2.bin"'
+step "umount + detach; attach exits 0" eval 'umount "$MNT" && stop_attach /dev/nbd4 "$A"'
+step "backing file: ext4 of 176MiB, clean, data intact" eval 'image_ok 45056 && mount -o loop,ro "$IMG" "$MNT" &&
+  cmp /tmp/grown.bin "$MNT/grown.bin" && cmp /tmp/grown2.bin "$MNT/grown2.bin"; rc=$?; umount "$MNT"; [ $rc = 0 ]'
+
+# ---- a LUN that shrinks: fail-stop, the device is never shrunk under the file system ---------------------
+step "attach (netlink), mount; kill -9 attach; the LUN shrinks to 160MiB (tgtd restart)" eval 'attach_netlink attach-shrink1 &&
+  wait_for 30 up /dev/nbd4 attach-shrink1 && mount /dev/nbd4 "$MNT" && kill -KILL $A && { wait $A 2>/dev/null; restart_grown 160; }'
+step "attach again: refused before the device gets a socket, exits non-zero" eval 'attach_netlink attach-shrink2 && exited_nonzero $A &&
+  grep -q "is 184549376 bytes but the LUN is now 167772160: it shrank" "$VM_RESULTS/attach-shrink2.log"'
+step "/dev/nbd4 keeps 176MiB" eval 'has_sectors /dev/nbd4 360448 && never_shrunk'
+step "its I/O fails once the dead-connection timeout passes (no hang)" eval 'timeout $((DEAD + 30)) dd if=/dev/nbd4 of=/dev/null bs=4k count=1 iflag=direct status=none;
+  rc=$?; [ $rc != 0 ] && [ $rc != 124 ]'
+step "umount + detach" eval '{ umount "$MNT" || umount -l "$MNT"; }; "$BIN" detach /dev/nbd4; wait_for 20 has_sectors /dev/nbd4 0'
+step "attach (netlink) at 160MiB" eval 'attach_netlink attach-shrink3 && wait_for 30 up /dev/nbd4 attach-shrink3 && has_sectors /dev/nbd4 327680'
+step "the LUN shrinks to 144MiB under the live session (tgtd restart)" restart_grown 144
+step "the session fail-stops on the identity check, attach exits non-zero" eval 'exited_nonzero $A &&
+  grep -q "capacity shrank from 327680 to 294912 blocks" "$VM_RESULTS/attach-shrink3.log"'
+step "/dev/nbd4 was never shrunk" never_shrunk
+rm -f /tmp/grown.bin /tmp/grown2.bin
+step "the LUN back to 160MiB (tgtd restart)" restart_grown 160
 
 # ---- the daemon with --kernel-interface ioctl: login, growth, logout --------------------------------
 export ISCSI_NBD_CONFIG_DIR=/tmp/resize-conf ISCSI_NBD_CONTROL_SOCKET=/run/iscsi-nbd-resize/control.sock

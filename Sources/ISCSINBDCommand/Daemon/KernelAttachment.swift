@@ -16,8 +16,8 @@ import Glibc
 enum KernelInterface: String, Sendable, CaseIterable {
     /// netlink when the kernel has the "nbd" generic netlink family (Linux 4.12 and later), else ioctl.
     case auto
-    /// Generic netlink: dead-connection timeout, NBD_CMD_RECONFIGURE with fresh sockets, backend identifier;
-    /// the kernel cannot resize such a device while it is in use.
+    /// Generic netlink: dead-connection timeout, NBD_CMD_RECONFIGURE with fresh sockets or a new size,
+    /// backend identifier.
     case netlink
     /// The classic ioctls (as nbd-client): online resize with NBD_SET_SIZE; no dead-connection grace.
     case ioctl
@@ -72,14 +72,14 @@ final class KernelAttachment: Sendable {
     let connectionCount: Int
     let options: KernelAttachOptions
     private let server: NBDServer
-    private let served: NIOLockedValueBox<[NBDServedConnection]>
+    let served: NIOLockedValueBox<[NBDServedConnection]>
     /// A second descriptor of each of our socket ends (same order as `served`): what a handover gives to
     /// systemd's fd store, and what completes a request cut short when pausing. Closed with the attachment,
     /// or the kernel would never see the sockets close.
     private let kept: NIOLockedValueBox<[Int32]>
     /// Set for a device set up with ioctls: the thread blocked in NBD_DO_IT (nil: netlink).
-    private let ioctlDevice: NBDIoctlDevice?
-    private let logger: Logger
+    let ioctlDevice: NBDIoctlDevice?
+    let logger: Logger
 
     var devicePath: String { "/dev/nbd\(index)" }
 
@@ -143,6 +143,16 @@ final class KernelAttachment: Sendable {
                 kernelFDs.append(fds[1])
             }
         }
+        // An existing device: refused before it gets a socket when the LUN shrank (resumed sockets are closed:
+        // the kernel fails its I/O after the dead-connection timeout); grown when the LUN grew.
+        let grownSize: UInt64?
+        do {
+            grownSize = try start.index.flatMap { try sizeOnReattach(index: $0, lunSize: info.size) }
+        } catch {
+            logger.critical("\(error)")
+            await closeAll()
+            throw error
+        }
         let loops = Self.loops(for: ours.count, device: device, group: group)
         do {
             for (fd, loop) in zip(ours, loops) {
@@ -160,6 +170,11 @@ final class KernelAttachment: Sendable {
         do {
             switch start {
             case .resume(let existing, _):
+                if let grownSize {
+                    try await NIOThreadPool.singleton.runIfActive { () throws -> Void in
+                        try NBDKernelDevice().reconfigure(index: existing, backendIdentifier: options.backendIdentifier, size: grownSize)
+                    }
+                }
                 index = existing
             case .connect, .reconfigure:
                 let interface = await resolve(options.interface)
@@ -179,7 +194,8 @@ final class KernelAttachment: Sendable {
                     index = started.index
                 } else if case .reconfigure(let existing) = start {
                     try await NIOThreadPool.singleton.runIfActive { [kernelFDs] () throws -> Void in
-                        try NBDKernelDevice().reconfigure(index: existing, sockets: kernelFDs, backendIdentifier: options.backendIdentifier)
+                        try NBDKernelDevice().reconfigure(index: existing, sockets: kernelFDs, backendIdentifier: options.backendIdentifier,
+                                                          size: grownSize)
                     }
                     index = existing
                 } else {
@@ -200,6 +216,7 @@ final class KernelAttachment: Sendable {
         }
         // The kernel holds its own references now.
         for fd in kernelFDs { close(fd) }
+        setQueueLimits(index: index, export: export, info: info, logger: logger)
         // Ours now: a restarted daemon must not take it while we serve it (and takes it back if we die).
         if ioctlDevice == nil { DeviceRegistry().record(index: index, identity: options.identity) }
         var link: (path: String, ours: Bool)?
@@ -214,7 +231,7 @@ final class KernelAttachment: Sendable {
         }
         logger.notice("\(verb)", metadata: [
             "device": "/dev/nbd\(index)", "backend": "\(options.backendIdentifier)", "connections": "\(served.count)",
-            "size": "\(info.size)", "blockSize": "\(info.logicalBlockSize)",
+            "size": "\(info.size)", "blockSize": "\(info.logicalBlockSize)", "grown": "\(grownSize != nil)",
             "interface": "\(ioctlDevice == nil ? "netlink" : "ioctl")",
         ])
         return KernelAttachment(index: index, device: device, options: options, byPathLink: link?.path, ownsLink: link?.ours ?? false,
@@ -241,25 +258,6 @@ final class KernelAttachment: Sendable {
             return true
         }
         return netlink == true ? .netlink : .ioctl
-    }
-
-    /// The LUN grew (CAPACITY DATA HAS CHANGED, or found larger at re-login): our connections accept the new
-    /// range first, then the kernel is told (NBD_SET_SIZE, ioctl devices only). A warning says so where the
-    /// kernel cannot resize the device in use (netlink: NBD_CMD_RECONFIGURE takes no size).
-    func grow(to size: UInt64) async {
-        for c in served.withLockedValue({ $0 }) { try? await c.exportGrew(to: size).get() }
-        guard let ioctlDevice else {
-            logger.warning("the LUN grew, but the kernel cannot resize a netlink-configured device in use: \(devicePath) keeps its size until logout and login (attach with --kernel-interface ioctl for online resize)", metadata: [
-                "device": "\(devicePath)", "size.new": "\(size)",
-            ])
-            return
-        }
-        do {
-            try await NIOThreadPool.singleton.runIfActive { () throws -> Void in try ioctlDevice.resize(to: size) }
-            logger.notice("resized", metadata: ["device": "\(devicePath)", "size": "\(size)"])
-        } catch {
-            logger.error("cannot resize \(devicePath): \(error)")
-        }
     }
 
     /// Follows the LUN's size: growth the bridge notices (2A/09, or a larger LUN at re-login) reaches the
