@@ -2,7 +2,7 @@
 # CI entry for the kernel tests (called by scripts/test.sh): prepares the VM cache, then boots one VM that
 # runs every kernel scenario (scenario-kernel-all.sh). The host-built debug binaries must exist
 # (`swift build --build-tests`). Exit status = the scenarios' (124 timeout, 125 no status from the VM).
-# Options: -t SECS (default 1500; about 14 min on a quiet 2-core host under TCG, more when it is busy), -r RESULTS_DIR.
+# Options: -t SECS (default 1500; 591 s in a quiet CI run on a 2-core host under TCG, 823-900+ s on a busy one), -r RESULTS_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 timeout=1500
