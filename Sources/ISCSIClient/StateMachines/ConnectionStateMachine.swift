@@ -128,7 +128,11 @@ struct ConnectionStateMachine {
     /// Actions not taken yet: `outbox[outboxHead...]`. An array, not a ring, because `Array.append` takes
     /// its element owned (a move), and `nextAction()` swaps each one out (a move again): the payloads'
     /// references are not retained and released on the way (each copy of an action cost ~160 instructions).
-    private var outbox: [ConnectionAction] = []
+    private var outbox: [ConnectionAction] = {
+        var actions: [ConnectionAction] = []
+        actions.reserveCapacity(16)
+        return actions
+    }()
     private var outboxHead = 0
     /// PDUs and errors of this connection (`iscsiadm -m session -s`); the handler counts what it writes.
     var counters = ISCSIPDUCounters()
@@ -154,10 +158,7 @@ struct ConnectionStateMachine {
         return action
     }
 
-    mutating func emit(_ action: consuming ConnectionAction) {
-        if outbox.capacity == 0 { outbox.reserveCapacity(16) }
-        outbox.append(action)
-    }
+    mutating func emit(_ action: consuming ConnectionAction) { outbox.append(action) }
 
     // MARK: - Queries
 
