@@ -70,6 +70,14 @@ public struct NBDTransmission: Sendable {
         case replyAndClose(NBDReply)
         /// Closed: nothing is sent.
         case ignored
+
+        /// The reply to send, if any.
+        public var reply: NBDReply? {
+            switch self {
+            case .reply(let reply), .replyAndClose(let reply): reply
+            case .ignored: nil
+            }
+        }
     }
 
     private enum State: Sendable {

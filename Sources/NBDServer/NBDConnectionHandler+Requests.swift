@@ -8,6 +8,12 @@ extension NBDConnectionHandler {
     /// Asks the device; the reply comes from the machine once the device answered. With an observer, the
     /// request's start is stamped here (one clock read) and its end in `completed`.
     func execute(_ request: NBDDeviceRequest, context: ChannelHandlerContext) {
+        // A WRITE over the payload budget never reaches the device: a refusal, not a request in flight.
+        if case .write(let header, let payload, _) = request, !admitPayload(payload.readableBytes) {
+            observer?.requestRefused()
+            finish(transmission?.refuseWrite(header), context: context)
+            return
+        }
         let start: UInt64
         if let observer {
             observer.requestStarted()
@@ -19,11 +25,6 @@ extension NBDConnectionHandler {
         case .read(let header):
             track(device.readSegments(offset: header.offset, length: header.length), header, start, context: context)
         case .write(let header, let payload, let flags):
-            guard admitPayload(payload.readableBytes) else {
-                observe(header, succeeded: false, start)
-                finish(transmission?.refuseWrite(header), context: context)
-                return
-            }
             let write = device.write(offset: header.offset, data: payload, flags: BlockWriteFlags(flags))
             if let payloadBudget {
                 let reserved = payload.readableBytes
@@ -71,26 +72,31 @@ extension NBDConnectionHandler {
         _ header: NBDRequestHeader, _ result: Result<NBDDeviceResult, any Error>, _ start: UInt64,
         context: ChannelHandlerContext
     ) {
-        if observer != nil {
-            if case .success = result { observe(header, succeeded: true, start) } else { observe(header, succeeded: false, start) }
+        guard case .transmission = phase else {
+            observe(header, succeeded: (try? result.get()) != nil, start)
+            return
         }
-        guard case .transmission = phase else { return }
+        let outcome: NBDDeviceResult
         switch result {
-        case .success(let outcome):
-            finish(transmission?.deviceCompleted(header, outcome), context: context)
+        case .success(let success):
+            outcome = success
         case .failure(let error):
             logger.debug(
                 "request failed",
                 metadata: ["nbd.cookie": "\(header.cookie)", "nbd.command": "\(header.command)", "error": "\(error)"])
             // BlockDevice contract: errors are BlockDeviceError (an errno); anything else is an IO error.
-            let outcome: NBDDeviceResult =
+            outcome =
                 if let error = error as? BlockDeviceError {
                     .failure(errno: error.code.rawValue, message: error.message)
                 } else {
                     .failure(errno: nil, message: "\(error)")
                 }
-            finish(transmission?.deviceCompleted(header, outcome), context: context)
         }
+        let action = transmission?.deviceCompleted(header, outcome)
+        // What the client is told decides: a READ whose data came back short is answered EIO.
+        let succeeded = action?.reply.map { $0.rejection == nil } ?? ((try? result.get()) != nil)
+        observe(header, succeeded: succeeded, start)
+        finish(action, context: context)
     }
 
     func finish(_ action: NBDTransmission.OnCompletion?, context: ChannelHandlerContext) {

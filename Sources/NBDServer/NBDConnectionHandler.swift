@@ -415,8 +415,9 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
             case .reply(let reply):
                 // A payload held for a refused WRITE is given back at once.
                 releasePartial()
-                observer?.requestRefused()
+                // Answered without the device: a refusal, or a success that needs none (CACHE, length 0).
                 if let rejection = reply.rejection {
+                    observer?.requestRefused()
                     logger.debug("request refused", metadata: ["nbd.cookie": "\(reply.cookie)", "nbd.error": "\(rejection)"])
                 }
                 send(reply, context: context)

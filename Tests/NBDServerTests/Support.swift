@@ -22,7 +22,8 @@ final class ServerFixture: @unchecked Sendable {
 
     init(
         info: BlockDeviceInfo = BlockDeviceInfo(size: 16 << 20, maxTransferLength: 1 << 20, canTrim: true, description: "memory disk"),
-        latency: TimeAmount? = nil, randomLatency: Bool = false, maxInFlight: Int = 256, tcp: Bool = false
+        latency: TimeAmount? = nil, randomLatency: Bool = false, maxInFlight: Int = 256, tcp: Bool = false,
+        observers: (any NBDRequestObserverFactory)? = nil
     ) async throws {
         group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
         device = MemoryBlockDevice(info: info, eventLoop: group.next(), latency: latency, randomLatency: randomLatency)
@@ -36,7 +37,7 @@ final class ServerFixture: @unchecked Sendable {
         server = NBDServer(
             device: device,
             configuration: NBDServerConfiguration(exportName: Self.exportName, listen: listen, maxInFlightPerConnection: maxInFlight),
-            group: group, logger: logger)
+            group: group, logger: logger, observers: observers)
         try await server.start()
     }
 

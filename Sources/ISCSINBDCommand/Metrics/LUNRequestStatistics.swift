@@ -8,7 +8,8 @@ import Prometheus
 /// connections, the last minute of latencies (p50/p99 for `-m session -P 1`), and the Prometheus latency
 /// histograms. The NBD server gives each connection the counter of its event loop (`observer(on:)`): a
 /// served LUN's connections share the session's loop, a kernel device's queues each have their own. A
-/// counter is plain integers owned by its loop: no lock on the I/O path. Readers add the loops up.
+/// counter is plain integers owned by its loop; the one lock a request takes is the Prometheus histogram's
+/// (swift-prometheus's `Histogram.record`), shared by the LUN's loops. Readers add the loops up.
 final class LUNRequestStatistics: NBDRequestObserverFactory {
     struct Snapshot: Sendable, Hashable {
         /// `[kind.rawValue * 2 + (ok ? 0 : 1)]`.
@@ -18,8 +19,6 @@ final class LUNRequestStatistics: NBDRequestObserverFactory {
         var bytesWritten: UInt64 = 0
         var inFlight = 0
         var connections = 0
-
-        func count(_ kind: RequestKind, ok: Bool) -> UInt64 { answered[kind.rawValue * 2 + (ok ? 0 : 1)] }
 
         static func + (a: Snapshot, b: Snapshot) -> Snapshot {
             var sum = a
@@ -148,6 +147,8 @@ final class LoopRequestCounter: NBDRequestObserver, @unchecked Sendable {
     private let shared = NIOLockedValueBox(Published())
 
     init(eventLoop: any EventLoop, histograms: [ValueHistogram]?) {
+        // `answered` is read and written by byte offset: one UInt64 per (kind, ok or not).
+        precondition(MemoryLayout.size(ofValue: state.answered) == RequestKind.allCases.count * 2 * 8)
         self.eventLoop = eventLoop
         state.histograms = histograms
         // A strong reference until `stop()`: a weak one would give the object a side table, and every retain
