@@ -60,7 +60,8 @@ public struct ISCSIURL: Sendable, Hashable, CustomStringConvertible {
             throw Self.fail("an IPv6 host goes in brackets, and no ,tpgt")
         }
         let split: (host: String, port: Int?)
-        do { split = try Portal.split(String(authority)) } catch { throw Self.fail("\(error.message)") }
+        // Not Portal.split's message: it quotes its input, which holds the password when that has a '/'.
+        do { split = try Portal.split(String(authority)) } catch { throw Self.fail("bad host or port: host[:port] or [v6][:port], port 1 to 65535") }
         guard !split.host.isEmpty else { throw Self.fail("no host") }
         guard split.host.allSatisfy({ $0.isLetter || $0.isNumber || "-.:_%".contains($0) }) else {
             throw Self.fail("bad character in host")

@@ -41,12 +41,14 @@ import Testing
         #expect(throws: ISCSIURL.ParseError.self) { try ISCSIURL(parsing: text) }
     }
 
-    @Test func errorsNeverShowThePassword() {
+    /// The second one: a '/' in the password ends the authority early, so the host:port part is "bob%top:s".
+    @Test(arguments: ["iscsi://bob%topsecret@h/iqn.x/zz", "iscsi://bob%top:s/ecret@h/iqn.x/0"])
+    func errorsNeverShowThePassword(url: String) {
         do {
-            _ = try ISCSIURL(parsing: "iscsi://bob%topsecret@h/iqn.x/zz")
+            _ = try ISCSIURL(parsing: url)
             Issue.record("expected an error")
         } catch {
-            #expect(!error.description.contains("topsecret"))
+            #expect(!error.description.contains("top"), "\(error)")
         }
     }
 }
