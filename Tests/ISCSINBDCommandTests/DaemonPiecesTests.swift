@@ -92,6 +92,11 @@ import ISCSITestSupport
         #expect(parsed.control == 4)
         #expect(parsed.storedDevices == [3: [5, 3], 0: [6]])
         #expect(parsed.unexpected == [7])
+        #expect(parsed.name(of: 7) == "stray")
+        let twice = try #require(try SocketActivation.parse(environment: [
+            "LISTEN_PID": "42", "LISTEN_FDS": "2", "LISTEN_FDNAMES": "control:control",
+        ], pid: 42))
+        #expect(twice.control == 3 && twice.unexpected == [4])
         #expect(try SocketActivation.parse(environment: ["LISTEN_PID": "42", "LISTEN_FDS": "1"], pid: 42)?.control == 3)
         #expect(try SocketActivation.parse(environment: ["LISTEN_PID": "42", "LISTEN_FDS": "1", "LISTEN_FDNAMES": "nbd1.0"], pid: 42)?.control == nil)
         for bad in ["nbd", "nbd1", "nbd1.", "nbd.1", "nbdx.0", "nbd1.0.0", "nbd-1.0", "nbd1.99999"] {

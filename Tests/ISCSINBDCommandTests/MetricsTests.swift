@@ -187,6 +187,8 @@ import Testing
         let text = SessionPrinter.renderStats([session])
         let lines = text.split(separator: "\n").map(String.init)
         #expect(lines[0] == "Stats for session [sid: 4, target: iqn.test:t, portal: 127.0.0.1,3260]")
+        session.portal = "[::1]:3260"
+        #expect(SessionPrinter.renderStats([session]).hasPrefix("Stats for session [sid: 4, target: iqn.test:t, portal: ::1,3260]"))
         #expect(lines[1] == "iSCSI SNMP:")
         let names = ISCSIPDUCounters().iscsiadmRows.map(\.0)
         #expect(names == [

@@ -59,9 +59,11 @@ struct DaemonCommand: AsyncParsableCommand {
         let activation = try SocketActivation.parse(environment: environment, pid: getpid())
         for v in SocketActivation.variables { unsetenv(v) }
         // From systemd: the control socket (iscsi-nbd.socket) and what a previous daemon handed over.
-        for fd in activation?.unexpected ?? [] {
-            logger.warning("systemd passed descriptor \(fd) under an unknown name: closed")
-            close(fd)
+        if let activation {
+            for fd in activation.unexpected {
+                logger.warning("systemd passed descriptor \(fd) named '\(activation.name(of: fd))' (expected 'control' or 'nbdN.K'): closed")
+                close(fd)
+            }
         }
         let settings = DaemonSettings(
             configDir: ConfigDirectory.resolve(explicit: configDir),
@@ -71,16 +73,7 @@ struct DaemonCommand: AsyncParsableCommand {
             kernelInterface: kernel.kernelInterface, busyPollMicroseconds: kernel.polling.pollUs)
         // The metrics endpoints are bound first: a port in use stops the daemon before it logs in anywhere.
         let metrics = DaemonMetrics()
-        var endpoints: [MetricsHTTPServer] = []
-        for endpoint in try self.metrics.endpoints() {
-            do {
-                endpoints.append(try await MetricsHTTPServer.start(endpoint, hub: metrics.hub, logger: logger))
-            } catch {
-                for server in endpoints { await server.close() }
-                throw error
-            }
-        }
-        for server in endpoints { logger.notice("metrics at \(server.boundDescription)/metrics") }
+        let endpoints = try await MetricsHTTPServer.startAll(try self.metrics.endpoints(), hub: metrics.hub, logger: logger)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: threads ?? kernel.connections)
         let core = DaemonCore(settings: settings, group: group, logger: logger, stored: activation?.storedDevices ?? [:],
                               metrics: metrics)

@@ -65,7 +65,7 @@ extension DaemonCore {
             }
             return ControlSession(
                 id: e.id, target: e.key.target, portal: e.key.portal.description,
-                tpgt: l?.record.id.tpgt ?? 1, state: state, initiatorName: l?.session.configuration.initiatorName,
+                tpgt: l?.plan.node.tpgt ?? 1, state: state, initiatorName: l?.session.configuration.initiatorName,
                 tsih: l?.session.tsih, isid: l.map { String(format: "%012llx", $0.session.configuration.isid) },
                 luns: luns, negotiated: negotiated, timeouts: timeouts, lastError: lastError,
                 auth: l.map { Self.authRows($0.session.configuration) } ?? [])

@@ -25,8 +25,6 @@ actor DaemonCore {
         var session: ISCSISession
         var attachments: [(lun: UInt16, attachment: KernelAttachment, scsi: SCSIBlockDevice)]
         var plan: SessionPlan
-        var record: NodeRecord
-        var planner: SessionPlanner
         var settings: EffectiveNodeSettings { plan.settings }
     }
 
@@ -191,8 +189,6 @@ actor DaemonCore {
         return .success(messages: messages)
     }
 
-    /// SIGTERM: flush, detach and log out of everything (filesystems are unmounted by then: the unit is
-    /// ordered before remote-fs-pre.target, so mounts on our devices stop first).
     /// Live sessions that are reconnecting and still holding their requests, with their devices.
     func recoveringSessions() -> [(id: Int, session: ISCSISession, devices: [String])] {
         live.sorted { $0.key < $1.key }.compactMap { id, l in
@@ -253,7 +249,7 @@ actor DaemonCore {
     private func logOut(_ id: Int, _ l: Live) async {
         do {
             try await l.session.logout().get()
-            logger.notice("session \(id) logged out", metadata: ["target": "\(l.record.id.target)"])
+            logger.notice("session \(id) logged out", metadata: ["target": "\(l.plan.node.target)"])
         } catch {
             logger.warning("logout of session \(id): \(error)")
         }
@@ -436,7 +432,7 @@ actor DaemonCore {
         }
         // The session reconnects by itself (ERL0); before queued I/O is re-issued, each LU must be the same.
         SessionWiring.guardIdentity(session: session, devices: attachments.map(\.2))
-        live[id] = Live(session: session, attachments: attachments, plan: plan, record: record, planner: planner)
+        live[id] = Live(session: session, attachments: attachments, plan: plan)
         table.loggedIn(id)
         session.closeFuture.whenComplete { _ in Task { await self.sessionClosed(id: id, session: session) } }
     }

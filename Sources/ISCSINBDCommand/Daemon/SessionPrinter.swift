@@ -1,4 +1,5 @@
 import Foundation
+import ISCSIConfig
 
 /// `-m session [-P N]` output in iscsiadm's layout, plus what open-iscsi does not show (its issue #393):
 /// the negotiated values and timeouts in effect, and the /dev/nbdN device with its by-path link.
@@ -86,7 +87,7 @@ enum SessionPrinter {
     static func renderStats(_ sessions: [ControlSession]) -> String {
         var out = ""
         for s in sessions {
-            let portal = s.portal.lastIndex(of: ":").map { "\(s.portal[..<$0]),\(s.portal[s.portal.index(after: $0)...])" } ?? s.portal
+            let portal = (try? Portal(parsing: s.portal))?.iscsiadmForm ?? s.portal
             out += "Stats for session [sid: \(s.id), target: \(s.target), portal: \(portal)]\n"
             guard let stats = s.stats else {
                 out += "\tno counters: the session is not logged in (\(s.state))\n"

@@ -28,9 +28,14 @@ enum SocketActivation {
             return byDevice.mapValues { $0.sorted { $0.0 < $1.0 }.map(\.1) }
         }
 
-        /// Descriptors that are neither: closed by the daemon, with a warning.
+        /// Descriptors that are neither (a second "control" too): closed by the daemon, with a warning.
         var unexpected: [Int32] {
-            zip(descriptors, names).filter { $0.1 != "control" && SocketActivation.storeName($0.1) == nil && $0.0 != control }.map(\.0)
+            zip(descriptors, names).filter { SocketActivation.storeName($0.1) == nil && $0.0 != control }.map(\.0)
+        }
+
+        /// The name systemd passed `fd` under.
+        func name(of fd: Int32) -> String {
+            descriptors.firstIndex(of: fd).map { names[$0] } ?? "?"
         }
     }
 

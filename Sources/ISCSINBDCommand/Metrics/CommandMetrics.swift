@@ -62,14 +62,7 @@ final class CommandMetrics: Sendable {
     ) async throws -> CommandMetrics? {
         guard !endpoints.isEmpty else { return nil }
         let hub = MetricsHub()
-        var servers: [MetricsHTTPServer] = []
-        do {
-            for endpoint in endpoints { servers.append(try await MetricsHTTPServer.start(endpoint, hub: hub, logger: logger)) }
-        } catch {
-            for server in servers { await server.close() }
-            throw error
-        }
-        for server in servers { logger.notice("metrics at \(server.boundDescription)/metrics") }
+        let servers = try await MetricsHTTPServer.startAll(endpoints, hub: hub, logger: logger)
         return CommandMetrics(
             hub: hub, session: SessionMetrics(hub: hub, target: configuration.targetName ?? "-", portal: configuration.portal.description),
             servers: servers)

@@ -75,6 +75,20 @@ final class MetricsHTTPServer: Sendable {
     }
 
     /// Binds at once: a port in use or an address that does not resolve is an error here, at start-up.
+    /// Binds every endpoint, or none: when one fails (a port in use) those already bound are closed and the
+    /// error is thrown. Logs where each one listens.
+    static func startAll(_ endpoints: [MetricsEndpoint], hub: MetricsHub, logger: Logger) async throws -> [MetricsHTTPServer] {
+        var servers: [MetricsHTTPServer] = []
+        do {
+            for endpoint in endpoints { servers.append(try await start(endpoint, hub: hub, logger: logger)) }
+        } catch {
+            for server in servers { await server.close() }
+            throw error
+        }
+        for server in servers { logger.notice("metrics at \(server.boundDescription)/metrics") }
+        return servers
+    }
+
     static func start(_ endpoint: MetricsEndpoint, hub: MetricsHub, logger: Logger) async throws -> MetricsHTTPServer {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let bootstrap = ServerBootstrap(group: group)
