@@ -41,7 +41,6 @@ final class CommandMetrics: Sendable {
     /// Fed by the NBD server from the first request; labelled once the LUN is served (`serving`).
     let requests: LUNRequestStatistics
     private let servers: [MetricsHTTPServer]
-    private let current = NIOLockedValueBox<ISCSISession?>(nil)
 
     private init(hub: MetricsHub, session: SessionMetrics, servers: [MetricsHTTPServer]) {
         self.requests = LUNRequestStatistics()
@@ -49,10 +48,9 @@ final class CommandMetrics: Sendable {
         self.session = session
         self.servers = servers
         hub.add(session)
-        let (requests, current) = (self.requests, self.current)
+        let requests = self.requests
         hub.add(ProcessMetrics(hub: hub) {
-            let loggedIn = current.withLockedValue { $0 }.map { $0.status.state == .connected } ?? false
-            return (requests.published.snapshot.connections, loggedIn ? 1 : 0)
+            (requests.published.snapshot.connections, session.isLoggedIn ? 1 : 0)
         })
     }
 
@@ -75,7 +73,6 @@ final class CommandMetrics: Sendable {
 
     /// The LUN is open on its session and served as `device` (the export name, or /dev/nbdN).
     func serving(_ opened: OpenedLUN, device: String) {
-        current.withLockedValue { $0 = opened.session }
         session.follow(opened.session)
         let configuration = opened.session.configuration
         let lun = LUNMetrics(

@@ -12,7 +12,6 @@ final class DaemonMetrics: Sendable {
 
     private struct Entry {
         var session: SessionMetrics
-        var current: ISCSISession?
         var luns: [UInt16: LUNMetrics] = [:]
         /// Fed by a device attached before its labels (the /dev/nbdN name) were known.
         var pending: [UInt16: LUNRequestStatistics] = [:]
@@ -25,7 +24,7 @@ final class DaemonMetrics: Sendable {
         hub.add(ProcessMetrics(hub: hub) {
             entries.withLockedValue { all in
                 let nbd = all.values.reduce(0) { sum, e in sum + e.luns.values.reduce(0) { $0 + $1.requests.published.snapshot.connections } }
-                let iscsi = all.values.filter { $0.current?.status.state == .connected }.count
+                let iscsi = all.values.filter { $0.session.isLoggedIn }.count
                 return (nbd, iscsi)
             }
         })
@@ -44,11 +43,7 @@ final class DaemonMetrics: Sendable {
 
     /// `session` is the one logged in for `id` now.
     func loggedIn(_ id: Int, _ session: ISCSISession) {
-        let metrics = entries.withLockedValue { all -> SessionMetrics? in
-            all[id]?.current = session
-            return all[id]?.session
-        }
-        metrics?.follow(session)
+        entries.withLockedValue { $0[id]?.session }?.follow(session)
     }
 
     /// What the NBD server of LUN `lun` of session `id` reports to: the LUN's statistics when it was attached

@@ -15,9 +15,11 @@ final class SessionMetrics: MetricsSource {
         .snackRequest, .nopIn, .scsiResponse, .taskManagementResponse, .loginResponse, .textResponse, .dataIn,
         .logoutResponse, .readyToTransfer, .asyncMessage, .reject,
     ]
+    /// The opcodes the initiator sends (`Mirrors.sent`, in this order) and those it receives (`received`).
+    static let sentOpcodes = opcodes.filter(\.isInitiatorOpcode)
+    static let receivedOpcodes = opcodes.filter { !$0.isInitiatorOpcode }
     static let states = ["LOGGED_IN", "RECOVERING", "FAILED"]
 
-    let labels: [(String, String)]
     private let hub: MetricsHub
     private let session = NIOLockedValueBox<ISCSISession?>(nil)
     private let live: Live
@@ -49,7 +51,6 @@ final class SessionMetrics: MetricsSource {
 
     init(hub: MetricsHub, target: String, portal: String) {
         let labels = [("target", target), ("portal", portal)]
-        self.labels = labels
         self.hub = hub
         var r = RegisteredMetrics()
         func pdu(_ direction: String, _ opcode: Opcode) -> Counter {
@@ -62,10 +63,8 @@ final class SessionMetrics: MetricsSource {
         live = Live(
             loginFailures: failures, identityMismatches: r.keep(hub.counter(MetricCatalog.identityMismatches, labels)),
             recoveryDuration: r.keep(hub.histogram(MetricCatalog.recoveryDuration, labels, buckets: MetricCatalog.recoveryBuckets)))
-        let initiator = Self.opcodes.filter(\.isInitiatorOpcode)
-        let target = Self.opcodes.filter { !$0.isInitiatorOpcode }
         let mirrors = Mirrors(
-            sent: initiator.map { pdu("tx", $0) }, received: target.map { pdu("rx", $0) },
+            sent: Self.sentOpcodes.map { pdu("tx", $0) }, received: Self.receivedOpcodes.map { pdu("rx", $0) },
             txBytes: r.keep(hub.counter(MetricCatalog.dataBytes, labels + [("direction", "tx")])),
             rxBytes: r.keep(hub.counter(MetricCatalog.dataBytes, labels + [("direction", "rx")])),
             digestErrors: r.keep(hub.counter(MetricCatalog.digestErrors, labels)),
@@ -97,6 +96,11 @@ final class SessionMetrics: MetricsSource {
         self.session.withLockedValue { $0 = session }
     }
 
+    /// Whether the session followed now is logged in (the process's open iSCSI sessions).
+    var isLoggedIn: Bool {
+        session.withLockedValue { $0?.status.state == .connected }
+    }
+
     func gather(on loop: any EventLoop) -> EventLoopFuture<MetricsUpdate> {
         guard let session = session.withLockedValue({ $0 }) else {
             return loop.makeSucceededFuture({ self.applyState("FAILED") })
@@ -123,10 +127,8 @@ final class SessionMetrics: MetricsSource {
     private func apply(_ s: ISCSISessionStatistics, state: String) {
         applyState(state)
         mirrors.withLockedValue { m in
-            let initiator = Self.opcodes.filter(\.isInitiatorOpcode)
-            let target = Self.opcodes.filter { !$0.isInitiatorOpcode }
-            for (i, opcode) in initiator.enumerated() { m.sent[i].mirror(s.pdus.sent(opcode)) }
-            for (i, opcode) in target.enumerated() { m.received[i].mirror(s.pdus.received(opcode)) }
+            for (i, opcode) in Self.sentOpcodes.enumerated() { m.sent[i].mirror(s.pdus.sent(opcode)) }
+            for (i, opcode) in Self.receivedOpcodes.enumerated() { m.received[i].mirror(s.pdus.received(opcode)) }
             m.txBytes.mirror(s.pdus.txDataOctets)
             m.rxBytes.mirror(s.pdus.rxDataOctets)
             m.digestErrors.mirror(s.pdus.digestErrors)
