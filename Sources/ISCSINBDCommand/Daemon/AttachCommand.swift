@@ -120,7 +120,7 @@ struct KernelDeviceService: Service {
         let options = options(lun.scsi.lunIdentity)
         // Run again after an attach of the same LU died (kill -9, a crash): take its device back, so the
         // I/O the kernel holds for the dead-connection timeout goes on, on the same /dev/nbdN.
-        let orphan = options.interface == .ioctl ? nil : DeviceRegistry().orphans().first {
+        let orphan = DeviceRegistry().orphans(adoptableWith: options.interface).first {
             $0.backend == options.identity.backendIdentifier && (options.index == nil || options.index == $0.index)
         }
         let attachment = try await KernelAttachment.attach(

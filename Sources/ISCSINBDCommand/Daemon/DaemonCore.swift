@@ -137,7 +137,7 @@ actor DaemonCore {
     /// the session was up when the previous daemon stopped. Failed logins retry in the background; the
     /// kernel fails the held I/O once the timeout passes, and the device works again once re-adopted.
     func adoptOrphans(registry: DeviceRegistry = DeviceRegistry()) async -> (adopted: Int, failed: Int) {
-        let orphans = registry.orphans()
+        let orphans = registry.orphans(adoptableWith: settings.kernelInterface)
         for (index, sockets) in stored where !orphans.contains(where: { $0.index == index }) {
             logger.warning("sockets of /dev/nbd\(index) came back from systemd's fd store, but the device is not one a previous daemon left: closed")
             dropStored(index: index, sockets: sockets)

@@ -91,6 +91,13 @@ struct DeviceRegistry: Sendable {
         }.sorted { $0.index < $1.index }
     }
 
+    /// The orphans a process setting devices up with `interface` takes back: none for ioctl. An orphan is a
+    /// netlink device (an ioctl device dies with its process) and only netlink's NBD_CMD_RECONFIGURE gives it
+    /// new sockets; `attach` and the daemon both follow this.
+    func orphans(adoptableWith interface: KernelInterface) -> [Orphan] {
+        interface == .ioctl ? [] : orphans()
+    }
+
     struct Orphan: Hashable, Sendable {
         var index: Int
         /// The identifier exactly as the kernel holds it: NBD_CMD_RECONFIGURE must repeat it.
