@@ -77,13 +77,14 @@ final class CommandRunner: Sendable {
     ) {
         transport.execute(command, lun: lun).whenComplete { result in
             switch result {
-            case .success(let result) where result.status == .good || result.status == .conditionMet:
-                // Fast path (every I/O on a healthy target): success whatever the sense says.
-                self.statistics.record(opcode: command.cdb.opcode, status: result.status)
-                done(.success(result))
             case .success(let result):
                 self.statistics.record(opcode: command.cdb.opcode, status: result.status)
-                self.evaluate(result, command, kind: kind, retries: retries, done)
+                if result.status == .good || result.status == .conditionMet {
+                    // Fast path (every I/O on a healthy target): success whatever the sense says.
+                    done(.success(result))
+                } else {
+                    self.evaluate(result, command, kind: kind, retries: retries, done)
+                }
             case .failure(let error):
                 self.statistics.recordTransportFailure()
                 let opcode = SCSIOpcode(rawValue: command.cdb.opcode)

@@ -64,18 +64,9 @@ extension SCSIBlockDevice {
             // Same logical unit? (After a reset or reconnect the LUN could now name another LU.)
             // A page that cannot be read now keeps its old value: only a page that was read and differs
             // counts as a different logical unit (a transient failure must not fence a healthy device).
-            if let supported = old.supportedVPDPages {
-                if supported.contains(.unitSerialNumber),
-                    let serial = await probe.vpd(.unitSerialNumber, { try UnitSerialNumber(parsing: $0) })
-                {
-                    p.serialNumber = serial.serial
-                }
-                if supported.contains(.deviceIdentification),
-                    let ident = await probe.vpd(.deviceIdentification, { try DeviceIdentification(parsing: $0) })
-                {
-                    p.deviceIdentification = ident
-                }
-            }
+            let (serial, ident) = await probe.identification(listedIn: old.supportedVPDPages)
+            if let serial { p.serialNumber = serial.serial }
+            if let ident { p.deviceIdentification = ident }
             try self.judgeAfterUnitAttention(p)
             p.setMode(await probe.modeParameters())
             let (info, changed) = self.current.withLockedValue { g -> (BlockDeviceInfo, Bool) in
@@ -96,7 +87,8 @@ extension SCSIBlockDevice {
     /// Acts on the guard's verdict on what a refresh has re-read so far: first the capacity (so that a new
     /// block length or a shrink stops the refresh before any VPD page is asked for), then the identification.
     private func judgeAfterUnitAttention(_ p: SCSIDeviceProperties) throws(SCSIProbeError) {
-        let identity = self.identityGuard.identity
+        let identityGuard = self.identityGuard
+        let identity = identityGuard.identity
         switch identityGuard.afterUnitAttention(LUNIdentity(properties: p)) {
         case .same:
             return

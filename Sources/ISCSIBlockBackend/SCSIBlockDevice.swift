@@ -292,9 +292,8 @@ public final class SCSIBlockDevice: BlockDevice {
         let request: SCSIFallbacks.Request =
             writeFlags.contains(.fastZero)
             ? .fastZero(strategy, noHole: noHole) : .writeZeroes(strategy, noHole: noHole)
+        // A fast zero that cannot be fast fails at once in `perform`, without touching the LU.
         let first = fallbacks.withLockedValue { $0.first(request) }
-        // A fast zero that cannot be fast fails at once, without touching the LU.
-        if case .notSupported(let why) = first { return loop.makeFailedFuture(BlockDeviceError(.enotsup, why)) }
         let zeroed = perform(request, first, offset: offset, length: length)
         return afterWrite(zeroed, fua: writeFlags.contains(.fua) && strategy.writeCacheEnabled)
     }

@@ -84,9 +84,7 @@ struct SCSIProbe {
             guard unlisted.contains(page) else { return nil }
             return await vpd(page, quiet: true, parse)
         }
-        let serial = has(.unitSerialNumber) ? await vpd(.unitSerialNumber) { try UnitSerialNumber(parsing: $0) } : nil
-        let ident =
-            has(.deviceIdentification) ? await vpd(.deviceIdentification) { try DeviceIdentification(parsing: $0) } : nil
+        let (serial, ident) = await identification(listedIn: supported)
         let limits = await sbc(.blockLimits) { try BlockLimits(parsing: $0) }
         let bdc = await sbc(.blockDeviceCharacteristics) { try BlockDeviceCharacteristics(parsing: $0) }
         let lbp = await sbc(.logicalBlockProvisioning) { try LogicalBlockProvisioning(parsing: $0) }
@@ -183,6 +181,16 @@ struct SCSIProbe {
 
     /// Reads an optional VPD page; a failure or garbage is logged (at debug level when `quiet`: a page asked
     /// for on a guess) and gives nil.
+    /// The identity pages, Unit Serial Number (80h) and Device Identification (83h), each read only when
+    /// `supported` lists it (they are never guessed at); nil for one that is absent or unreadable.
+    func identification(listedIn supported: SupportedVPDPages?) async -> (UnitSerialNumber?, DeviceIdentification?) {
+        let serial = supported?.contains(.unitSerialNumber) == true
+            ? await vpd(.unitSerialNumber) { try UnitSerialNumber(parsing: $0) } : nil
+        let ident = supported?.contains(.deviceIdentification) == true
+            ? await vpd(.deviceIdentification) { try DeviceIdentification(parsing: $0) } : nil
+        return (serial, ident)
+    }
+
     func vpd<T>(_ page: VPDPageCode, quiet: Bool = false, _ parse: (ByteBuffer) throws -> T) async -> T? {
         do {
             return try await fetch(initial: 255) {

@@ -118,13 +118,14 @@ final class SessionCore {
         retire(connection)
         state = .recovering
         let lostAtWallClock = Date().timeIntervalSince1970
-        lastRecovery = ISCSISessionStatistics.RecoveryRecord(lostAt: lostAtWallClock, reason: "\(error)", durationSeconds: nil)
-        configuration.eventHandler?(.recoveryStarted(reason: "\(error)"))
+        let reason = "\(error)"
+        lastRecovery = ISCSISessionStatistics.RecoveryRecord(lostAt: lostAtWallClock, reason: reason, durationSeconds: nil)
+        configuration.eventHandler?(.recoveryStarted(reason: reason))
         published.withLockedValue {
             $0.state = .recovering(expired: false)
             $0.recoveringSince = lostAtWallClock
             $0.recoveryAttempts = 0
-            $0.lastError = "\(error)"
+            $0.lastError = reason
         }
         // Re-issued commands go first, in their original order; anything queued meanwhile follows.
         var reissue = CircularBuffer<PendingCommand>(initialCapacity: commands.count + queue.count)
@@ -138,7 +139,7 @@ final class SessionCore {
             level: error == .targetRequestedLogout ? .notice : .warning,
             error == .targetRequestedLogout ? "logged out at the target's request, reconnecting" : "iSCSI connection lost, recovering the session",
             metadata: [
-                "error": "\(error)", "reissue": "\(commands.count)",
+                "error": "\(reason)", "reissue": "\(commands.count)",
                 "replacement_timeout_s": "\(configuration.replacementTimeout.seconds)",
             ])
         replacementTimer?.cancel()
