@@ -25,6 +25,35 @@ struct ConnectionStateMachineTests {
         #expect(MachineDriver.armed(actions).map(\.1) == [.milliseconds(2500), .milliseconds(500)])
     }
 
+    /// The full feature payload is held out of line (`FullFeatureStorage`) and copied on write: a copy of
+    /// the machine is still an independent value.
+    @Test func aCopiedMachineDoesNotShareItsFullFeatureState() throws {
+        let d = try MachineDriver()
+        try d.login()
+        var copy = d.machine
+        _ = d.submit(SCSICommand(cdb: writeCDB(blocks: 1), dataOut: ByteBuffer(repeating: 1, count: 512)))
+        #expect(d.machine.outstandingTasks == 1 && copy.outstandingTasks == 0)
+        let promise = d.loop.makePromise(of: SCSICommandResult.self)
+        copy.submit(PendingCommand(command: SCSICommand(cdb: writeCDB(blocks: 1), dataOut: ByteBuffer(repeating: 2, count: 512)),
+                                   lun: LogicalUnitNumber(1), promise: promise), now: d.now)
+        copy.submit(PendingCommand(command: SCSICommand(cdb: writeCDB(blocks: 1), dataOut: ByteBuffer(repeating: 3, count: 512)),
+                                   lun: LogicalUnitNumber(1), promise: d.loop.makePromise()), now: d.now)
+        #expect(copy.outstandingTasks == 2 && d.machine.outstandingTasks == 1)
+        #expect(copy.windowSnapshot?.cmdSN != d.machine.windowSnapshot?.cmdSN)
+        copy.fail(.connectionClosed)
+        var failed = 0
+        while let action = copy.nextAction() {
+            if case .failCommand(let promise, let error) = action {
+                promise.fail(error)
+                failed += 1
+            }
+        }
+        #expect(failed == 2 && copy.isClosed && !d.machine.isClosed && d.machine.outstandingTasks == 1)
+        d.machine.fail(.connectionClosed)
+        d.take()
+        #expect(failure(promise.futureResult) == .connectionClosed)
+    }
+
     // MARK: - R2T and Data-Out (RFC 7143 §11.7, §11.8, §13.10, §13.11)
 
     @Test func writeDataGoesImmediateThenUnsolicitedThenPerR2T() throws {

@@ -91,12 +91,11 @@ final class MachineDriver: ScriptedTarget {
         return take()
     }
 
-    /// Delivers, then ends the read as the handler does (queued commands go if the window opened).
+    /// Delivers several PDUs as one read, as the handler does (queued commands go as soon as the window opens).
     @discardableResult
     func deliverRead(_ messages: ISCSIMessage...) -> [ConnectionAction] {
         machine.receivedBytes(at: now)
         for message in messages { machine.receive(message.pdu, now: now) }
-        machine.sendQueuedCommands(now: now)
         return take()
     }
 

@@ -11,7 +11,11 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
-    private var machine: ConnectionStateMachine
+    /// Unchecked exclusivity: the machine is mutated only here, on the event loop, and never calls out while
+    /// it is being mutated (what it wants done waits in its action queue until `runActions` takes it, after
+    /// the access has ended), so two accesses cannot overlap. The runtime check cost ~130 instructions per
+    /// access, about 11 accesses per I/O.
+    @exclusivity(unchecked) private var machine: ConnectionStateMachine
     private let logger: Logger
     private var context: ChannelHandlerContext?
     /// Busy polling before the loop sleeps (`ISCSISessionConfiguration.busyPollMicroseconds`).
@@ -95,8 +99,6 @@ final class ISCSIConnectionHandler: ChannelInboundHandler, RemovableChannelHandl
             return
         }
         if buffer.readableBytes > 0 { cumulation = buffer }
-        machine.sendQueuedCommands(now: now)
-        runActions()
     }
 
     /// Completes the PDU cut by the end of an earlier read from the front of `incoming`; the rest of

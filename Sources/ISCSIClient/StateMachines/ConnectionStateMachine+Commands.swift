@@ -33,25 +33,13 @@ extension ConnectionStateMachine {
     /// Queues a command; it goes out when the CmdSN window and the queue depth allow. `now` stamps what
     /// goes out (the command timeout counts from it).
     mutating func submit(_ command: PendingCommand, now: NIODeadline) {
-        guard var ff = takeFullFeature() else {
+        guard let storage = takeFullFeature() else {
             emit(.failCommand(command.promise, closeReason ?? .sessionClosed))
             return
         }
-        defer { store(ff) }
-        switch ff.logout {
-        case .none:
-            break
-        case .draining(var logout) where connectionLostSink != nil && logout.requestedByTarget:
-            // The target asked for a logout; the session reconnects and sends these on the new connection.
-            logout.held.append(command)
-            ff.logout = .draining(logout)
-            return
-        case .requested(var logout) where connectionLostSink != nil && logout.requestedByTarget:
-            logout.held.append(command)
-            ff.logout = .requested(logout)
-            return
-        case .draining, .requested, .done:
-            emit(.failCommand(command.promise, closeReason ?? .sessionClosed))
+        defer { store(storage) }
+        guard case .none = storage.value.logout else {
+            submitDuringLogout(command, &storage.value)
             return
         }
         let writeLength = command.command.dataOut?.readableBytes ?? 0
@@ -59,16 +47,33 @@ extension ConnectionStateMachine {
             emit(.failCommand(command.promise, .invalidCommand("transfer length or CDB too long")))
             return
         }
-        ff.pending.append(command)
-        sendQueuedCommands(&ff, now: now)
+        storage.value.pending.append(command)
+        sendQueuedCommands(&storage.value, now: now)
         emit(.scheduleFlush)
     }
 
-    /// Sends what the window let through since the last call (the end of a read).
+    /// A command submitted once a logout is under way: held for the next connection when the target asked
+    /// for the logout and a session will reconnect, refused otherwise.
+    private mutating func submitDuringLogout(_ command: PendingCommand, _ ff: inout FullFeature) {
+        switch ff.logout {
+        case .draining(var logout) where connectionLostSink != nil && logout.requestedByTarget:
+            // The target asked for a logout; the session reconnects and sends these on the new connection.
+            logout.held.append(command)
+            ff.logout = .draining(logout)
+        case .requested(var logout) where connectionLostSink != nil && logout.requestedByTarget:
+            logout.held.append(command)
+            ff.logout = .requested(logout)
+        case .none, .draining, .requested, .done:
+            emit(.failCommand(command.promise, closeReason ?? .sessionClosed))
+        }
+    }
+
+    /// Sends what the window lets through. `receive` does this after every PDU; as an event of its own it
+    /// changes nothing unless the window or the slots were changed from outside (tests drive it at random).
     mutating func sendQueuedCommands(now: NIODeadline) {
-        guard var ff = takeFullFeature() else { return }
-        sendQueuedCommands(&ff, now: now)
-        store(ff)
+        guard let storage = takeFullFeature() else { return }
+        sendQueuedCommands(&storage.value, now: now)
+        store(storage)
     }
 
     /// Sends queued commands while the window is open and task slots are free (RFC 7143 §4.2.2.1); once

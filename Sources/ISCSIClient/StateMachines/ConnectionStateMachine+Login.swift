@@ -97,7 +97,7 @@ extension ConnectionStateMachine {
                 ff.ladder = ladder
                 emit(.armTimer(.commandTimeout, ladder.tickInterval))
             }
-            enter(.fullFeature(ff))
+            enter(.fullFeature(FullFeatureStorage(ff)))
             logger.debug("iSCSI login complete", metadata: ["iscsi.tsih": "\(tsih)", "iscsi.parameters": "\(negotiated)"])
             emit(.completeLogin(loggingIn.promise, .success(.loggedIn(operational, tsih: tsih))))
         case .redirect(let address, _):
@@ -118,28 +118,28 @@ extension ConnectionStateMachine {
     /// Sends a Text Request and collects the whole response text, following C-bit continuations. One
     /// exchange at a time.
     mutating func sendText(_ keys: TextKeyValues, promise: EventLoopPromise<ByteBuffer>) {
-        guard var ff = takeFullFeature() else {
+        guard let storage = takeFullFeature() else {
             emit(.completeText(promise, .failure(closeReason ?? .sessionClosed)))
             return
         }
-        defer { store(ff) }
-        switch ff.logout {
+        defer { store(storage) }
+        switch storage.value.logout {
         case .none, .draining: break
         case .requested, .done:
             emit(.completeText(promise, .failure(closeReason ?? .sessionClosed)))
             return
         }
-        guard ff.text == nil, ff.window.isOpen else {
+        guard storage.value.text == nil, storage.value.window.isOpen else {
             emit(.completeText(promise, .failure(closeReason ?? .sessionClosed)))
             return
         }
-        ff.text = TextExchange(text: allocator.buffer(capacity: 1024), promise: promise)
+        storage.value.text = TextExchange(text: allocator.buffer(capacity: 1024), promise: promise)
         var request = ISCSIPDU.TextRequest()
         request.final = true
         request.initiatorTaskTag = Self.textITT
         request.targetTransferTag = reservedTaskTag
-        request.cmdSN = ff.window.assignCmdSN()
-        request.expStatSN = ff.window.expStatSN
+        request.cmdSN = storage.value.window.assignCmdSN()
+        request.expStatSN = storage.value.window.expStatSN
         request.data = keys.encoded(allocator: allocator)
         emit(.send(OutboundPDU(request.pdu)))
         emit(.scheduleFlush)

@@ -54,20 +54,20 @@ extension ConnectionStateMachine {
 extension ConnectionStateMachine {
     /// Stops taking commands, lets the outstanding ones finish, then logs out (reason: close the session).
     mutating func beginLogout(promise: EventLoopPromise<Void>) {
-        guard var ff = takeFullFeature() else {
+        guard let storage = takeFullFeature() else {
             emit(.completeLogout(promise, .failure(closeReason ?? .sessionClosed)))
             return
         }
-        defer { store(ff) }
-        switch ff.logout {
+        defer { store(storage) }
+        switch storage.value.logout {
         case .none:
-            beginLogout(Logout(promise: promise, requestedByTarget: false), &ff)
+            beginLogout(Logout(promise: promise, requestedByTarget: false), &storage.value)
         case .draining(var logout):
             adopt(promise, into: &logout)
-            ff.logout = .draining(logout)
+            storage.value.logout = .draining(logout)
         case .requested(var logout):
             adopt(promise, into: &logout)
-            ff.logout = .requested(logout)
+            storage.value.logout = .requested(logout)
         case .done:
             emit(.completeLogout(promise, .failure(closeReason ?? .sessionClosed)))
         }
@@ -131,22 +131,22 @@ extension ConnectionStateMachine {
     }
 
     /// The ticks run while commands may flow: logged in, or draining for a logout.
-    private mutating func takeFullFeatureForTick() -> FullFeature? {
-        guard case .fullFeature(let ff) = state else { return nil }
-        switch ff.logout {
+    private mutating func takeFullFeatureForTick() -> FullFeatureStorage? {
+        guard case .fullFeature(let storage) = state else { return nil }
+        switch storage.value.logout {
         case .none, .draining: return takeFullFeature()
         case .requested, .done: return nil
         }
     }
 
     private mutating func keepAliveTick(now: NIODeadline) {
-        guard var ff = takeFullFeatureForTick() else { return }
-        guard var keepAlive = ff.keepAlive else {
-            store(ff)
+        guard let storage = takeFullFeatureForTick() else { return }
+        guard var keepAlive = storage.value.keepAlive else {
+            store(storage)
             return
         }
         let onTick = keepAlive.tick(now: now, lastReceive: lastReceive)
-        ff.keepAlive = keepAlive
+        storage.value.keepAlive = keepAlive
         switch onTick {
         case .wait:
             break
@@ -155,46 +155,46 @@ extension ConnectionStateMachine {
             out.immediate = true
             out.initiatorTaskTag = Self.pingITT
             out.targetTransferTag = reservedTaskTag
-            out.cmdSN = ff.window.immediateCmdSN
-            out.expStatSN = ff.window.expStatSN
+            out.cmdSN = storage.value.window.immediateCmdSN
+            out.expStatSN = storage.value.window.expStatSN
             emit(.send(OutboundPDU(header: out.pdu.header)))
             emit(.flush)
         case .timedOut:
             counters.timeoutErrors &+= 1
-            store(ff)
+            store(storage)
             logger.error("NOP-Out ping timed out, dropping connection")
             fail(.timeout("NOP-Out ping"))
             return
         }
-        store(ff)
+        store(storage)
         emit(.armTimer(.keepAlive, keepAlive.tickInterval))
     }
 
     private mutating func commandTimeoutTick(now: NIODeadline) {
-        guard var ff = takeFullFeatureForTick() else { return }
-        guard let ladder = ff.ladder else {
-            store(ff)
+        guard let storage = takeFullFeatureForTick() else { return }
+        guard let ladder = storage.value.ladder else {
+            store(storage)
             return
         }
         do throws(ISCSISessionError) {
             if ladder.inFlight != nil {
                 if let function = ladder.expiredFunction(now: now) {
                     logger.warning("task management function timed out", metadata: ["iscsi.tmf": "\(function.step)"])
-                    try escalate(victim: function.victim, lun: function.lun, &ff, now: now)
+                    try escalate(victim: function.victim, lun: function.lun, &storage.value, now: now)
                 }
-            } else if let (itt, task) = Self.oldestTask(ff.tasks), ladder.commandExpired(sentAt: task.sentAt, now: now) {
+            } else if let (itt, task) = Self.oldestTask(storage.value.tasks), ladder.commandExpired(sentAt: task.sentAt, now: now) {
                 counters.timeoutErrors &+= 1
                 logger.warning(
                     "command timed out",
                     metadata: ["iscsi.itt": "0x\(String(itt, radix: 16))", "scsi.cdb": "\(task.original.command.cdb)"])
-                try escalate(victim: itt, lun: task.lun, &ff, now: now)
+                try escalate(victim: itt, lun: task.lun, &storage.value, now: now)
             }
         } catch {
-            store(ff)
+            store(storage)
             fail(error)
             return
         }
-        store(ff)
+        store(storage)
         emit(.armTimer(.commandTimeout, ladder.tickInterval))
     }
 
