@@ -109,7 +109,9 @@ session_shows() {  # -m session -P 3 has the device, the link and the timeouts
   grep -q "By-path: $T_LINK" "$VM_RESULTS/session-P3.txt" &&
   grep -q "replacement_timeout): 120" "$VM_RESULTS/session-P3.txt" &&
   grep -q "MaxBurstLength" "$VM_RESULTS/session-P3.txt" &&
-  grep -q "^iscsi-nbd ip-127.0.0.1:$T_PORT-iscsi-$T_IQN-lun-1 " "/sys/block/${DEV#/dev/}/backend"
+  grep -q "^iscsi-nbd ip-127.0.0.1:$T_PORT-iscsi-$T_IQN-lun-1 " "/sys/block/${DEV#/dev/}/backend" &&
+  # One kernel hardware queue per NBD connection (the driver sizes the tag set from its sockets).
+  [ "$(ls "/sys/block/${DEV#/dev/}/mq" | wc -l)" = "$CONNS" ]
 }
 session_state() { "$BIN" -m session -P 1 2>/dev/null | grep -q "iSCSI Session State: $1"; }
 # t_recover: the target restarts under a mounted file system while a write is pending; the session recovers

@@ -1,7 +1,7 @@
 #!/bin/bash
 # scenario-kernel-all.sh - every kernel scenario in one VM boot (CI: scripts/vm/test-kernel.sh).
 #   1. scenario-netlink.sh  (NBDKernel netlink codec against the real nbd driver, nbdkit server)
-#   2. scenario-daemon.sh   (daemon, login/logout, by-path, ext4, fio, tgtd + LIO, attach/detach)
+#   2. scenario-daemon.sh   (daemon with 2 queues per device, login/logout, by-path, ext4, fio, tgtd + LIO, attach/detach)
 #   3. scenario-discovery-chap.sh (discovery CHAP against LIO)
 #   4. scenario-resize.sh   (online resize: /dev/nbdN grows with the LUN while mounted, ioctl and netlink; a shrink
 #                            is a fail-stop)
@@ -12,6 +12,9 @@
 set -u
 DIR=$(dirname "${VM_SCRIPT:-$0}")
 : "${VM_RESULTS:=/tmp/vm-results}"
+# The daemon scenario serves each device over 2 sockets (2 kernel hardware queues, each on its own event
+# loop): its ext4 round trips, target restart and fio verify then run on the multi-queue path.
+export NBD_CONNECTIONS=${NBD_CONNECTIONS:-2}
 rc=0
 for s in netlink daemon discovery-chap resize crash trim; do
   echo "==== scenario-$s ===="
