@@ -179,8 +179,6 @@ struct SCSIProbe {
         return nil
     }
 
-    /// Reads an optional VPD page; a failure or garbage is logged (at debug level when `quiet`: a page asked
-    /// for on a guess) and gives nil.
     /// The identity pages, Unit Serial Number (80h) and Device Identification (83h), each read only when
     /// `supported` lists it (they are never guessed at); nil for one that is absent or unreadable.
     func identification(listedIn supported: SupportedVPDPages?) async -> (UnitSerialNumber?, DeviceIdentification?) {
@@ -191,6 +189,8 @@ struct SCSIProbe {
         return (serial, ident)
     }
 
+    /// Reads an optional VPD page; a failure or garbage is logged (at debug level when `quiet`: a page asked
+    /// for on a guess) and gives nil.
     func vpd<T>(_ page: VPDPageCode, quiet: Bool = false, _ parse: (ByteBuffer) throws -> T) async -> T? {
         do {
             return try await fetch(initial: 255) {

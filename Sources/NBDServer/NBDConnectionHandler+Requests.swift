@@ -93,9 +93,10 @@ extension NBDConnectionHandler {
                 }
         }
         let action = transmission?.deviceCompleted(header, outcome)
-        // What the client is told decides: a READ whose data came back short is answered EIO.
-        let succeeded = action?.reply.map { $0.rejection == nil } ?? ((try? result.get()) != nil)
-        observe(header, succeeded: succeeded, start)
+        if observer != nil {
+            // What the client is told decides: a READ whose data came back short is answered EIO.
+            observe(header, succeeded: action?.reply.map { $0.rejection == nil } ?? ((try? result.get()) != nil), start)
+        }
         finish(action, context: context)
     }
 

@@ -131,11 +131,15 @@ extension ConnectionStateMachine {
     }
 
     /// The ticks run while commands may flow: logged in, or draining for a logout.
+    /// Taken first and put back when no tick is due: a reference bound from `state` while taking would keep
+    /// the payload shared, and `takeFullFeature()` would copy it.
     private mutating func takeFullFeatureForTick() -> FullFeatureStorage? {
-        guard case .fullFeature(let storage) = state else { return nil }
+        guard let storage = takeFullFeature() else { return nil }
         switch storage.value.logout {
-        case .none, .draining: return takeFullFeature()
-        case .requested, .done: return nil
+        case .none, .draining: return storage
+        case .requested, .done:
+            store(storage)
+            return nil
         }
     }
 

@@ -206,10 +206,11 @@ struct ConnectionStateMachine {
     /// The command window and queue depth now; nil outside the full feature phase.
     var windowSnapshot: ISCSICommandWindowSnapshot? {
         guard case .fullFeature(let storage) = state else { return nil }
+        let ff = storage.value
         return ISCSICommandWindowSnapshot(
-            queueDepth: storage.value.depth.current, outstanding: storage.value.tasks.count, queued: storage.value.pending.count,
-            cmdSN: storage.value.window.cmdSN.rawValue, expCmdSN: storage.value.window.expCmdSN.rawValue, maxCmdSN: storage.value.window.maxCmdSN.rawValue,
-            window: storage.value.window.available)
+            queueDepth: ff.depth.current, outstanding: ff.tasks.count, queued: ff.pending.count,
+            cmdSN: ff.window.cmdSN.rawValue, expCmdSN: ff.window.expCmdSN.rawValue, maxCmdSN: ff.window.maxCmdSN.rawValue,
+            window: ff.window.available)
     }
 
     var outstandingTasks: Int {

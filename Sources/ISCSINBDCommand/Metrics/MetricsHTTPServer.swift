@@ -74,7 +74,6 @@ final class MetricsHTTPServer: Sendable {
         }
     }
 
-    /// Binds at once: a port in use or an address that does not resolve is an error here, at start-up.
     /// Binds every endpoint, or none: when one fails (a port in use) those already bound are closed and the
     /// error is thrown. Logs where each one listens.
     static func startAll(_ endpoints: [MetricsEndpoint], hub: MetricsHub, logger: Logger) async throws -> [MetricsHTTPServer] {
@@ -89,6 +88,7 @@ final class MetricsHTTPServer: Sendable {
         return servers
     }
 
+    /// Binds at once: a port in use or an address that does not resolve is an error here, at start-up.
     static func start(_ endpoint: MetricsEndpoint, hub: MetricsHub, logger: Logger) async throws -> MetricsHTTPServer {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let bootstrap = ServerBootstrap(group: group)
